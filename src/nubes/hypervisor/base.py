@@ -1,0 +1,112 @@
+"""The hypervisor driver seam. The agent is the only caller; specs are frozen dataclasses."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PowerState(str, enum.Enum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+    NOSTATE = "nostate"
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    tap: str  # host device name, derived from the port id (<= 15 chars)
+    mac: str
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Direct kernel boot when kernel is set; otherwise the disk's own bootloader."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    id: str
+    vcpus: int
+    ram_mb: int
+    disk: Path  # qcow2 overlay
+    seed: Path | None  # NoCloud ISO
+    instance_dir: Path  # pidfile, sockets, console log live here
+    nics: tuple[NicSpec, ...] = ()
+    boot: BootSpec = field(default_factory=BootSpec)
+    vnc_password: str = ""
+    run_as: str = ""  # unprivileged user for QEMU ("" = same user as the agent)
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    id: str
+    state: PowerState
+    pid: int | None = None
+    reason: str = ""  # why it is not running, when known
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    accel: str  # "kvm" or "tcg"
+    accel_note: str = ""  # e.g. why KVM is not used
+
+
+@dataclass(frozen=True)
+class HostResources:
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class HypervisorEvent:
+    instance_id: str
+    state: PowerState
+    reason: str = ""
+
+
+class HypervisorDriver(abc.ABC):
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def host_resources(self) -> HostResources: ...
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every instance this driver manages on the host, running or not."""
+
+    @abc.abstractmethod
+    def info(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    def spawn(self, spec: InstanceSpec) -> InstanceInfo:
+        """Start the guest. Raises DriverError; leaves no process behind on failure."""
+
+    @abc.abstractmethod
+    def destroy(self, instance_id: str) -> None:
+        """Kill the guest and remove its runtime files (not its disk). Idempotent."""
+
+    @abc.abstractmethod
+    def power_on(self, spec: InstanceSpec) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    def power_off(self, instance_id: str, timeout: float = 10.0) -> None:
+        """ACPI shutdown, then hard stop after timeout. Idempotent."""
+
+    @abc.abstractmethod
+    def reboot(self, instance_id: str, hard: bool = False) -> None: ...
+
+    def events(self) -> Iterator[HypervisorEvent]:
+        """Power-state changes seen since the last call (polling drivers may return nothing)."""
+        return iter(())

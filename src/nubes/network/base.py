@@ -1,0 +1,85 @@
+"""The network driver seam. Every ensure_/delete_ is idempotent."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DhcpHost:
+    mac: str
+    ip: str
+    hostname: str  # derived from the instance id, never the user's name
+
+
+@dataclass(frozen=True)
+class OverlayPeer:
+    underlay_ip: str  # another host that has this network
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    id: str
+    bridge: str  # derived from the network id (<= 15 chars)
+    cidr: str  # e.g. 10.20.0.0/24
+    gateway: str  # e.g. 10.20.0.1; lives on the bridge of the host that serves the network
+    mtu: int = 1500
+    vni: int | None = None
+    overlay: str = "vxlan"  # vxlan | geneve
+    local_underlay_ip: str | None = None
+    peers: tuple[OverlayPeer, ...] = ()
+    serve_dhcp: bool = True  # gateway + DHCP + NAT live on this host
+    dhcp_hosts: tuple[DhcpHost, ...] = ()
+    dns: tuple[str, ...] = ()
+    nat_uplink: str = ""  # "" = no NAT
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    id: str
+    network_id: str
+    bridge: str
+    tap: str
+    mac: str
+    ip: str
+    owner_uid: int | None = None  # unprivileged QEMU opens the tap as this user
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    tap: str
+    bridge: str | None
+    mac: str | None
+
+
+class NetworkDriver(abc.ABC):
+    @abc.abstractmethod
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        """Bridge, gateway address, DHCP reservations, overlay device and NAT as the spec says."""
+
+    @abc.abstractmethod
+    def delete_network(self, network_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def plug_port(self, spec: PortSpec) -> None:
+        """Create the tap (if missing) and attach it to the network's bridge."""
+
+    @abc.abstractmethod
+    def unplug_port(self, tap: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_ports(self) -> list[PortInfo]: ...
+
+    @abc.abstractmethod
+    def list_networks(self) -> list[str]:
+        """Ids of the networks that have a bridge on this host."""
+
+
+def bridge_name(network_id: str) -> str:
+    return "nbr" + network_id.replace("-", "")[:11]
+
+
+def tap_name(port_id: str) -> str:
+    return "tap" + port_id.replace("-", "")[:11]
