@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class PowerState(str, enum.Enum):
+class PowerState(enum.StrEnum):
     RUNNING = "running"
     SHUTOFF = "shutoff"
     PAUSED = "paused"

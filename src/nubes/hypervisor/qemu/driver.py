@@ -1,0 +1,324 @@
+"""QemuDriver: one daemonized QEMU process per instance, found again through pidfiles.
+
+The agent may restart at any time; guests must not notice. So the driver keeps no state that
+matters in memory: every call re-reads the registry (runtime_root/<id>.json), the pidfile and
+/proc, and asks QMP for the run state. A new driver object adopts running guests as they are.
+
+Stopping escalates: QMP `quit` (clean exit, flushes the disk), SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from nubes.errors import DriverError
+from nubes.hypervisor.base import (
+    Capabilities,
+    HostResources,
+    HypervisorDriver,
+    HypervisorEvent,
+    InstanceInfo,
+    InstanceSpec,
+    PowerState,
+)
+from nubes.hypervisor.qemu import process
+from nubes.hypervisor.qemu.accel import Accel, host_accel
+from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv
+from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
+from nubes.hypervisor.qemu.registry import Record, Registry
+
+log = logging.getLogger("nubes.hypervisor")
+
+# QMP run states (qapi RunState) -> power state. Anything unlisted reads as paused: the
+# process is alive but the vCPUs are not running.
+_RUN_STATES = {
+    "running": PowerState.RUNNING,
+    "shutdown": PowerState.SHUTOFF,  # transient: without -no-shutdown QEMU is exiting
+    "internal-error": PowerState.CRASHED,
+    "guest-panicked": PowerState.CRASHED,
+}
+
+
+class QemuDriver(HypervisorDriver):
+    def __init__(
+        self,
+        runtime_root: Path,
+        qemu_binary: str = "qemu-system-x86_64",
+        *,
+        accel: Accel | None = None,
+        soft_reboot_timeout: float = 60.0,
+        start_timeout: float = 60.0,
+    ) -> None:
+        """runtime_root holds the per-instance registry files; each instance's pidfile,
+        sockets and logs live in its own spec.instance_dir."""
+        self.runtime_root = Path(runtime_root)
+        self.qemu_binary = qemu_binary
+        self.accel = accel or host_accel()
+        self.soft_reboot_timeout = soft_reboot_timeout
+        self.start_timeout = start_timeout
+        self.registry = Registry(self.runtime_root)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._last_states: dict[str, PowerState] = {}
+        self._events_guard = threading.Lock()
+
+    # -- host ---------------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(accel=self.accel.name, accel_note=self.accel.note)
+
+    def host_resources(self) -> HostResources:
+        ram_kb = 0
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_kb = int(line.split()[1])
+                break
+        disk = shutil.disk_usage(self.runtime_root)
+        return HostResources(
+            vcpus=os.cpu_count() or 1, ram_mb=ram_kb // 1024, disk_gb=disk.total // 2**30
+        )
+
+    # -- observe ------------------------------------------------------------------------------
+
+    def list_instances(self) -> list[InstanceInfo]:
+        infos = []
+        for instance_id in self.registry.ids():
+            record = self.registry.load(instance_id)
+            if record is not None:
+                infos.append(self._observe(record))
+        return infos
+
+    def info(self, instance_id: str) -> InstanceInfo:
+        """Never raises for an unknown id: it reads as NOSTATE."""
+        record = self._load(instance_id)
+        if record is None:
+            return InstanceInfo(instance_id, PowerState.NOSTATE, reason="not on this host")
+        return self._observe(record)
+
+    def events(self) -> Iterator[HypervisorEvent]:
+        """State changes since the last call, found by polling; the first call reports every
+        instance (what a restarted agent needs). A destroyed instance reports NOSTATE."""
+        with self._events_guard:
+            current = {i.id: i for i in self.list_instances()}
+            events = [
+                HypervisorEvent(i.id, i.state, i.reason)
+                for i in current.values()
+                if self._last_states.get(i.id) != i.state
+            ]
+            events += [
+                HypervisorEvent(gone, PowerState.NOSTATE, "no longer on this host")
+                for gone in self._last_states.keys() - current.keys()
+            ]
+            self._last_states = {i.id: i.state for i in current.values()}
+        return iter(events)
+
+    # -- act ----------------------------------------------------------------------------------
+
+    def spawn(self, spec: InstanceSpec) -> InstanceInfo:
+        """Start the guest. Raises DriverError (also when it is already running); on failure
+        no process, pidfile, socket or registry record is left (logs are kept)."""
+        with self._lock(spec.id):
+            record = self._load(spec.id)
+            if record is not None and self._live_pid(record) is not None:
+                raise DriverError(f"instance {spec.id} is already running")
+            return self._start(spec)
+
+    def power_on(self, spec: InstanceSpec) -> InstanceInfo:
+        """Start the guest unless it already runs (then its info). Raises DriverError."""
+        with self._lock(spec.id):
+            record = self._load(spec.id)
+            if record is not None and self._live_pid(record) is not None:
+                return self._observe(record)
+            return self._start(spec)
+
+    def destroy(self, instance_id: str) -> None:
+        """Stop QEMU now and forget the instance. Keeps console.log, qemu.log and the disk
+        (the caller removes the instance directory). Idempotent. Raises DriverError only
+        when the process survives SIGKILL."""
+        with self._lock(instance_id):
+            record = self._load(instance_id)
+            if record is None:
+                return
+            pid = self._live_pid(record)
+            if pid is not None:
+                self._hard_stop(record.spec, pid)
+            self._remove_runtime_files(record.spec)
+            self.registry.remove(instance_id)
+
+    def power_off(self, instance_id: str, timeout: float = 10.0) -> None:
+        """ACPI power button, then a hard stop if the guest is still up after timeout.
+        The instance stays known (SHUTOFF, "powered off"). Idempotent. Raises DriverError."""
+        with self._lock(instance_id):
+            record = self._load(instance_id)
+            if record is None:
+                return
+            pid = self._live_pid(record)
+            if pid is not None and not self._acpi_shutdown(record.spec, pid, timeout):
+                log.info(
+                    "instance %s ignored ACPI shutdown for %.0fs; stopping it", instance_id, timeout
+                )
+                self._hard_stop(record.spec, pid)
+            self._remove_runtime_files(record.spec)
+            record.pid, record.stopped = None, True
+            self.registry.save(record)
+
+    def reboot(self, instance_id: str, hard: bool = False) -> None:
+        """hard: QMP system_reset (same QEMU process, like a reset button).
+
+        soft (what Nova does too): the ACPI power button, and once the guest has shut down,
+        a fresh QEMU from the recorded spec (new pid). A guest that ignores ACPI for
+        soft_reboot_timeout gets a hard reset instead. Raises DriverError when not running.
+        """
+        with self._lock(instance_id):
+            record = self._load(instance_id)
+            pid = self._live_pid(record) if record is not None else None
+            if record is None or pid is None:
+                raise DriverError(f"instance {instance_id} is not running")
+            monitor = self._monitor(record.spec)
+            if hard:
+                monitor.system_reset()
+                return
+            if self._acpi_shutdown(record.spec, pid, self.soft_reboot_timeout):
+                self._remove_runtime_files(record.spec)
+                self._start(record.spec)
+                return
+            log.info("instance %s ignored ACPI shutdown; resetting it", instance_id)
+            monitor.system_reset()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _lock(self, instance_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(instance_id, threading.Lock())
+
+    def _load(self, instance_id: str) -> Record | None:
+        try:
+            return self.registry.load(instance_id)
+        except ValueError as exc:  # malformed id
+            raise DriverError(str(exc)) from exc
+
+    @staticmethod
+    def _monitor(spec: InstanceSpec) -> Monitor:
+        return Monitor(RuntimePaths(spec.instance_dir).qmp_sock)
+
+    @staticmethod
+    def _live_pid(record: Record) -> int | None:
+        """The guest's pid if its QEMU is alive. The recorded pid backs up the pidfile."""
+        paths = RuntimePaths(record.spec.instance_dir)
+        for pid in (process.read_pidfile(paths.pidfile), record.pid):
+            if pid is not None and process.is_guest_process(pid, record.spec.id):
+                return pid
+        return None
+
+    def _observe(self, record: Record) -> InstanceInfo:
+        spec = record.spec
+        pid = self._live_pid(record)
+        if pid is not None:
+            try:
+                status = self._monitor(spec).query_status()
+            except MonitorError as exc:
+                if process.is_guest_process(pid, spec.id):
+                    return InstanceInfo(spec.id, PowerState.NOSTATE, pid, f"QMP: {exc}")
+                pid = None  # exited while we asked
+            else:
+                state = _RUN_STATES.get(status, PowerState.PAUSED)
+                reason = "" if state is PowerState.RUNNING else f"QEMU run state: {status}"
+                return InstanceInfo(spec.id, state, pid, reason)
+        if record.stopped:
+            return InstanceInfo(spec.id, PowerState.SHUTOFF, reason="powered off")
+        reason = "QEMU process exited"
+        last = process.tail(RuntimePaths(spec.instance_dir).qemu_log)
+        return InstanceInfo(
+            spec.id, PowerState.SHUTOFF, reason=f"{reason}: {last}" if last else reason
+        )
+
+    def _start(self, spec: InstanceSpec) -> InstanceInfo:
+        """Launch with the instance lock held; undo everything on failure."""
+        try:
+            argv = build_argv(spec, self.accel.name, self.qemu_binary)
+        except ValueError as exc:
+            raise DriverError(f"cannot start instance {spec.id}: {exc}") from exc
+        spec.instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._remove_runtime_files(spec)  # stale sockets/pidfile of an earlier run
+        record = Record(spec=spec, argv=argv)
+        self.registry.save(record)  # first, so a crash from here on leaves a trace
+        try:
+            record.pid = self._launch(spec, argv)
+            self.registry.save(record)
+            if spec.vnc_password:
+                self._monitor(spec).set_vnc_password(spec.vnc_password)
+        except BaseException:
+            self._undo_start(record)
+            raise
+        log.info("instance %s started, pid %d", spec.id, record.pid)
+        return InstanceInfo(spec.id, PowerState.RUNNING, record.pid)
+
+    def _launch(self, spec: InstanceSpec, argv: list[str]) -> int:
+        """Run the daemonizing QEMU; its launcher exits once the guest is set up."""
+        try:
+            # umask 077: QEMU creates the QMP/serial/VNC sockets and logs owner-only.
+            result = subprocess.run(  # noqa: S603 (argv list, values validated by build_argv)
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, umask=0o077, start_new_session=True,
+                timeout=self.start_timeout, check=False,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            raise DriverError(f"QEMU binary not found: {argv[0]}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DriverError(
+                f"QEMU for instance {spec.id} did not finish starting in {self.start_timeout}s"
+            ) from exc
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise DriverError(
+                f"QEMU failed to start instance {spec.id}: {err or f'exit {result.returncode}'}"
+            )
+        paths = RuntimePaths(spec.instance_dir)
+        pid = process.read_pidfile(paths.pidfile)
+        if pid is None or not process.is_guest_process(pid, spec.id):
+            last = process.tail(paths.qemu_log)
+            raise DriverError(f"QEMU for instance {spec.id} exited right after starting {last}")
+        return pid
+
+    def _undo_start(self, record: Record) -> None:
+        pid = record.pid or process.read_pidfile(RuntimePaths(record.spec.instance_dir).pidfile)
+        try:
+            if pid is not None and process.is_guest_process(pid, record.spec.id):
+                self._hard_stop(record.spec, pid)
+        finally:
+            self._remove_runtime_files(record.spec)
+            self.registry.remove(record.spec.id)
+
+    def _acpi_shutdown(self, spec: InstanceSpec, pid: int, timeout: float) -> bool:
+        """Press the power button; True if QEMU exited within timeout."""
+        try:
+            self._monitor(spec).system_powerdown()
+        except MonitorError as exc:
+            log.info("instance %s: ACPI shutdown not sent: %s", spec.id, exc)
+        return process.wait_gone(pid, spec.id, timeout)
+
+    def _hard_stop(self, spec: InstanceSpec, pid: int) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL. Raises DriverError if it all fails."""
+        try:
+            self._monitor(spec).quit()
+        except MonitorError as exc:
+            log.info("instance %s: QMP quit failed (%s); signalling pid %d", spec.id, exc, pid)
+        if process.wait_gone(pid, spec.id, 3.0):
+            return
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            process.signal_guest(pid, spec.id, sig)
+            if process.wait_gone(pid, spec.id, wait):
+                return
+        raise DriverError(f"QEMU pid {pid} of instance {spec.id} survived SIGKILL")
+
+    @staticmethod
+    def _remove_runtime_files(spec: InstanceSpec) -> None:
+        for path in RuntimePaths(spec.instance_dir).ephemeral():
+            path.unlink(missing_ok=True)
