@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     qemu_user: str = ""  # run guests as this unprivileged user ("" = the agent's user)
     uplink: str = ""  # NAT egress interface; off unless set
 
+    host_name: str = ""  # this agent's host; "" = the machine's hostname
+    host_address: str = ""  # underlay address other hosts reach this one at
+
     heartbeat_interval: float = 2.0
     host_down_after: float = 15.0
     sync_interval: float = 2.0
@@ -35,7 +38,7 @@ class Settings(BaseSettings):
     disk_allocation_ratio: float = 2.0
     scheduler_weigher: str = "spread"  # spread | pack
 
-    max_image_virtual_size_gb: int = Field(default=2048, description="reject images larger than this")
+    max_image_virtual_size_gb: int = Field(default=2048, description="larger images are refused")
     allow_private_image_urls: bool = False
 
     @property

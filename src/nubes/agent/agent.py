@@ -1,0 +1,178 @@
+"""The agent: register, heartbeat, long-poll the desired state, converge, report.
+
+Level-triggered: every pass compares the whole desired state with what the host has, so a
+restart (or a missed event) needs no journal to recover from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from nubes.agent.instances import InstanceReconciler
+from nubes.agent.layout import HostLayout
+from nubes.client import ApiError, NubesClient
+from nubes.conf import Settings
+from nubes.hypervisor.base import HypervisorDriver, InstanceInfo, PowerState
+from nubes.network.base import (
+    DhcpHost,
+    NetworkDriver,
+    NetworkSpec,
+    OverlayPeer,
+    bridge_name,
+    tap_name,
+)
+from nubes.schemas.agent import (
+    DesiredInstance,
+    DesiredNetwork,
+    DesiredState,
+    HostRegister,
+    ObservedInstance,
+    Report,
+)
+
+log = logging.getLogger("nubes.agent")
+
+
+def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec:
+    return NetworkSpec(
+        id=net.id,
+        bridge=bridge_name(net.id),
+        cidr=net.cidr,
+        gateway=net.gateway,
+        mtu=net.mtu,
+        vni=net.vni,
+        overlay=net.overlay,
+        local_underlay_ip=local_ip or None,
+        peers=tuple(OverlayPeer(p) for p in net.peers),
+        serve_dhcp=net.serve,
+        dhcp_hosts=tuple(DhcpHost(r.mac, r.ip, r.hostname) for r in net.reservations),
+        dns=(),
+        nat_uplink=uplink if net.serve else "",
+    )
+
+
+@dataclass
+class Agent:
+    settings: Settings
+    client: NubesClient
+    hypervisor: HypervisorDriver
+    network: NetworkDriver
+    layout: HostLayout
+    instances: InstanceReconciler
+    host_name: str
+    host_id: str = ""
+
+    def register(self) -> None:
+        caps = self.hypervisor.capabilities()
+        res = self.hypervisor.host_resources()
+        if caps.accel_note:
+            log.warning("%s", caps.accel_note)
+        self.host_id = self.client.register_host(
+            HostRegister(
+                name=self.host_name,
+                address=self.settings.host_address,
+                accel=caps.accel,
+                accel_note=caps.accel_note,
+                state_dir=str(self.layout.root),
+                vcpus=res.vcpus,
+                ram_mb=res.ram_mb,
+                disk_gb=res.disk_gb,
+            )
+        )
+        log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)
+
+    # -- loops ------------------------------------------------------------------------------
+    def heartbeat_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.heartbeat_interval):
+            try:
+                self.client.heartbeat(self.host_id)
+            except ApiError as exc:
+                log.warning("heartbeat failed: %s", exc.detail)
+
+    def run(self, stop: threading.Event) -> None:
+        since = -1
+        while not stop.is_set():
+            try:
+                desired = self.client.desired(self.host_id, since, self.settings.sync_interval)
+            except ApiError as exc:
+                log.warning("cannot read desired state: %s", exc.detail)
+                stop.wait(self.settings.sync_interval)
+                continue
+            since = desired.generation
+            report = self.converge(desired)
+            try:
+                self.client.report(self.host_id, report)
+            except ApiError as exc:
+                log.warning("report failed: %s", exc.detail)
+
+    # -- convergence ---------------------------------------------------------------------------
+    def converge(self, desired: DesiredState) -> Report:
+        infos = {i.id: i for i in self.hypervisor.list_instances()}
+        for net in desired.networks:
+            try:
+                self.network.ensure_network(
+                    network_spec(net, desired.address, self.settings.uplink)
+                )
+            except Exception:
+                log.exception("network %s could not be set up", net.id)
+        observed = []
+        for want in desired.instances:
+            try:
+                obs = self.converge_instance(want, infos.get(want.id))
+            except Exception as exc:
+                log.exception("instance %s failed", want.id)
+                obs = ObservedInstance(id=want.id, status="ERROR", fault=_fault(exc))
+            if obs is not None:
+                observed.append(obs)
+        self.collect_garbage(desired, infos)
+        return Report(instances=observed)
+
+    def converge_instance(
+        self, want: DesiredInstance, info: InstanceInfo | None
+    ) -> ObservedInstance | None:
+        rec = self.instances
+        taps = [tap_name(p.id) for p in want.ports]
+        if want.desired_state == "deleted":
+            rec.teardown(want.id, taps)
+            return ObservedInstance(id=want.id, status="DELETED")
+        running = info is not None and info.state in (PowerState.RUNNING, PowerState.PAUSED)
+        state = self.layout.load_state(want.id)
+        if not state.built:
+            if want.status == "ERROR" or want.desired_state != "running":
+                return None  # a failed build stays failed until the user deletes it
+            rec.teardown(want.id, taps)  # leftovers of a build cut short by a crash
+            rec.build(want)
+            info = self.hypervisor.info(want.id)
+        elif want.desired_state == "stopped" and running:
+            rec.stop(want)
+            info = self.hypervisor.info(want.id)
+        elif want.desired_state == "running" and not running and not state.running_expected:
+            rec.start(want)
+            info = self.hypervisor.info(want.id)
+        elif running and want.reboot_gen > state.reboot_gen:
+            rec.reboot(want)
+        assert info is not None or not running
+        return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
+
+    def collect_garbage(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
+        """Remove what nubes made on this host that nothing wants any more."""
+        wanted = {i.id for i in desired.instances}
+        on_disk = {p.name for p in self.layout.instances.iterdir()}
+        for instance_id in (set(infos) | on_disk) - wanted:
+            log.info("removing leftover instance %s", instance_id)
+            self.instances.teardown(instance_id, [])
+        wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
+        for port in self.network.list_ports():
+            if port.tap not in wanted_taps:
+                self.network.unplug_port(port.tap)
+        wanted_nets = {n.id for n in desired.networks}
+        for net_id in self.network.list_networks():
+            if net_id not in wanted_nets:
+                self.network.delete_network(net_id)
+
+
+def _fault(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return message[:1000]

@@ -1,0 +1,187 @@
+"""Converge one instance on this host to what the API wants."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from functools import partial
+from dataclasses import dataclass
+
+from nubes.agent.imagecache import ImageCache
+from nubes.agent.layout import HostLayout, LocalState
+from nubes.agent.reverter import Reverter
+from nubes.hypervisor.base import (
+    BootSpec,
+    HypervisorDriver,
+    InstanceInfo,
+    InstanceSpec,
+    NicSpec,
+    PowerState,
+)
+from nubes.network.base import NetworkDriver, PortSpec, bridge_name, tap_name
+from nubes.schemas.agent import DesiredInstance, ObservedInstance
+from nubes.storage import disks
+from nubes.storage.seed import SeedData, SeedNic, write_seed
+
+log = logging.getLogger("nubes.agent")
+
+
+@dataclass
+class InstanceReconciler:
+    layout: HostLayout
+    hypervisor: HypervisorDriver
+    network: NetworkDriver
+    images: ImageCache
+    run_as: str = ""
+    owner_uid: int | None = None
+
+    # -- specs ---------------------------------------------------------------------------
+    def ports(self, want: DesiredInstance) -> list[PortSpec]:
+        return [
+            PortSpec(
+                id=p.id,
+                network_id=p.network_id,
+                bridge=bridge_name(p.network_id),
+                tap=tap_name(p.id),
+                mac=p.mac,
+                ip=p.ip,
+                owner_uid=self.owner_uid,
+                mtu=p.mtu,
+            )
+            for p in want.ports
+        ]
+
+    def spec(self, want: DesiredInstance, state: LocalState) -> InstanceSpec:
+        boot = BootSpec()
+        if want.image_kernel_sha256:
+            kernel = self.images.ensure(want.image_id, "kernel", "kernel", want.image_kernel_sha256)
+            initrd = None
+            if want.image_initrd_sha256:
+                initrd = self.images.ensure(
+                    want.image_id, "initrd", "initrd", want.image_initrd_sha256
+                )
+            boot = BootSpec(kernel=kernel, initrd=initrd, cmdline=want.image_cmdline)
+        return InstanceSpec(
+            id=want.id,
+            vcpus=want.vcpus,
+            ram_mb=want.ram_mb,
+            disk=self.layout.disk(want.id),
+            seed=self.layout.seed(want.id),
+            instance_dir=self.layout.instance_dir(want.id),
+            nics=tuple(NicSpec(tap=tap_name(p.id), mac=p.mac, mtu=p.mtu) for p in want.ports),
+            boot=boot,
+            vnc_password=state.vnc_password,
+            run_as=self.run_as,
+        )
+
+    def seed_data(self, want: DesiredInstance) -> SeedData:
+        nics = tuple(
+            SeedNic(
+                mac=p.mac,
+                address_cidr=f"{p.ip}/{p.prefix}",
+                gateway=p.gateway,
+                dns=(p.gateway,),
+                mtu=p.mtu,
+            )
+            for p in want.ports
+        )
+        return SeedData(
+            instance_id=want.id,
+            hostname=want.name,
+            public_keys=tuple(want.public_keys),
+            default_user=want.default_user or None,
+            user_data=want.user_data,
+            network=nics,
+        )
+
+    # -- steps ---------------------------------------------------------------------------
+    def build(self, want: DesiredInstance) -> None:
+        """Disk, seed, ports, QEMU: each step registers its undo; a failure leaves nothing."""
+        inst_dir = self.layout.instance_dir(want.id)
+        inst_dir.mkdir(parents=True, exist_ok=True)
+        state = LocalState(vnc_password=secrets.token_urlsafe(6)[:8])
+        revert = Reverter()
+        try:
+            base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
+            disks.create_overlay(base, want.image_format, self.layout.disk(want.id), want.disk_gb)
+            revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
+            write_seed(self.seed_data(want), self.layout.seed(want.id))
+            revert.add("seed", lambda: self.layout.seed(want.id).unlink(missing_ok=True))
+            for port in self.ports(want):
+                self.network.plug_port(port)
+                revert.add(f"port {port.tap}", partial(self.network.unplug_port, port.tap))
+            state.built = True
+            self._start(want, state)
+            revert.add("qemu", lambda: self.hypervisor.destroy(want.id))
+        except Exception:
+            revert.fail()
+            shutil.rmtree(inst_dir, ignore_errors=True)
+            raise
+        revert.success()
+
+    def _start(self, want: DesiredInstance, state: LocalState) -> None:
+        log_path = self.layout.console_log(want.id)
+        state.console_offset = log_path.stat().st_size if log_path.exists() else 0
+        state.ready = False
+        state.reboot_gen = want.reboot_gen
+        self.layout.save_state(want.id, state)
+        self.hypervisor.spawn(self.spec(want, state))
+        state.running_expected = True
+        self.layout.save_state(want.id, state)
+
+    def start(self, want: DesiredInstance) -> None:
+        state = self.layout.load_state(want.id)
+        for port in self.ports(want):
+            self.network.plug_port(port)
+        self._start(want, state)
+
+    def stop(self, want: DesiredInstance) -> None:
+        state = self.layout.load_state(want.id)
+        state.running_expected = False
+        self.layout.save_state(want.id, state)
+        self.hypervisor.power_off(want.id, timeout=10.0)
+
+    def reboot(self, want: DesiredInstance) -> None:
+        state = self.layout.load_state(want.id)
+        log_path = self.layout.console_log(want.id)
+        state.console_offset = log_path.stat().st_size if log_path.exists() else 0
+        state.ready, state.reboot_gen = False, want.reboot_gen
+        self.layout.save_state(want.id, state)
+        self.hypervisor.reboot(want.id, hard=want.hard_reboot)
+
+    def teardown(self, instance_id: str, taps: list[str]) -> None:
+        """Remove everything of an instance from this host. Idempotent."""
+        self.hypervisor.destroy(instance_id)
+        for tap in taps:
+            self.network.unplug_port(tap)
+        shutil.rmtree(self.layout.instance_dir(instance_id), ignore_errors=True)
+
+    # -- observation -----------------------------------------------------------------------
+    def check_ready(self, want: DesiredInstance, state: LocalState) -> bool:
+        if state.ready or not want.image_ready_pattern:
+            return state.ready
+        try:
+            with self.layout.console_log(want.id).open("rb") as fh:
+                fh.seek(state.console_offset)
+                text = fh.read(8 * 1024 * 1024).decode("utf-8", errors="replace")
+        except OSError:
+            return False
+        if want.image_ready_pattern in text:
+            state.ready = True
+            self.layout.save_state(want.id, state)
+        return state.ready
+
+    def observe(self, want: DesiredInstance, info: InstanceInfo) -> ObservedInstance:
+        state = self.layout.load_state(want.id)
+        if info.state in (PowerState.RUNNING, PowerState.PAUSED):
+            ready = self.check_ready(want, state)
+            return ObservedInstance(
+                id=want.id, status="ACTIVE", ready=ready, reboot_gen=state.reboot_gen
+            )
+        fault = ""
+        if state.running_expected:
+            fault = info.reason or "the guest stopped on its own"
+            state.running_expected = False
+            self.layout.save_state(want.id, state)
+        return ObservedInstance(id=want.id, status="SHUTOFF", fault=fault)

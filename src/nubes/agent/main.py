@@ -1,0 +1,65 @@
+"""`nubes-agent`: one per host."""
+
+from __future__ import annotations
+
+import logging
+import pwd
+import signal
+import socket
+import threading
+import time
+
+from nubes.agent.agent import Agent
+from nubes.agent.drivers import make_hypervisor, make_network
+from nubes.agent.imagecache import ImageCache
+from nubes.agent.instances import InstanceReconciler
+from nubes.agent.layout import HostLayout
+from nubes.client import ApiError, NubesClient, load_config
+from nubes.conf import Settings, get_settings
+
+log = logging.getLogger("nubes.agent")
+
+
+def build_agent(settings: Settings, client: NubesClient) -> Agent:
+    host_name = settings.host_name or socket.gethostname()
+    layout = HostLayout(settings.hosts_dir / host_name)
+    layout.make()
+    hypervisor = make_hypervisor(settings, layout)
+    network = make_network(settings, layout)
+    images = ImageCache(layout.images, client, settings.images_dir)
+    owner = pwd.getpwnam(settings.qemu_user).pw_uid if settings.qemu_user else None
+    reconciler = InstanceReconciler(layout, hypervisor, network, images, settings.qemu_user, owner)
+    return Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
+
+
+def register_until_up(agent: Agent, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            agent.register()
+            return True
+        except ApiError as exc:
+            log.warning("cannot register yet: %s", exc.detail)
+            stop.wait(1.0)
+    return False
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = NubesClient(*load_config())
+    agent = build_agent(settings, client)
+    if not register_until_up(agent, stop):
+        return
+    beat = threading.Thread(target=agent.heartbeat_loop, args=(stop,), daemon=True)
+    beat.start()
+    started = time.monotonic()
+    agent.run(stop)
+    # stopping the agent never stops guests: they are adopted again at the next start
+    log.info("agent stopped after %.0f s; guests keep running", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

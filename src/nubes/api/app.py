@@ -1,0 +1,49 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from nubes.api import errors
+from nubes.api.bootstrap import seed_database, write_client_config
+from nubes.api.routes import agent, flavors, hosts, images, keypairs, networks, servers
+from nubes.api.state import AppState
+from nubes.conf import Settings
+from nubes.db.engine import make_engine, migrate, session_factory
+
+log = logging.getLogger("nubes.api")
+
+
+def client_config_path(settings: Settings) -> str:
+    return str(settings.state_dir / "client.json")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.images_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        token = seed_database(session)
+    if token:
+        url = settings.api_url or f"unix://{settings.api_socket}"
+        write_client_config(settings.state_dir / "client.json", url, token)
+        log.info("admin token written to %s", settings.state_dir / "client.json")
+    app = FastAPI(
+        title="nubes",
+        version="0.1.0",
+        description="A small IaaS compute service on QEMU.",
+    )
+    app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
+    errors.install(app)
+    for module in (images, flavors, keypairs, networks, servers, hosts, agent):
+        app.include_router(module.router)
+
+    @app.get("/v1", tags=["meta"])
+    def version() -> dict[str, str]:
+        return {"name": "nubes", "version": "0.1.0"}
+
+    return app

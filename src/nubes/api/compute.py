@@ -1,0 +1,171 @@
+"""Server lifecycle in the database: create (schedule + claim + IPAM), delete, actions."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from nubes.api import lookup
+from nubes.api.deps import Caller
+from nubes.api.state import AppState, bump_generation
+from nubes.db.ipam import allocate_ip, allocate_mac
+from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Port, utcnow
+from nubes.errors import Conflict, Forbidden, InvalidInput
+from nubes.scheduler.filters import Request
+from nubes.scheduler.placement import claim, release
+from nubes.schemas import resources as s
+
+log = logging.getLogger("nubes.api")
+GIB = 1024**3
+CLAIM_RETRIES = 5
+
+
+def to_wire(session: Session, inst: Instance) -> s.Server:
+    ports = session.execute(
+        select(Network.name, Port.ip)
+        .join(Network, Network.id == Port.network_id)
+        .where(Port.instance_id == inst.id)
+    ).all()
+    addresses: dict[str, list[str]] = {}
+    for net_name, ip in ports:
+        addresses.setdefault(net_name, []).append(ip)
+    host = session.get(Host, inst.host_id) if inst.host_id else None
+    image = session.get(Image, inst.image_id)
+    flavor = session.get(Flavor, inst.flavor_id)
+    return s.Server(
+        id=inst.id,
+        name=inst.name,
+        status=inst.status,
+        task_state=inst.task_state,
+        host=host.name if host else None,
+        image=image.name if image else inst.image_id,
+        flavor=flavor.name if flavor else inst.flavor_id,
+        addresses=addresses,
+        key_name=inst.key_name,
+        fault=inst.fault,
+        created_at=inst.created_at,
+        launched_at=inst.launched_at,
+        ready_at=inst.ready_at,
+    )
+
+
+def _validate(
+    session: Session, body: s.ServerCreate, who: Caller
+) -> tuple[Image, Flavor, Network, Keypair | None]:
+    if body.host and not who.is_admin:
+        raise Forbidden("host: only an admin may choose the host", field="host")
+    image = lookup.owned(session, Image, body.image, who, "image")
+    if image.status != "active":
+        raise InvalidInput(f"image: {image.name} is not active ({image.status})", field="image")
+    flavor = lookup.flavor(session, body.flavor)
+    network = lookup.owned(session, Network, body.network, who, "network")
+    key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
+    if image.virtual_size > flavor.disk_gb * GIB:
+        raise InvalidInput(
+            f"flavor: {flavor.name} has {flavor.disk_gb} GiB of disk, the image needs "
+            f"{-(-image.virtual_size // GIB)} GiB",
+            field="flavor",
+        )
+    taken = select(Instance.id).where(
+        Instance.project_id == who.project_id,
+        Instance.name == body.name,
+        Instance.deleted_at.is_(None),
+    )
+    if session.scalar(taken):
+        raise Conflict(f"server {body.name!r} already exists", field="name")
+    return image, flavor, network, key
+
+
+def create(state: AppState, body: s.ServerCreate, who: Caller) -> s.Server:
+    """One transaction: validate, claim a host, allocate the port, write the instance."""
+    for attempt in range(CLAIM_RETRIES):
+        with state.sessions() as session:
+            image, flavor, network, key = _validate(session, body, who)
+            req = Request(flavor.vcpus, flavor.ram_mb, flavor.disk_gb, force_host=body.host)
+            host = claim(session, req, state.settings)
+            inst = Instance(
+                project_id=who.project_id,
+                name=body.name,
+                image_id=image.id,
+                flavor_id=flavor.id,
+                host_id=host.id,
+                vcpus=flavor.vcpus,
+                ram_mb=flavor.ram_mb,
+                disk_gb=flavor.disk_gb,
+                key_name=key.name if key else "",
+                public_key=key.public_key if key else "",
+                user_data=body.user_data or "",
+            )
+            session.add(inst)
+            session.flush()
+            session.add(
+                Port(
+                    network_id=network.id,
+                    instance_id=inst.id,
+                    mac=allocate_mac(session),
+                    ip=allocate_ip(session, network),
+                )
+            )
+            if network.dhcp_host_id is None:
+                network.dhcp_host_id = host.id
+            bump_generation(session)
+            try:
+                session.commit()
+            except IntegrityError:
+                # a racing create took the same name, address or MAC: try again from the top
+                session.rollback()
+                if attempt == CLAIM_RETRIES - 1:
+                    raise Conflict("too many concurrent creates; try again") from None
+                continue
+            state.notifier.notify()
+            return to_wire(session, inst)
+    raise AssertionError("unreachable")
+
+
+def finish_delete(session: Session, inst: Instance) -> None:
+    """The host has let go of everything: free the port, the claim and the name."""
+    for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
+        session.delete(port)
+    if inst.host_id:
+        release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
+    inst.status = "DELETED"
+    inst.task_state = ""
+    inst.deleted_at = utcnow()
+    bump_generation(session)
+
+
+def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> None:
+    inst.desired_state = "deleted"
+    inst.task_state = "deleting"
+    if inst.host_id is None or not host_up:
+        # nothing on a host to wait for (or its host is down: its agent removes leftovers
+        # when it comes back, since nothing wants them any more)
+        finish_delete(session, inst)
+    bump_generation(session)
+    session.commit()
+    state.notifier.notify()
+
+
+def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction) -> None:
+    if inst.desired_state == "deleted":
+        raise Conflict("server is being deleted")
+    if body.action == "start":
+        if inst.status == "ACTIVE" and inst.desired_state == "running":
+            raise Conflict("server is already running")
+        inst.desired_state, inst.task_state = "running", "starting"
+    elif body.action == "stop":
+        if inst.status == "SHUTOFF" and inst.desired_state == "stopped":
+            raise Conflict("server is already stopped")
+        inst.desired_state, inst.task_state = "stopped", "stopping"
+    else:
+        if inst.status != "ACTIVE":
+            raise Conflict(f"server is {inst.status}; only ACTIVE servers can reboot")
+        inst.reboot_gen += 1
+        inst.hard_reboot = body.hard
+        inst.task_state = "rebooting"
+    bump_generation(session)
+    session.commit()
+    state.notifier.notify()

@@ -1,0 +1,70 @@
+"""Request dependencies: the database session and the caller behind the bearer token."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nubes.api.state import AppState
+from nubes.db.models import Token
+from nubes.errors import Forbidden, Unauthorized
+
+
+@dataclass(frozen=True)
+class Caller:
+    project_id: str
+    role: str  # admin | member | host
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.nubes
+    return state
+
+
+def db_session(state: Annotated[AppState, Depends(app_state)]) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
+    if row is None:
+        raise Unauthorized("invalid token")
+    return Caller(project_id=row.project_id, role=row.role)
+
+
+def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not who.is_admin:
+        raise Forbidden("this needs an admin token")
+    return who
+
+
+def agent(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if who.role not in ("admin", "host"):
+        raise Forbidden("this needs a host or admin token")
+    return who
+
+
+SessionDep = Annotated[Session, Depends(db_session)]
+CallerDep = Annotated[Caller, Depends(caller)]
+AdminDep = Annotated[Caller, Depends(admin)]
+AgentDep = Annotated[Caller, Depends(agent)]
+StateDep = Annotated[AppState, Depends(app_state)]

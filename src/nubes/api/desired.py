@@ -1,0 +1,114 @@
+"""The desired state of one host, derived from the database on every request."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nubes.db.models import Host, Image, Instance, Network, Port
+from nubes.schemas import agent as a
+
+
+def _ports(session: Session, inst: Instance) -> list[a.DesiredPort]:
+    rows = session.execute(
+        select(Port, Network)
+        .join(Network, Network.id == Port.network_id)
+        .where(Port.instance_id == inst.id)
+    ).all()
+    return [
+        a.DesiredPort(
+            id=p.id,
+            network_id=n.id,
+            mac=p.mac,
+            ip=p.ip,
+            prefix=ipaddress.ip_network(n.cidr).prefixlen,
+            gateway=n.gateway,
+            mtu=n.mtu,
+        )
+        for p, n in rows
+    ]
+
+
+def _instance(session: Session, inst: Instance) -> a.DesiredInstance:
+    image = session.get(Image, inst.image_id)
+    assert image is not None
+    return a.DesiredInstance(
+        id=inst.id,
+        name=inst.name,
+        desired_state=inst.desired_state,
+        status=inst.status,
+        reboot_gen=inst.reboot_gen,
+        hard_reboot=inst.hard_reboot,
+        vcpus=inst.vcpus,
+        ram_mb=inst.ram_mb,
+        disk_gb=inst.disk_gb,
+        image_id=image.id,
+        image_format=image.disk_format,
+        image_sha256=image.sha256,
+        image_kernel_sha256=image.kernel_sha256,
+        image_initrd_sha256=image.initrd_sha256,
+        image_cmdline=image.cmdline,
+        image_ready_pattern=image.ready_pattern,
+        default_user=image.default_user,
+        public_keys=[inst.public_key] if inst.public_key else [],
+        user_data=inst.user_data or None,
+        ports=_ports(session, inst),
+    )
+
+
+def dhcp_hostname(instance_id: str) -> str:
+    return "i-" + instance_id.replace("-", "")[:12]
+
+
+def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
+    rows = session.execute(
+        select(Port, Instance.host_id)
+        .join(Instance, Instance.id == Port.instance_id)
+        .where(Port.network_id == net.id, Instance.deleted_at.is_(None))
+    ).all()
+    host_ids = {h for _, h in rows if h} | ({net.dhcp_host_id} if net.dhcp_host_id else set())
+    peers = session.scalars(select(Host.address).where(Host.id.in_(host_ids - {host.id}))).all()
+    serve = net.dhcp_host_id == host.id
+    return a.DesiredNetwork(
+        id=net.id,
+        cidr=net.cidr,
+        gateway=net.gateway,
+        vni=net.vni,
+        mtu=net.mtu,
+        overlay=net.overlay,
+        serve=serve,
+        peers=sorted(p for p in peers if p),
+        reservations=[
+            a.DesiredReservation(mac=p.mac, ip=p.ip, hostname=dhcp_hostname(p.instance_id))
+            for p, _ in rows
+        ]
+        if serve
+        else [],
+    )
+
+
+def desired_state(session: Session, host: Host, generation: int) -> a.DesiredState:
+    instances = session.scalars(
+        select(Instance).where(Instance.host_id == host.id, Instance.deleted_at.is_(None))
+    ).all()
+    wanted = [_instance(session, i) for i in instances]
+    net_ids = {p.network_id for i in wanted if i.desired_state != "deleted" for p in i.ports}
+    served = session.scalars(select(Network).where(Network.dhcp_host_id == host.id)).all()
+    for net in served:
+        has_ports = session.scalar(
+            select(Port.id)
+            .join(Instance, Instance.id == Port.instance_id)
+            .where(Port.network_id == net.id, Instance.deleted_at.is_(None))
+        )
+        if has_ports:
+            net_ids.add(net.id)
+    nets = session.scalars(select(Network).where(Network.id.in_(net_ids))).all()
+    return a.DesiredState(
+        generation=generation,
+        host_id=host.id,
+        address=host.address,
+        instances=wanted,
+        networks=[_network(session, n, host) for n in nets],
+    )

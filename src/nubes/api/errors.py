@@ -1,0 +1,58 @@
+"""Exceptions to application/problem+json. Users never see a traceback or a host path."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+
+from nubes.errors import NubesError
+
+log = logging.getLogger("nubes.api")
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    body["detail"] = detail
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def _field_of(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(NubesError)
+    async def _nubes(_: Request, exc: NubesError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
+        return problem(exc.status, exc.title, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid value"))
+        return problem(422, "Invalid input", f"{field}: {msg}", field)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, "Error", str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc.orig)
+        return problem(503, "Service unavailable", "the database is unavailable; try again")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return problem(500, "Internal error", "an unexpected error occurred; see the API log")

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from nubes.api import lookup
+from nubes.api.deps import AdminDep, CallerDep, SessionDep, StateDep
+from nubes.api.routes.servers import host_up
+from nubes.api.state import bump_generation
+from nubes.db.models import Host, Instance
+from nubes.schemas import resources as s
+
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+
+
+def to_wire(session: SessionDep, h: Host, down_after: float) -> s.Host:
+    count = session.scalar(
+        select(func.count(Instance.id)).where(
+            Instance.host_id == h.id, Instance.deleted_at.is_(None)
+        )
+    )
+    return s.Host(
+        id=h.id,
+        name=h.name,
+        state="up" if host_up(h, down_after) else "down",
+        enabled=h.enabled,
+        address=h.address,
+        accel=h.accel,
+        accel_note=h.accel_note,
+        vcpus=h.vcpus,
+        ram_mb=h.ram_mb,
+        disk_gb=h.disk_gb,
+        used_vcpus=h.used_vcpus,
+        used_ram_mb=h.used_ram_mb,
+        used_disk_gb=h.used_disk_gb,
+        instances=count or 0,
+        last_heartbeat=h.last_heartbeat,
+    )
+
+
+@router.get("")
+def list_hosts(session: SessionDep, _: CallerDep, state: StateDep) -> list[s.Host]:
+    rows = session.scalars(select(Host).order_by(Host.name))
+    return [to_wire(session, h, state.settings.host_down_after) for h in rows]
+
+
+@router.get("/{ref}")
+def show_host(ref: str, session: SessionDep, _: CallerDep, state: StateDep) -> s.Host:
+    return to_wire(session, lookup.host(session, ref), state.settings.host_down_after)
+
+
+def _set_enabled(ref: str, enabled: bool, session: SessionDep, state: StateDep) -> s.Host:
+    h = lookup.host(session, ref)
+    h.enabled = enabled
+    bump_generation(session)
+    session.commit()
+    state.notifier.notify()
+    return to_wire(session, h, state.settings.host_down_after)
+
+
+@router.post("/{ref}/disable")
+def disable_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.Host:
+    return _set_enabled(ref, False, session, state)
+
+
+@router.post("/{ref}/enable")
+def enable_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.Host:
+    return _set_enabled(ref, True, session, state)

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from nubes.api import lookup
+from nubes.api.deps import AgentDep, CallerDep, SessionDep, StateDep
+from nubes.api.lookup import admin_project_id
+from nubes.db.models import Image, Instance
+from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
+from nubes.schemas import resources as s
+from nubes.storage.images import ImageStore
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+BOOT_FILE_MAX = 512 * 1024 * 1024
+Part = Literal["file", "kernel", "initrd"]
+
+
+def to_wire(i: Image) -> s.Image:
+    return s.Image(
+        id=i.id,
+        name=i.name,
+        disk_format=i.disk_format,
+        status=i.status,
+        size=i.size,
+        virtual_size=i.virtual_size,
+        sha256=i.sha256,
+        kernel=bool(i.kernel_sha256),
+        initrd=bool(i.initrd_sha256),
+        cmdline=i.cmdline,
+        default_user=i.default_user,
+        ready_pattern=i.ready_pattern,
+        error=i.error,
+        created_at=i.created_at,
+    )
+
+
+def store(state: StateDep) -> ImageStore:
+    state.settings.images_dir.mkdir(parents=True, exist_ok=True)
+    return ImageStore(state.settings.images_dir)
+
+
+def check_url(url: str, allow_private: bool) -> None:
+    """Refuse URLs that point back into the cloud's own or private networks (SSRF)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidInput("url: must be an http:// or https:// URL", field="url")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise InvalidInput(f"url: cannot resolve {parsed.hostname}", field="url") from exc
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if addr.is_loopback or addr.is_link_local or addr.is_private or addr.is_reserved:
+            raise InvalidInput(
+                f"url: {parsed.hostname} resolves to a non-public address ({addr}); "
+                "set NUBES_ALLOW_PRIVATE_IMAGE_URLS=true to allow it",
+                field="url",
+            )
+
+
+def download(url: str, dest: Path) -> None:
+    with httpx.stream("GET", url, follow_redirects=False, timeout=60) as resp:
+        if resp.status_code != 200:
+            raise InvalidInput(f"url: download failed with HTTP {resp.status_code}", field="url")
+        with dest.open("wb") as fh:
+            for chunk in resp.iter_bytes(1 << 20):
+                fh.write(chunk)
+
+
+@router.get("")
+def list_images(session: SessionDep, who: CallerDep) -> list[s.Image]:
+    projects = [who.project_id, admin_project_id(session)]
+    rows = session.scalars(select(Image).where(Image.project_id.in_(projects)).order_by(Image.name))
+    return [to_wire(i) for i in rows]
+
+
+@router.get("/{ref}")
+def show_image(ref: str, session: SessionDep, who: CallerDep) -> s.Image:
+    return to_wire(lookup.owned(session, Image, ref, who, "image"))
+
+
+@router.post("", status_code=201)
+def create_image(
+    body: s.ImageCreate, session: SessionDep, who: CallerDep, state: StateDep
+) -> s.Image:
+    taken = select(Image).where(Image.project_id == who.project_id, Image.name == body.name)
+    if session.scalar(taken):
+        raise Conflict(f"image {body.name!r} already exists", field="name")
+    if body.url:
+        check_url(body.url, state.settings.allow_private_image_urls)
+    row = Image(
+        project_id=who.project_id,
+        name=body.name,
+        disk_format=body.disk_format,
+        cmdline=body.cmdline,
+        default_user=body.default_user,
+        ready_pattern=body.ready_pattern,
+    )
+    session.add(row)
+    session.commit()
+    if body.url:
+        with tempfile.TemporaryDirectory(dir=state.settings.images_dir) as tmp:
+            path = Path(tmp) / "download"
+            try:
+                download(body.url, path)
+                _import(session, row, store(state), path, state.settings.max_image_virtual_size_gb)
+            except Exception:
+                session.delete(row)
+                session.commit()
+                raise
+    return to_wire(row)
+
+
+def _import(session: SessionDep, row: Image, st: ImageStore, src: Path, max_gb: int) -> None:
+    stored = st.import_file(row.id, src, row.disk_format, max_gb * 1024**3)
+    row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
+    row.status = "active"
+    session.commit()
+
+
+async def _spool(request: Request, dest: Path, limit: int | None) -> str:
+    digest = hashlib.sha256()
+    size = 0
+    with dest.open("wb") as fh:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise InvalidInput("file: too large", field="file")
+            digest.update(chunk)
+            await run_in_threadpool(fh.write, chunk)
+    if size == 0:
+        raise BadRequest("file: the upload is empty", field="file")
+    return digest.hexdigest()
+
+
+@router.put("/{ref}/{part}", status_code=200)
+async def upload_part(
+    ref: str, part: Part, request: Request, session: SessionDep, who: CallerDep, state: StateDep
+) -> s.Image:
+    row = lookup.owned(session, Image, ref, who, "image")
+    if row.project_id != who.project_id:
+        raise Forbidden("this image belongs to another project")
+    st = store(state)
+    if part == "file" and row.status == "active":
+        raise Conflict("image data was already uploaded", field="file")
+    fd, tmp = tempfile.mkstemp(dir=state.settings.images_dir, prefix=".upload-")
+    os.close(fd)
+    path = Path(tmp)
+    try:
+        limit = None if part == "file" else BOOT_FILE_MAX
+        digest = await _spool(request, path, limit)
+        if part == "file":
+            max_gb = state.settings.max_image_virtual_size_gb
+            await run_in_threadpool(_import, session, row, st, path, max_gb)
+        else:
+            os.replace(path, state.settings.images_dir / f"{row.id}.{part}")
+            setattr(row, f"{part}_sha256", digest)
+            session.commit()
+    finally:
+        path.unlink(missing_ok=True)
+    return to_wire(row)
+
+
+@router.get("/{ref}/{part}")
+def download_part(
+    ref: str, part: Part, session: SessionDep, _: AgentDep, state: StateDep
+) -> FileResponse:
+    row = session.get(Image, ref)
+    if row is None or row.status != "active":
+        raise NotFound(f"image {ref!r} not found or not active")
+    name = f"{row.id}.{row.disk_format}" if part == "file" else f"{row.id}.{part}"
+    path = state.settings.images_dir / name
+    if not path.exists():
+        raise NotFound(f"image {ref!r} has no {part}")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.delete("/{ref}", status_code=204)
+def delete_image(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> None:
+    row = lookup.owned(session, Image, ref, who, "image")
+    if row.project_id != who.project_id and not who.is_admin:
+        raise Forbidden("this image belongs to another project")
+    live = select(Instance.id).where(Instance.image_id == row.id, Instance.deleted_at.is_(None))
+    if session.scalar(live):
+        raise Conflict(f"image {row.name!r} is used by servers; delete them first")
+    store(state).delete(row.id)
+    for part in ("kernel", "initrd"):
+        (state.settings.images_dir / f"{row.id}.{part}").unlink(missing_ok=True)
+    session.delete(row)
+    session.commit()

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from nubes.api import compute, lookup
+from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.db.models import Host, Instance, utcnow
+from nubes.schemas import resources as s
+
+router = APIRouter(prefix="/v1/servers", tags=["servers"])
+
+
+def host_up(host: Host | None, down_after: float) -> bool:
+    if host is None or host.last_heartbeat is None:
+        return False
+    return host.last_heartbeat >= utcnow() - timedelta(seconds=down_after)
+
+
+def instance_dir(host: Host, instance_id: str) -> Path:
+    return Path(host.state_dir) / "instances" / instance_id
+
+
+@router.get("")
+def list_servers(session: SessionDep, who: CallerDep) -> list[s.Server]:
+    rows = session.scalars(
+        select(Instance)
+        .where(Instance.project_id == who.project_id, Instance.deleted_at.is_(None))
+        .order_by(Instance.name)
+    )
+    return [compute.to_wire(session, i) for i in rows]
+
+
+@router.post("", status_code=202)
+def create_server(body: s.ServerCreate, who: CallerDep, state: StateDep) -> s.Server:
+    return compute.create(state, body, who)
+
+
+@router.get("/{ref}")
+def show_server(ref: str, session: SessionDep, who: CallerDep) -> s.Server:
+    return compute.to_wire(session, lookup.owned(session, Instance, ref, who, "server"))
+
+
+@router.delete("/{ref}", status_code=202)
+def delete_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> s.Server:
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    host = session.get(Host, inst.host_id) if inst.host_id else None
+    compute.request_delete(state, session, inst, host_up(host, state.settings.host_down_after))
+    return compute.to_wire(session, inst)
+
+
+@router.post("/{ref}/action", status_code=202)
+def server_action(
+    ref: str, body: s.ServerAction, session: SessionDep, who: CallerDep, state: StateDep
+) -> s.Server:
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    compute.act(state, session, inst, body)
+    return compute.to_wire(session, inst)
+
+
+@router.get("/{ref}/console-log", response_class=PlainTextResponse)
+def console_log(
+    ref: str,
+    session: SessionDep,
+    who: CallerDep,
+    tail: int = Query(default=0, ge=0, le=100000, description="last N lines; 0 = all"),
+) -> str:
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    host = session.get(Host, inst.host_id) if inst.host_id else None
+    if host is None:
+        return ""
+    path = instance_dir(host, inst.id) / "console.log"
+    try:
+        data = path.read_bytes()[-4 * 1024 * 1024 :]
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if tail:
+        text = "\n".join(text.splitlines()[-tail:]) + "\n"
+    return text

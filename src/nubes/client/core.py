@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from nubes.schemas import agent as a
+from nubes.schemas import resources as s
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answer from the API (or no answer at all: status 0)."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+
+
+def load_config() -> tuple[str, str]:
+    """NUBES_URL/NUBES_TOKEN, else the client.json the API wrote in the state directory."""
+    url, token = os.environ.get("NUBES_URL", ""), os.environ.get("NUBES_TOKEN", "")
+    if url and token:
+        return url, token
+    state_dir = Path(os.environ.get("NUBES_STATE_DIR", "/var/lib/nubes"))
+    path = state_dir / "client.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ApiError(0, f"no client config at {path}: is nubes running? (nubes up)") from None
+    return url or data["url"], token or data["token"]
+
+
+class NubesClient:
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        if url.startswith("unix://"):
+            transport = httpx.HTTPTransport(uds=url[len("unix://") :])
+            self._http = httpx.Client(transport=transport, base_url="http://nubes", timeout=timeout)
+        else:
+            self._http = httpx.Client(base_url=url, timeout=timeout)
+        self._http.headers["authorization"] = f"Bearer {token}"
+
+    @classmethod
+    def from_config(cls) -> NubesClient:
+        return cls(*load_config())
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing -----------------------------------------------------------------
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"cannot reach the nubes API: {exc}") from exc
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp
+
+    def _get(self, path: str, model: type[M], **kw: Any) -> M:
+        return model.model_validate(self.request("GET", path, **kw).json())
+
+    def _list(self, path: str, model: type[M]) -> list[M]:
+        return TypeAdapter(list[model]).validate_python(self.request("GET", path).json())  # type: ignore[valid-type]
+
+    def _post(self, path: str, model: type[M], body: BaseModel | dict[str, Any]) -> M:
+        payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
+        return model.model_validate(self.request("POST", path, json=payload).json())
+
+    # -- resources ------------------------------------------------------------------
+    def flavors(self) -> list[s.Flavor]:
+        return self._list("/v1/flavors", s.Flavor)
+
+    def create_flavor(self, body: s.FlavorCreate) -> s.Flavor:
+        return self._post("/v1/flavors", s.Flavor, body)
+
+    def images(self) -> list[s.Image]:
+        return self._list("/v1/images", s.Image)
+
+    def image(self, ref: str) -> s.Image:
+        return self._get(f"/v1/images/{ref}", s.Image)
+
+    def create_image(self, body: s.ImageCreate) -> s.Image:
+        return self._post("/v1/images", s.Image, body)
+
+    def upload_image_part(self, ref: str, part: str, chunks: Iterator[bytes]) -> s.Image:
+        resp = self.request("PUT", f"/v1/images/{ref}/{part}", content=chunks, timeout=None)
+        return s.Image.model_validate(resp.json())
+
+    def keypairs(self) -> list[s.Keypair]:
+        return self._list("/v1/keypairs", s.Keypair)
+
+    def create_keypair(self, body: s.KeypairCreate) -> s.Keypair:
+        return self._post("/v1/keypairs", s.Keypair, body)
+
+    def networks(self) -> list[s.Network]:
+        return self._list("/v1/networks", s.Network)
+
+    def network(self, ref: str) -> s.Network:
+        return self._get(f"/v1/networks/{ref}", s.Network)
+
+    def create_network(self, body: s.NetworkCreate) -> s.Network:
+        return self._post("/v1/networks", s.Network, body)
+
+    def servers(self) -> list[s.Server]:
+        return self._list("/v1/servers", s.Server)
+
+    def server(self, ref: str) -> s.Server:
+        return self._get(f"/v1/servers/{ref}", s.Server)
+
+    def create_server(self, body: s.ServerCreate) -> s.Server:
+        return self._post("/v1/servers", s.Server, body)
+
+    def delete_server(self, ref: str) -> s.Server:
+        return s.Server.model_validate(self.request("DELETE", f"/v1/servers/{ref}").json())
+
+    def server_action(self, ref: str, action: str, hard: bool = False) -> s.Server:
+        body = s.ServerAction(action=action, hard=hard)  # type: ignore[arg-type]
+        return self._post(f"/v1/servers/{ref}/action", s.Server, body)
+
+    def console_log(self, ref: str, tail: int = 0) -> str:
+        return self.request("GET", f"/v1/servers/{ref}/console-log", params={"tail": tail}).text
+
+    def hosts(self) -> list[s.Host]:
+        return self._list("/v1/hosts", s.Host)
+
+    def set_host_enabled(self, ref: str, enabled: bool) -> s.Host:
+        return self._post(f"/v1/hosts/{ref}/{'enable' if enabled else 'disable'}", s.Host, {})
+
+    def delete(self, kind: str, ref: str) -> None:
+        self.request("DELETE", f"/v1/{kind}/{ref}")
+
+    # -- agents -------------------------------------------------------------------------
+    def register_host(self, body: a.HostRegister) -> str:
+        return str(self.request("POST", "/v1/agent/hosts", json=body.model_dump()).json()["id"])
+
+    def heartbeat(self, host_id: str) -> None:
+        self.request("POST", f"/v1/agent/hosts/{host_id}/heartbeat")
+
+    def desired(self, host_id: str, since: int, wait: float) -> a.DesiredState:
+        params = {"since": since, "wait": wait}
+        return self._get(
+            f"/v1/agent/hosts/{host_id}/desired", a.DesiredState, params=params, timeout=wait + 30
+        )
+
+    def report(self, host_id: str, body: a.Report) -> None:
+        self.request("POST", f"/v1/agent/hosts/{host_id}/report", json=body.model_dump())
+
+    def download_image_part(self, image_id: str, part: str, dest: Path) -> None:
+        with self._http.stream("GET", f"/v1/images/{image_id}/{part}", timeout=None) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise _error(resp)
+            with dest.open("wb") as fh:
+                for chunk in resp.iter_bytes(1 << 20):
+                    fh.write(chunk)
+
+
+def _error(resp: httpx.Response) -> ApiError:
+    try:
+        body = resp.json()
+        return ApiError(resp.status_code, str(body.get("detail", resp.text)), body.get("field"))
+    except (ValueError, AttributeError):
+        return ApiError(resp.status_code, resp.text or resp.reason_phrase)

@@ -1,0 +1,138 @@
+"""Wire models: <Res>Create for requests, <Res> for responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nubes.schemas.common import Hostname, Name
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FlavorCreate(Model):
+    name: Name
+    vcpus: int = Field(ge=1, le=64)
+    ram_mb: int = Field(ge=64, le=1024 * 1024)
+    disk_gb: int = Field(ge=1, le=16384)
+
+
+class Flavor(Model):
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+class KeypairCreate(Model):
+    name: Name
+    public_key: str | None = Field(
+        default=None, max_length=16384, description="OpenSSH public key; omit to generate one"
+    )
+
+
+class Keypair(Model):
+    id: str
+    name: str
+    fingerprint: str
+    public_key: str
+    private_key: str | None = None  # only in the answer that generated it
+    created_at: datetime
+
+
+class NetworkCreate(Model):
+    name: Name
+    cidr: str = Field(max_length=64, examples=["10.20.0.0/24"])
+    type: Literal["vxlan", "geneve"] | None = None
+    vni: int | None = Field(default=None, ge=1, le=16777215, description="admin only")
+
+
+class Network(Model):
+    id: str
+    name: str
+    cidr: str
+    gateway: str
+    type: str
+    vni: int
+    mtu: int
+    created_at: datetime
+
+
+class ImageCreate(Model):
+    name: Name
+    disk_format: Literal["qcow2", "raw"] = "qcow2"
+    url: str | None = Field(default=None, max_length=2048)
+    cmdline: str = Field(default="", max_length=1024, description="kernel command line")
+    default_user: str = Field(default="", max_length=32, pattern=r"^([a-z_][a-z0-9_-]{0,31})?$")
+    ready_pattern: str = Field(default="", max_length=255)
+
+
+class Image(Model):
+    id: str
+    name: str
+    disk_format: str
+    status: str
+    size: int
+    virtual_size: int
+    sha256: str
+    kernel: bool
+    initrd: bool
+    cmdline: str
+    default_user: str
+    ready_pattern: str
+    error: str
+    created_at: datetime
+
+
+class ServerCreate(Model):
+    name: Hostname
+    image: str = Field(min_length=1, max_length=64)
+    flavor: str = Field(min_length=1, max_length=64)
+    network: str = Field(min_length=1, max_length=64)
+    key_name: str | None = Field(default=None, max_length=64)
+    user_data: str | None = Field(default=None, max_length=65536)
+    host: str | None = Field(default=None, max_length=64, description="admin only")
+
+
+class Server(Model):
+    id: str
+    name: str
+    status: str
+    task_state: str
+    host: str | None
+    image: str
+    flavor: str
+    addresses: dict[str, list[str]]
+    key_name: str
+    fault: str
+    created_at: datetime
+    launched_at: datetime | None
+    ready_at: datetime | None
+
+
+class ServerAction(Model):
+    action: Literal["start", "stop", "reboot"]
+    hard: bool = False
+
+
+class Host(Model):
+    id: str
+    name: str
+    state: Literal["up", "down"]
+    enabled: bool
+    address: str
+    accel: str
+    accel_note: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    used_vcpus: int
+    used_ram_mb: int
+    used_disk_gb: int
+    instances: int
+    last_heartbeat: datetime | None
