@@ -1,0 +1,179 @@
+"""nftables rules of nubes: pure script builders (unit-tested) and one function that applies them.
+
+Two tables are ours alone and nothing else is ever touched or flushed:
+- `inet nubes`: NAT (masquerade a network's CIDR out of a named uplink) and a guard that keeps
+  guests from reaching the host's services through their gateway or routing between bridges.
+- `bridge nubes`: per-port anti-spoofing, one chain per tap reached through the `ports` map.
+
+Every script is idempotent: it declares the skeleton (declaring what exists is a no-op, but rules
+are appended, so base chains are flushed and refilled in the same transaction), and a removal
+first adds what it deletes, since nft 1.0.6 has no `destroy`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from pathlib import Path
+
+from nubes.errors import DriverError
+
+TABLE = "nubes"
+BRIDGE_GLOB = "nbr*"
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _ifname(name: str) -> str:
+    """Interface names end up quoted in nft scripts: allow only what cannot escape the quotes."""
+    if not _IFNAME_RE.match(name):
+        raise DriverError(f"invalid interface name {name!r}")
+    return name
+
+
+def _chain(prefix: str, ifname: str) -> str:
+    return prefix + re.sub(r"[^A-Za-z0-9]", "_", _ifname(ifname))
+
+
+def inet_skeleton() -> str:
+    return f"""table inet {TABLE} {{
+  map nat_bridges {{ type ifname : verdict; }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+}}
+flush chain inet {TABLE} postrouting
+add rule inet {TABLE} postrouting iifname vmap @nat_bridges
+"""
+
+
+def guard_script() -> str:
+    """Guests reach their gateway host for DHCP and ICMP only, and never another bridge."""
+    return f"""table inet {TABLE} {{
+  chain input {{ type filter hook input priority filter; policy accept; }}
+  chain forward {{ type filter hook forward priority filter; policy accept; }}
+}}
+flush chain inet {TABLE} input
+flush chain inet {TABLE} forward
+add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" ct state established,related accept
+add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" udp dport 67 accept
+add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" meta l4proto {{ icmp, ipv6-icmp }} accept
+add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" drop
+add rule inet {TABLE} forward iifname "{BRIDGE_GLOB}" oifname "{BRIDGE_GLOB}" drop
+"""
+
+
+def nat_script(bridge: str, cidr: str, uplink: str) -> str:
+    """Masquerade what the bridge's network sends out of uplink (and nothing else)."""
+    net = ipaddress.IPv4Network(cidr)
+    chain = _chain("nat_", bridge)
+    return (
+        inet_skeleton()
+        + f"add chain inet {TABLE} {chain}\n"
+        + f"flush chain inet {TABLE} {chain}\n"
+        + f"add rule inet {TABLE} {chain} ip saddr {net} ip daddr != {net}"
+        + f' oifname "{_ifname(uplink)}" masquerade\n'
+        + f'add element inet {TABLE} nat_bridges {{ "{bridge}" : jump {chain} }}\n'
+    )
+
+
+def nat_remove_script(bridge: str) -> str:
+    chain = _chain("nat_", bridge)
+    return (
+        inet_skeleton()
+        + f"add chain inet {TABLE} {chain}\n"
+        + f'add element inet {TABLE} nat_bridges {{ "{bridge}" : jump {chain} }}\n'
+        + f'delete element inet {TABLE} nat_bridges {{ "{bridge}" }}\n'
+        + f"flush chain inet {TABLE} {chain}\n"
+        + f"delete chain inet {TABLE} {chain}\n"
+    )
+
+
+def bridge_skeleton() -> str:
+    return f"""table bridge {TABLE} {{
+  map ports {{ type ifname : verdict; }}
+  chain prerouting {{ type filter hook prerouting priority -200; policy accept; }}
+}}
+flush chain bridge {TABLE} prerouting
+add rule bridge {TABLE} prerouting iifname vmap @ports
+"""
+
+
+def port_rules(mac: str, ip: str) -> list[str]:
+    """What a port may send into its bridge: its own MAC and IP, no router or DHCP server."""
+    mac = mac.lower()
+    if not _MAC_RE.match(mac):
+        raise DriverError(f"invalid MAC address {mac!r}")
+    addr = ipaddress.IPv4Address(ip)
+    return [
+        f"ether saddr != {mac} drop",
+        f"ether type arp arp saddr ether != {mac} drop",
+        # 0.0.0.0 is the sender of an ARP probe (address conflict detection)
+        f"ether type arp arp saddr ip != {{ 0.0.0.0, {addr} }} drop",
+        "ether type arp accept",
+        "ether type ip udp sport 67 drop",  # no rogue DHCP server
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+        f"ether type ip ip saddr != {addr} drop",
+        "ether type ip accept",
+        "ether type ip6 icmpv6 type nd-router-advert drop",  # no rogue IPv6 router
+        "ether type ip6 udp sport 547 drop",  # no rogue DHCPv6 server
+        "ether type ip6 accept",  # link-local/SLAAC sources are not known to us
+        "drop",  # VLAN tags and other ethertypes
+    ]
+
+
+def port_script(tap: str, mac: str, ip: str) -> str:
+    chain = _chain("port_", tap)
+    rules = "".join(f"add rule bridge {TABLE} {chain} {r}\n" for r in port_rules(mac, ip))
+    return (
+        bridge_skeleton()
+        + f"add chain bridge {TABLE} {chain}\n"
+        + f"flush chain bridge {TABLE} {chain}\n"
+        + rules
+        + f'add element bridge {TABLE} ports {{ "{tap}" : jump {chain} }}\n'
+    )
+
+
+def port_remove_script(tap: str) -> str:
+    chain = _chain("port_", tap)
+    return (
+        bridge_skeleton()
+        + f"add chain bridge {TABLE} {chain}\n"
+        + f'add element bridge {TABLE} ports {{ "{tap}" : jump {chain} }}\n'
+        + f'delete element bridge {TABLE} ports {{ "{tap}" }}\n'
+        + f"flush chain bridge {TABLE} {chain}\n"
+        + f"delete chain bridge {TABLE} {chain}\n"
+    )
+
+
+def delete_tables_script(present: list[str]) -> str:
+    """Remove our tables (only those listed as present: `delete` of a missing one fails)."""
+    return "".join(f"delete table {family} {TABLE}\n" for family in present)
+
+
+def apply(script: str, nft: str = "nft") -> None:
+    """Apply a script atomically (nft runs it as one transaction)."""
+    proc = subprocess.run(
+        [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=30, check=False
+    )
+    if proc.returncode != 0:
+        raise DriverError(f"nft failed: {proc.stderr.strip()}")
+
+
+def tables(nft: str = "nft") -> list[str]:
+    """Families that have a `nubes` table in this namespace."""
+    proc = subprocess.run(
+        [nft, "list", "tables"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if proc.returncode != 0:
+        raise DriverError(f"nft failed: {proc.stderr.strip()}")
+    found = []
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "table" and parts[2] == TABLE:
+            found.append(parts[1])
+    return found
+
+
+def enable_forwarding() -> None:
+    """NAT needs IPv4 forwarding in this namespace (only done when an uplink is configured)."""
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")

@@ -1,0 +1,310 @@
+"""The Linux bridge network driver: a bridge per network, taps for ports, VXLAN between hosts,
+dnsmasq for DHCP and nftables for NAT and anti-spoofing.
+
+Our devices carry an alias (`nubes network <id>`, `nubes port <id> <mac>`): that is how a
+restarted agent finds what it owns without any state file of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+from nubes.errors import DriverError, InvalidInput
+from nubes.network import firewall
+from nubes.network.base import NetworkDriver, NetworkSpec, PortInfo, PortSpec, bridge_name
+from nubes.network.dhcp import DhcpConfig, Dnsmasq, check_id
+from nubes.network.netlink import ZERO_MAC, Netlink, check_ifname, set_sysctl
+
+log = logging.getLogger(__name__)
+
+BRIDGE_PREFIX = "nbr"
+TAP_PREFIX = "tap"
+VXLAN_PREFIX = "vx"
+GENEVE_PREFIX = "gn"
+NET_ALIAS = "nubes network "
+PORT_ALIAS = "nubes port "
+GENEVE_ALIAS = "nubes geneve "
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
+
+
+def vxlan_name(network_id: str) -> str:
+    return VXLAN_PREFIX + network_id.replace("-", "")[:13]
+
+
+def geneve_name(network_id: str, peer_ip: str) -> str:
+    # One device per peer: hash both so names stay unique and within 15 characters.
+    return GENEVE_PREFIX + hashlib.sha1(f"{network_id}/{peer_ip}".encode()).hexdigest()[:13]
+
+
+@lru_cache(maxsize=1)
+def geneve_supported() -> bool:
+    """Does this kernel have Geneve (loaded, built in, or loadable)?"""
+    if Path("/sys/module/geneve").exists():
+        return True
+    builtin = Path(f"/lib/modules/{os.uname().release}/modules.builtin")
+    try:
+        if "/geneve.ko" in builtin.read_text():
+            return True
+    except OSError:
+        pass
+    try:
+        proc = subprocess.run(["modprobe", "-q", "geneve"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def validate_network(spec: NetworkSpec, geneve_ok: Callable[[], bool] = geneve_supported) -> None:
+    """Reject a spec before anything is created. Raises InvalidInput."""
+    check_id(spec.id)
+    _ifname(spec.bridge, "bridge")
+    try:
+        net = ipaddress.IPv4Network(spec.cidr)
+        if ipaddress.IPv4Address(spec.gateway) not in net:
+            raise InvalidInput(f"gateway {spec.gateway} is outside {spec.cidr}", field="gateway")
+        for p in spec.peers:
+            ipaddress.IPv4Address(p.underlay_ip)
+        if spec.local_underlay_ip is not None:
+            ipaddress.IPv4Address(spec.local_underlay_ip)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
+    if not 68 <= spec.mtu <= 65535:
+        raise InvalidInput(f"invalid MTU {spec.mtu}", field="mtu")
+    if spec.vni is not None:
+        if not 1 <= spec.vni < 2**24:
+            raise InvalidInput(f"invalid VNI {spec.vni}", field="vni")
+        if spec.overlay not in ("vxlan", "geneve"):
+            raise InvalidInput(f"unknown overlay {spec.overlay!r}", field="overlay")
+        if spec.overlay == "geneve" and not geneve_ok():
+            raise InvalidInput(NO_GENEVE, field="overlay")
+        if spec.peers and not spec.local_underlay_ip:
+            raise InvalidInput("an overlay needs local_underlay_ip", field="local_underlay_ip")
+
+
+def _ifname(name: str, what: str) -> str:
+    try:
+        return check_ifname(name)
+    except DriverError as e:
+        raise InvalidInput(f"invalid {what} name {name!r}", field=what) from e
+
+
+class LinuxBridgeDriver(NetworkDriver):
+    """Acts on the network namespace of the calling thread (the agent runs in its host's)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        anti_spoof: bool = True,
+        guard_host: bool = True,
+        vxlan_port: int = 4789,
+        vxlan_learning: bool = True,
+        dnsmasq: str = "dnsmasq",
+    ) -> None:
+        self.state_dir = state_dir
+        self.anti_spoof = anti_spoof
+        self.guard_host = guard_host
+        self.vxlan_port = vxlan_port
+        self.vxlan_learning = vxlan_learning
+        self.dhcp = Dnsmasq(state_dir, binary=dnsmasq)
+        self._lock = threading.RLock()
+
+    # -- networks ------------------------------------------------------------------------------
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        validate_network(spec)
+        with self._lock, Netlink() as nl:
+            created = nl.get_link(spec.bridge) is None
+            try:
+                self._ensure_network(nl, spec)
+            except Exception:
+                if created:  # a new network that failed part way leaves nothing behind
+                    self._delete_network(nl, spec.id)
+                raise
+
+    def _ensure_network(self, nl: Netlink, spec: NetworkSpec) -> None:
+        nl.ensure_bridge(spec.bridge, spec.mtu)
+        nl.set_alias(spec.bridge, NET_ALIAS + spec.id)
+        set_sysctl(spec.bridge, "accept_ra", "0")  # never take a route from a guest's RA
+        nl.link_up(spec.bridge)
+        self._ensure_overlay(nl, spec)
+        if not spec.serve_dhcp:
+            nl.remove_addresses(spec.bridge)
+            self.dhcp.stop(spec.id)
+            self._remove_nat(spec.bridge)
+            return
+        prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
+        gateway = f"{spec.gateway}/{prefix}"
+        nl.ensure_address(spec.bridge, gateway)
+        nl.remove_addresses(spec.bridge, keep=(gateway,))
+        if self.guard_host:
+            firewall.apply(firewall.guard_script())
+        self.dhcp.ensure(
+            DhcpConfig(
+                network_id=spec.id,
+                interface=spec.bridge,
+                cidr=spec.cidr,
+                gateway=spec.gateway,
+                mtu=spec.mtu,
+                hosts=spec.dhcp_hosts,
+                dns=spec.dns,
+            )
+        )
+        if spec.nat_uplink:
+            firewall.enable_forwarding()
+            firewall.apply(firewall.nat_script(spec.bridge, spec.cidr, spec.nat_uplink))
+        else:
+            self._remove_nat(spec.bridge)
+
+    def _ensure_overlay(self, nl: Netlink, spec: NetworkSpec) -> None:
+        local = spec.local_underlay_ip
+        peers = sorted({p.underlay_ip for p in spec.peers} - {local})
+        want_vxlan = spec.vni is not None and bool(peers) and spec.overlay == "vxlan"
+        want_geneve = spec.vni is not None and bool(peers) and spec.overlay == "geneve"
+        vx = vxlan_name(spec.id)
+        if not want_vxlan:
+            nl.delete_link(vx)
+        self._ensure_geneve(nl, spec, peers if want_geneve else [])
+        if not want_vxlan or spec.vni is None or local is None:
+            return
+        nl.ensure_vxlan(
+            vx, spec.vni, local, self.vxlan_port, learning=self.vxlan_learning, mtu=spec.mtu
+        )
+        nl.set_alias(vx, NET_ALIAS + spec.id)
+        nl.set_master(vx, spec.bridge)
+        nl.link_up(vx)
+        # Head-end replication: every flooded frame goes to each peer, and only to them.
+        current = {e.dst for e in nl.fdb_entries(vx) if e.mac == ZERO_MAC}
+        for peer in peers:
+            if peer not in current:
+                nl.fdb_append(vx, peer)
+        for stale in current - set(peers):
+            if stale is not None:
+                nl.fdb_del(vx, stale)
+
+    def _ensure_geneve(self, nl: Netlink, spec: NetworkSpec, peers: list[str]) -> None:
+        """One Geneve device per peer, as isolated bridge ports so they never relay to each
+        other. Untested here: this machine's kernel has no Geneve."""
+        wanted = {geneve_name(spec.id, p): p for p in peers}
+        for link in nl.list_links(GENEVE_PREFIX):
+            if (link.alias or "").startswith(
+                f"{GENEVE_ALIAS}{spec.id} "
+            ) and link.name not in wanted:
+                nl.delete_link(link.name)
+        for name, peer in wanted.items():
+            assert spec.vni is not None
+            nl.ensure_geneve(name, spec.vni, peer, spec.mtu)
+            nl.set_alias(name, f"{GENEVE_ALIAS}{spec.id} {peer}")
+            nl.set_master(name, spec.bridge)
+            nl.set_port_isolated(name, True)
+            nl.link_up(name)
+
+    def _remove_nat(self, bridge: str) -> None:
+        if "inet" in firewall.tables():  # never create our table just to delete from it
+            firewall.apply(firewall.nat_remove_script(bridge))
+
+    def delete_network(self, network_id: str) -> None:
+        check_id(network_id)
+        with self._lock, Netlink() as nl:
+            self._delete_network(nl, network_id)
+
+    def _delete_network(self, nl: Netlink, network_id: str) -> None:
+        bridge = self._find_bridge(nl, network_id)
+        nl.delete_link(vxlan_name(network_id))
+        for link in nl.list_links(GENEVE_PREFIX):
+            if (link.alias or "").startswith(f"{GENEVE_ALIAS}{network_id} "):
+                nl.delete_link(link.name)
+        self.dhcp.stop(network_id)
+        self._remove_nat(bridge)
+        nl.delete_link(bridge)
+        self._drop_tables_if_unused(nl)
+
+    def _drop_tables_if_unused(self, nl: Netlink) -> None:
+        """The last network and port gone, our nftables tables go too."""
+        if any((link.alias or "").startswith(NET_ALIAS) for link in nl.list_links(BRIDGE_PREFIX)):
+            return
+        if any((link.alias or "").startswith(PORT_ALIAS) for link in nl.list_links(TAP_PREFIX)):
+            return
+        present = firewall.tables()
+        if present:
+            firewall.apply(firewall.delete_tables_script(present))
+
+    def _find_bridge(self, nl: Netlink, network_id: str) -> str:
+        for link in nl.list_links(BRIDGE_PREFIX):
+            if link.alias == NET_ALIAS + network_id:
+                return link.name
+        return bridge_name(network_id)
+
+    def list_networks(self) -> list[str]:
+        with Netlink() as nl:
+            links = nl.list_links(BRIDGE_PREFIX)
+        return sorted(
+            link.alias[len(NET_ALIAS) :]
+            for link in links
+            if link.kind == "bridge" and link.alias and link.alias.startswith(NET_ALIAS)
+        )
+
+    def leases(self, network_id: str) -> list[tuple[str, str]]:
+        """(mac, ip) of the DHCP leases this host's dnsmasq handed out for the network."""
+        return self.dhcp.leases(network_id)
+
+    # -- ports ---------------------------------------------------------------------------------
+
+    def plug_port(self, spec: PortSpec) -> None:
+        _ifname(spec.tap, "tap")
+        mac = spec.mac.lower()
+        if not _MAC_RE.match(mac):
+            raise InvalidInput(f"invalid MAC address {spec.mac!r}", field="mac")
+        try:
+            ipaddress.IPv4Address(spec.ip)
+        except ValueError as e:
+            raise InvalidInput(str(e), field="ip") from e
+        with self._lock, Netlink() as nl:
+            if nl.get_link(spec.bridge) is None:
+                raise DriverError(f"bridge {spec.bridge} of network {spec.network_id} is missing")
+            created = nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
+            try:
+                nl.set_alias(spec.tap, f"{PORT_ALIAS}{spec.id} {mac}")
+                if self.anti_spoof:  # before the port can carry anything
+                    firewall.apply(firewall.port_script(spec.tap, mac, spec.ip))
+                nl.set_master(spec.tap, spec.bridge)
+                nl.link_up(spec.tap)
+            except Exception:
+                if created:
+                    self._unplug(nl, spec.tap)
+                raise
+
+    def unplug_port(self, tap: str) -> None:
+        _ifname(tap, "tap")
+        with self._lock, Netlink() as nl:
+            self._unplug(nl, tap)
+
+    def _unplug(self, nl: Netlink, tap: str) -> None:
+        nl.delete_link(tap)
+        if "bridge" in firewall.tables():
+            firewall.apply(firewall.port_remove_script(tap))
+            self._drop_tables_if_unused(nl)
+
+    def list_ports(self) -> list[PortInfo]:
+        with Netlink() as nl:
+            links = nl.list_links(TAP_PREFIX)
+            names = {link.index: link.name for link in nl.list_links(BRIDGE_PREFIX)}
+        ports = []
+        for link in links:
+            if link.kind != "tun":
+                continue
+            alias = link.alias or ""
+            mac = alias.split()[-1] if alias.startswith(PORT_ALIAS) else None
+            bridge = names.get(link.master) if link.master else None
+            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=mac))
+        return sorted(ports, key=lambda p: p.tap)
