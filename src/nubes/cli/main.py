@@ -1,0 +1,26 @@
+"""The `nubes` command."""
+
+from __future__ import annotations
+
+import typer
+
+from nubes.cli import resources, servers, services
+
+app = typer.Typer(
+    help="nubes: a small IaaS cloud on QEMU. Start with `nubes up` or `nubes lab up`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(servers.server_app, name="server")
+app.add_typer(servers.console_app, name="console")
+app.add_typer(resources.image_app, name="image")
+app.add_typer(resources.flavor_app, name="flavor")
+app.add_typer(resources.keypair_app, name="keypair")
+app.add_typer(resources.network_app, name="network")
+app.add_typer(resources.host_app, name="host")
+app.add_typer(services.lab_app, name="lab")
+app.command("up")(services.up)
+
+
+def main() -> None:
+    app()

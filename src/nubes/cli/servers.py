@@ -1,0 +1,154 @@
+"""nubes server ... and nubes console ..."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from nubes.cli.common import Output, OutputOpt, client, console, fail, handle_errors, show
+from nubes.client import ApiError, NubesClient
+from nubes.schemas import resources as s
+
+server_app = typer.Typer(help="Instances: create, inspect, power, delete.", no_args_is_help=True)
+console_app = typer.Typer(
+    help="Serial console of an instance.", invoke_without_command=True, no_args_is_help=True
+)
+COLS = ("name", "status", "task_state", "host", "image", "flavor", "addresses", "id")
+
+
+def wait_for(c: NubesClient, ref: str, timeout: float, ready: bool) -> s.Server:
+    """Until ACTIVE (and, if asked, guest-ready) or ERROR; progress on the terminal."""
+    deadline = time.monotonic() + timeout
+    with console.status("waiting") as status:
+        while True:
+            server = c.server(ref)
+            phase = server.status + (f"/{server.task_state}" if server.task_state else "")
+            status.update(f"{server.name}: {phase}")
+            if server.status == "ERROR":
+                fail(f"server {server.name} failed: {server.fault}")
+            if server.status == "ACTIVE" and not server.task_state:
+                if not ready or server.ready_at is not None:
+                    return server
+                status.update(f"{server.name}: ACTIVE, waiting for the guest to be ready")
+            if time.monotonic() > deadline:
+                fail(f"timed out after {timeout:.0f} s: {server.name} is {phase}")
+            time.sleep(0.3)
+
+
+@server_app.command("create")
+@handle_errors
+def create(
+    name: str = typer.Argument(..., help="server name; also its hostname"),
+    image: str = typer.Option(..., help="image name or id"),
+    flavor: str = typer.Option("m1.tiny", help="flavor name or id"),
+    network: str = typer.Option(..., help="network name or id"),
+    key: str = typer.Option(None, help="keypair name"),
+    user_data: Path = typer.Option(None, help="cloud-init user-data file (passed through)"),
+    host: str = typer.Option(None, help="place on this host (admin only)"),
+    wait: bool = typer.Option(False, help="wait until the guest is ready"),
+    timeout: float = typer.Option(600, help="seconds --wait waits"),
+    output: Output = OutputOpt,
+) -> None:
+    """Create a server from an image on a network."""
+    body = s.ServerCreate(
+        name=name,
+        image=image,
+        flavor=flavor,
+        network=network,
+        key_name=key,
+        user_data=user_data.read_text() if user_data else None,
+        host=host,
+    )
+    c = client()
+    server = c.create_server(body)
+    if wait:
+        server = wait_for(c, server.id, timeout, ready=True)
+    show(server, COLS, output)
+
+
+@server_app.command("list")
+@handle_errors
+def list_(output: Output = OutputOpt) -> None:
+    """List servers."""
+    show(client().servers(), COLS, output)
+
+
+@server_app.command("show")
+@handle_errors
+def show_(ref: str, output: Output = OutputOpt) -> None:
+    """Show one server."""
+    show(client().server(ref), COLS, output)
+
+
+@server_app.command("delete")
+@handle_errors
+def delete(
+    ref: str,
+    wait: bool = typer.Option(False, help="wait until everything is removed"),
+    timeout: float = typer.Option(120, help="seconds --wait waits"),
+) -> None:
+    """Delete a server and everything it had on its host."""
+    c = client()
+    server = c.delete_server(ref)
+    if wait:
+        deadline = time.monotonic() + timeout
+        with console.status(f"deleting {server.name}"):
+            while time.monotonic() < deadline:
+                try:
+                    c.server(server.id)
+                except ApiError as exc:
+                    if exc.status == 404:
+                        break
+                    raise
+                time.sleep(0.3)
+            else:
+                fail(f"timed out waiting for {server.name} to go")
+    console.print(f"deleted server {server.name}")
+
+
+def _action(ref: str, action: str, hard: bool = False, wait: bool = False) -> None:
+    c = client()
+    server = c.server_action(ref, action, hard)
+    if wait:
+        deadline = time.monotonic() + 120
+        with console.status(f"{action} {server.name}"):
+            while server.task_state and time.monotonic() < deadline:
+                time.sleep(0.3)
+                server = c.server(server.id)
+    console.print(f"{server.name}: {action} requested ({server.status})")
+
+
+@server_app.command("start")
+@handle_errors
+def start(ref: str, wait: bool = typer.Option(False)) -> None:
+    """Power a stopped server on."""
+    _action(ref, "start", wait=wait)
+
+
+@server_app.command("stop")
+@handle_errors
+def stop(ref: str, wait: bool = typer.Option(False)) -> None:
+    """Shut a server down (ACPI, then forced after a timeout)."""
+    _action(ref, "stop", wait=wait)
+
+
+@server_app.command("reboot")
+@handle_errors
+def reboot(
+    ref: str,
+    hard: bool = typer.Option(False, help="reset at once instead of a clean reboot"),
+    wait: bool = typer.Option(False),
+) -> None:
+    """Reboot a server."""
+    _action(ref, "reboot", hard, wait)
+
+
+@console_app.command("log")
+@handle_errors
+def console_log(
+    ref: str, tail: int = typer.Option(0, help="only the last N lines (0 = all)")
+) -> None:
+    """Print the serial console output so far."""
+    typer.echo(client().console_log(ref, tail), nl=False)
