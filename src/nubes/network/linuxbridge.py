@@ -301,10 +301,9 @@ class LinuxBridgeDriver(NetworkDriver):
             names = {link.index: link.name for link in nl.list_links(BRIDGE_PREFIX)}
         ports = []
         for link in links:
-            if link.kind != "tun":
-                continue
             alias = link.alias or ""
-            mac = alias.split()[-1] if alias.startswith(PORT_ALIAS) else None
+            if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
+                continue  # not ours: the agent deletes what this lists, so never guess
             bridge = names.get(link.master) if link.master else None
-            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=mac))
+            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=alias.split()[-1]))
         return sorted(ports, key=lambda p: p.tap)

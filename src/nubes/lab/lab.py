@@ -1,0 +1,294 @@
+"""`nubes lab`: N hosts on one machine, each a network namespace with its own underlay address.
+
+    root namespace:   <prefix>-ul (bridge, no address)
+                        |-- <prefix>-h1-ul  ==veth==  eth0 in netns <prefix>-h1  10.255.0.11/24
+                        |-- <prefix>-h2-ul  ==veth==  eth0 in netns <prefix>-h2  10.255.0.12/24
+
+The underlay is a private range that exists only inside our namespaces: the root namespace has
+no address on it (IPv6 is switched off on its side too), so nothing is routed to the real
+uplink. Agents reach the API over a UNIX socket on the shared filesystem. The lab's state is a
+JSON file, so `lab down` from another process finds everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nubes.lab import netns
+
+STATE_FILE = "lab.json"
+DEFAULT_PREFIX = "nubes"
+DEFAULT_UNDERLAY = "10.255.0.0/24"
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # "<prefix>-h99-ul" fits in 15 characters
+MAX_HOSTS = 99
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str  # also the name of its network namespace
+    netns: str
+    underlay_ip: str
+    index: int = 0
+
+
+@dataclass
+class HostStatus:
+    host: LabHost
+    netns: bool
+    veth: bool
+    pids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LabStatus:
+    bridge: str
+    bridge_exists: bool
+    underlay_cidr: str
+    hosts: list[HostStatus] = field(default_factory=list)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Lab:
+    def __init__(
+        self,
+        state_dir: Path,
+        name_prefix: str | None = None,
+        underlay_cidr: str | None = None,
+        mtu: int = 1500,
+    ) -> None:
+        """A lab persisted under state_dir. Prefix and underlay default to what the state file
+        says, else to `nubes` and 10.255.0.0/24."""
+        self.state_dir = state_dir
+        saved = self._load()
+        self.prefix = name_prefix or saved.get("prefix") or DEFAULT_PREFIX
+        if saved and saved.get("prefix") != self.prefix:
+            raise LabError(
+                f"{self.state_path} holds lab {saved.get('prefix')!r}, not {self.prefix!r}"
+            )
+        if not _PREFIX_RE.match(self.prefix):
+            raise LabError(f"lab prefix {self.prefix!r}: 1-8 lowercase letters and digits")
+        self.underlay = ipaddress.IPv4Network(
+            underlay_cidr or saved.get("underlay_cidr") or DEFAULT_UNDERLAY
+        )
+        self.mtu = int(saved.get("mtu", mtu))
+        self._hosts = [LabHost(**h) for h in saved.get("hosts", [])]
+        self._pids: dict[str, list[int]] = saved.get("pids", {})
+
+    # -- names and state -----------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-ul"
+
+    @property
+    def hosts(self) -> list[LabHost]:
+        return list(self._hosts)
+
+    def host_for(self, index: int) -> LabHost:
+        if not 1 <= index <= MAX_HOSTS:
+            raise LabError(f"host index {index} out of 1..{MAX_HOSTS}")
+        ip = self.underlay.network_address + 10 + index
+        if ip not in self.underlay or ip == self.underlay.broadcast_address:
+            raise LabError(f"{self.underlay} has no room for host {index}")
+        name = f"{self.prefix}-h{index}"
+        return LabHost(name=name, netns=name, underlay_ip=str(ip), index=index)
+
+    def host(self, name: str) -> LabHost:
+        for h in self._hosts:
+            if h.name == name:
+                return h
+        raise LabError(f"no lab host {name!r}")
+
+    def _veth(self, host: LabHost) -> str:
+        return f"{host.netns}-ul"
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads((self.state_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "prefix": self.prefix,
+            "underlay_cidr": str(self.underlay),
+            "mtu": self.mtu,
+            "bridge": self.bridge,
+            "hosts": [asdict(h) for h in self._hosts],
+            "pids": self._pids,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.state_path)
+
+    # -- building ------------------------------------------------------------------------------
+
+    def create_hosts(self, n: int) -> list[LabHost]:
+        """Make sure hosts 1..n exist and are wired to the underlay (idempotent)."""
+        if not 1 <= n <= MAX_HOSTS:
+            raise LabError(f"a lab has 1..{MAX_HOSTS} hosts, not {n}")
+        self._ensure_bridge()
+        made = []
+        for i in range(1, n + 1):
+            host = self.host_for(i)
+            if host not in self._hosts:
+                self._hosts.append(host)
+                self._save()  # before creating anything: `lab down` must know about it
+            self._ensure_host(host)
+            made.append(host)
+        self._save()
+        return made
+
+    def _ensure_bridge(self) -> None:
+        if not _link_exists(self.bridge):
+            _ip("link", "add", "name", self.bridge, "type", "bridge")
+        _disable_ipv6(self.bridge)  # the root namespace gets no address on the underlay
+        _ip("link", "set", self.bridge, "mtu", str(self.mtu), "up")
+
+    def _ensure_host(self, host: LabHost) -> None:
+        netns.create(host.netns)
+        veth = self._veth(host)
+        if not _link_exists(veth):
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+        _disable_ipv6(veth)
+        _ip("link", "set", veth, "master", self.bridge, "mtu", str(self.mtu), "up")
+        cidr = f"{host.underlay_ip}/{self.underlay.prefixlen}"
+        _ip("-n", host.netns, "link", "set", "eth0", "mtu", str(self.mtu), "up")
+        _ip("-n", host.netns, "addr", "replace", cidr, "dev", "eth0")
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def exec_argv(self, host: LabHost, argv: list[str]) -> list[str]:
+        """argv run inside the host's namespace."""
+        return ["ip", "netns", "exec", netns.check_name(host.netns), *argv]
+
+    def spawn(
+        self, host: LabHost, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> int:
+        """Start a background process (an agent) in the host's namespace; its pid.
+        env is added to this process's environment. The process outlives this one."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                self.exec_argv(host, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # no terminal signals from the shell that ran `lab up`
+            )
+        self._pids.setdefault(host.name, []).append(proc.pid)
+        self._save()
+        return proc.pid
+
+    # -- looking and tearing down --------------------------------------------------------------
+
+    def _known_namespaces(self) -> list[str]:
+        pattern = re.compile(rf"^{re.escape(self.prefix)}-h\d+$")
+        names = {h.netns for h in self._hosts}
+        names.update(n for n in netns.list_names(self.prefix + "-h") if pattern.match(n))
+        return sorted(names)
+
+    def status(self) -> LabStatus:
+        st = LabStatus(self.bridge, _link_exists(self.bridge), str(self.underlay))
+        for host in self._hosts:
+            exists = netns.exists(host.netns)
+            st.hosts.append(
+                HostStatus(
+                    host=host,
+                    netns=exists,
+                    veth=_link_exists(self._veth(host)),
+                    pids=netns.pids(host.netns) if exists else [],
+                )
+            )
+        return st
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill every process in our namespaces, delete them, their veths and the bridge, and
+        forget the lab. Idempotent; also finds namespaces a lost state file forgot."""
+        for ns in self._known_namespaces():
+            kill_namespace_processes(ns, timeout)
+            veth = f"{ns}-ul"
+            if _link_exists(veth):
+                _ip("link", "del", veth)  # takes eth0 in the namespace with it
+            netns.delete(ns)
+        if _link_exists(self.bridge):
+            _ip("link", "del", self.bridge)
+        self._hosts = []
+        self._pids = {}
+        self.state_path.unlink(missing_ok=True)
+
+
+def kill_namespace_processes(ns: str, timeout: float = 5.0) -> None:
+    """SIGTERM everything living in the namespace, SIGKILL what is left after timeout."""
+    me = os.getpid()
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+        pids = [p for p in netns.pids(ns) if p != me]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(pids)
+            if not [p for p in pids if _alive(p)]:
+                return
+            time.sleep(0.05)
+    left = [p for p in netns.pids(ns) if p != me and _alive(p)]
+    if left:
+        raise LabError(f"processes {left} in {ns} survived SIGKILL")
+
+
+def _reap(pids: list[int]) -> None:
+    """Collect those of the killed processes that are our own children (agents spawned by this
+    process), so they do not linger as zombies. Never waits for anything else."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _link_exists(name: str) -> bool:
+    proc = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def _disable_ipv6(dev: str) -> None:
+    path = Path("/proc/sys/net/ipv6/conf") / dev / "disable_ipv6"
+    if path.exists():
+        path.write_text("1")
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
