@@ -88,6 +88,11 @@ class Lab:
     # -- names and state -----------------------------------------------------------------------
 
     @property
+    def root(self) -> Path:
+        """The lab's directory (state file; a good place for the hosts' logs)."""
+        return self.state_dir
+
+    @property
     def state_path(self) -> Path:
         return self.state_dir / STATE_FILE
 

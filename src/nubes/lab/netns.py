@@ -105,3 +105,27 @@ def _ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def attach_endpoint(
+    host_ns: str,
+    bridge: str,
+    endpoint_ns: str,
+    host_ifname: str,
+    cidr: str | None = None,
+    mac: str | None = None,
+    mtu: int = 1500,
+) -> None:
+    """A stand-in guest NIC: namespace endpoint_ns whose eth0 is a veth plugged into `bridge`
+    of namespace host_ns (as `host_ifname`). Delete endpoint_ns to remove it all."""
+    create(endpoint_ns)
+    _ip(
+        "-n", check_name(host_ns), "link", "add", host_ifname, "mtu", str(mtu),
+        "type", "veth", "peer", "name", "eth0", "netns", check_name(endpoint_ns),
+    )  # fmt: skip
+    _ip("-n", host_ns, "link", "set", host_ifname, "master", bridge, "up")
+    if mac:
+        _ip("-n", endpoint_ns, "link", "set", "eth0", "address", mac)
+    _ip("-n", endpoint_ns, "link", "set", "eth0", "mtu", str(mtu), "up")
+    if cidr:
+        _ip("-n", endpoint_ns, "addr", "add", cidr, "dev", "eth0")

@@ -1,0 +1,125 @@
+"""The nftables scripts are pure text: check them without touching any firewall."""
+
+from __future__ import annotations
+
+import pytest
+
+from nubes.errors import DriverError
+from nubes.network import firewall
+
+
+def test_nat_script_masquerades_only_the_network_out_of_the_uplink() -> None:
+    script = firewall.nat_script("nbr0123456789a", "10.20.0.0/24", "eth0")
+    assert script.startswith("table inet nubes {")
+    assert "flush chain inet nubes nat_nbr0123456789a\n" in script
+    assert (
+        "add rule inet nubes nat_nbr0123456789a ip saddr 10.20.0.0/24 ip daddr != 10.20.0.0/24"
+        ' oifname "eth0" masquerade\n' in script
+    )
+    assert 'add element inet nubes nat_bridges { "nbr0123456789a" : jump nat_nbr0123456789a }' in (
+        script
+    )
+    # the base chain is refilled, never appended to, so applying twice gives the same ruleset
+    assert "flush chain inet nubes postrouting\n" in script
+    assert script.count("iifname vmap @nat_bridges") == 1
+
+
+def test_scripts_touch_only_our_tables() -> None:
+    scripts = [
+        firewall.nat_script("nbrx", "10.0.0.0/8", "uplink0"),
+        firewall.nat_remove_script("nbrx"),
+        firewall.guard_script(),
+        firewall.port_script("tapx", "52:54:00:00:00:01", "10.0.0.5"),
+        firewall.port_remove_script("tapx"),
+    ]
+    for script in scripts:
+        for line in script.splitlines():
+            words = line.split()
+            if words and words[0] in ("add", "flush", "delete"):
+                assert words[2:4] in (["inet", "nubes"], ["bridge", "nubes"]), line
+            assert "flush ruleset" not in line
+            assert "flush table" not in line
+
+
+def test_nat_script_normalises_and_validates_the_cidr() -> None:
+    with pytest.raises(ValueError):
+        firewall.nat_script("nbrx", "10.20.0.1/24", "eth0")  # host bits set
+    with pytest.raises(ValueError):
+        firewall.nat_script("nbrx", "not-a-cidr", "eth0")
+
+
+@pytest.mark.parametrize("uplink", ['eth0" accept', "eth 0", "", "a" * 16, "eth0;flush"])
+def test_interface_names_cannot_escape_their_quotes(uplink: str) -> None:
+    with pytest.raises(DriverError):
+        firewall.nat_script("nbrx", "10.20.0.0/24", uplink)
+
+
+def test_nat_removal_adds_before_deleting_so_it_is_idempotent() -> None:
+    lines = firewall.nat_remove_script("nbrx").splitlines()
+    add_el = lines.index('add element inet nubes nat_bridges { "nbrx" : jump nat_nbrx }')
+    del_el = lines.index('delete element inet nubes nat_bridges { "nbrx" }')
+    del_chain = lines.index("delete chain inet nubes nat_nbrx")
+    assert lines.index("add chain inet nubes nat_nbrx") < add_el < del_el < del_chain
+
+
+def test_guard_lets_guests_reach_dhcp_and_icmp_only() -> None:
+    script = firewall.guard_script()
+    rules = [ln for ln in script.splitlines() if ln.startswith("add rule inet nubes input")]
+    assert rules == [
+        'add rule inet nubes input iifname "nbr*" ct state established,related accept',
+        'add rule inet nubes input iifname "nbr*" udp dport 67 accept',
+        'add rule inet nubes input iifname "nbr*" meta l4proto { icmp, ipv6-icmp } accept',
+        'add rule inet nubes input iifname "nbr*" drop',
+    ]
+    assert 'add rule inet nubes forward iifname "nbr*" oifname "nbr*" drop' in script
+
+
+def test_port_rules_pin_mac_and_ip() -> None:
+    rules = firewall.port_rules("52:54:00:AB:CD:EF", "10.20.0.5")
+    assert rules[0] == "ether saddr != 52:54:00:ab:cd:ef drop"
+    assert "ether type arp arp saddr ether != 52:54:00:ab:cd:ef drop" in rules
+    assert "ether type arp arp saddr ip != { 0.0.0.0, 10.20.0.5 } drop" in rules
+    assert "ether type ip ip saddr != 10.20.0.5 drop" in rules
+    assert "ether type ip6 icmpv6 type nd-router-advert drop" in rules
+    assert "ether type ip udp sport 67 drop" in rules
+    assert rules[-1] == "drop"
+    # a DHCP request from 0.0.0.0 passes before the source check drops it
+    dhcp = rules.index(
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept"
+    )
+    assert dhcp < rules.index("ether type ip ip saddr != 10.20.0.5 drop")
+    # no rogue DHCP server even from the right address
+    assert rules.index("ether type ip udp sport 67 drop") < dhcp
+
+
+def test_port_script_is_one_chain_reached_through_the_ports_map() -> None:
+    script = firewall.port_script("tap0123456789a", "52:54:00:00:00:01", "10.20.0.5")
+    assert script.startswith("table bridge nubes {")
+    assert "type filter hook prerouting priority -200; policy accept;" in script
+    assert "flush chain bridge nubes port_tap0123456789a\n" in script
+    assert script.count("add rule bridge nubes port_tap0123456789a ") == len(
+        firewall.port_rules("52:54:00:00:00:01", "10.20.0.5")
+    )
+    assert script.rstrip().endswith(
+        'add element bridge nubes ports { "tap0123456789a" : jump port_tap0123456789a }'
+    )
+
+
+@pytest.mark.parametrize(
+    ("mac", "ip"), [("52:54:00:00:00", "10.0.0.1"), ("zz:54:00:00:00:01", "10.0.0.1")]
+)
+def test_port_rules_reject_bad_macs(mac: str, ip: str) -> None:
+    with pytest.raises(DriverError):
+        firewall.port_rules(mac, ip)
+
+
+def test_port_rules_reject_bad_ips() -> None:
+    with pytest.raises(ValueError):
+        firewall.port_rules("52:54:00:00:00:01", "10.0.0.300")
+
+
+def test_delete_tables_names_only_present_families() -> None:
+    assert firewall.delete_tables_script([]) == ""
+    assert firewall.delete_tables_script(["inet", "bridge"]) == (
+        "delete table inet nubes\ndelete table bridge nubes\n"
+    )
