@@ -40,15 +40,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> Caller:
+def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Caller:
+    """Its own short session: a request's main transaction must not start before it needs to."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
-    if row is None:
-        raise Unauthorized("invalid token")
-    return Caller(project_id=row.project_id, role=row.role)
+    with state.sessions() as session:
+        row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
+        if row is None:
+            raise Unauthorized("invalid token")
+        return Caller(project_id=row.project_id, role=row.role)
 
 
 def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:

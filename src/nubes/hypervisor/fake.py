@@ -51,7 +51,8 @@ class FakeHypervisorDriver(HypervisorDriver):
     # -- test controls --------------------------------------------------------------------
 
     def fail_spawn(self, instance_id: str, message: str = "injected spawn failure") -> None:
-        """Make every spawn/power_on of instance_id raise DriverError until cleared."""
+        """Make every spawn/power_on of instance_id raise DriverError until cleared.
+        instance_id "*" makes every instance fail."""
         with self._lock:
             self._failures[instance_id] = message
 
@@ -165,7 +166,7 @@ class FakeHypervisorDriver(HypervisorDriver):
             validate(spec, "tcg")
         except ValueError as exc:
             raise DriverError(f"cannot start instance {spec.id}: {exc}") from exc
-        failure = self._failures.get(spec.id)
+        failure = self._failures.get(spec.id) or self._failures.get("*")
         if failure is not None:
             self._guests.pop(spec.id, None)  # like QemuDriver: a failed start leaves nothing
             raise DriverError(f"QEMU failed to start instance {spec.id}: {failure}")

@@ -61,11 +61,11 @@ def desired(
     deadline = time.monotonic() + wait
     local = state.notifier.local
     while True:
-        session.rollback()  # see other transactions' commits
         generation = read_generation(session)
         left = deadline - time.monotonic()
         if generation != since or left <= 0:
             return desired_state(session, _host(session, host_id), generation)
+        session.rollback()  # never hold a transaction (and SQLite's lock) while waiting
         local = state.notifier.wait(local, min(left, 1.0))
 
 

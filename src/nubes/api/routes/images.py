@@ -158,6 +158,7 @@ async def upload_part(
     st = store(state)
     if part == "file" and row.status == "active":
         raise Conflict("image data was already uploaded", field="file")
+    session.commit()  # end the transaction: the upload may take minutes
     fd, tmp = tempfile.mkstemp(dir=state.settings.images_dir, prefix=".upload-")
     os.close(fd)
     path = Path(tmp)

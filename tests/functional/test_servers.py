@@ -1,0 +1,93 @@
+"""API + scheduler + agent in one process on fake drivers."""
+
+from __future__ import annotations
+
+from nubes.schemas import resources as s
+from tests.cloud import Cloud
+
+
+def create(cloud: Cloud, name: str, **kw: str) -> s.Server:
+    body = dict(name=name, image="img", flavor="m1.tiny", network="net")
+    body.update(kw)
+    return cloud.client.create_server(s.ServerCreate(**body))  # type: ignore[arg-type]
+
+
+def test_create_reaches_active_with_address(ready: Cloud) -> None:
+    server = create(ready, "web1")
+    assert server.status == "BUILD"
+    active = ready.wait_status("web1", "ACTIVE")
+    assert active.host == "host1"
+    assert active.addresses["net"] == ["10.20.0.2"]
+    second = create(ready, "web2")
+    assert ready.wait_status(second.id, "ACTIVE").addresses["net"] == ["10.20.0.3"]
+    host = ready.client.hosts()[0]
+    assert host.used_ram_mb == 2 * 256 and host.instances == 2
+
+
+def test_delete_frees_address_and_usage(ready: Cloud) -> None:
+    server = create(ready, "web1")
+    ready.wait_status(server.id, "ACTIVE")
+    agent = ready.agents[0][0]
+    assert (agent.layout.instance_dir(server.id) / "disk.qcow2").exists()
+    ready.client.delete_server("web1")
+
+    def gone() -> bool:
+        return not ready.client.servers()
+
+    ready.wait(gone, what="server to be deleted")
+    assert not agent.layout.instance_dir(server.id).exists()
+    assert agent.hypervisor.list_instances() == []
+    assert agent.network.list_ports() == []
+    host = ready.client.hosts()[0]
+    assert (host.used_vcpus, host.used_ram_mb, host.used_disk_gb, host.instances) == (0, 0, 0, 0)
+    again = create(ready, "web1")  # the name and the address are free again
+    assert ready.wait_status(again.id, "ACTIVE").addresses["net"] == ["10.20.0.2"]
+
+
+def test_stop_start_reboot(ready: Cloud) -> None:
+    server = create(ready, "web1")
+    ready.wait_status(server.id, "ACTIVE")
+    ready.client.server_action("web1", "stop")
+    ready.wait_status("web1", "SHUTOFF")
+    ready.client.server_action("web1", "start")
+    ready.wait_status("web1", "ACTIVE")
+    fake = ready.agents[0][0].hypervisor
+    boots = fake.boots(server.id)  # type: ignore[attr-defined]
+    ready.client.server_action("web1", "reboot", hard=True)
+    ready.wait(lambda: fake.boots(server.id) > boots, what="reboot")  # type: ignore[attr-defined]
+    ready.wait_status("web1", "ACTIVE")
+
+
+def test_spawn_failure_is_error_and_leaves_nothing(ready: Cloud) -> None:
+    agent = ready.agents[0][0]
+    agent.hypervisor.fail_spawn("*")  # type: ignore[attr-defined]
+    server = create(ready, "bad")
+    failed = ready.wait_status(server.id, "ERROR")
+    assert failed.fault
+    assert not agent.layout.instance_dir(server.id).exists()
+    assert agent.network.list_ports() == []
+    ready.client.delete_server("bad")
+    ready.wait(lambda: not ready.client.servers(), what="delete of the failed server")
+
+
+def test_guest_dying_is_reported_shutoff_with_reason(ready: Cloud) -> None:
+    server = create(ready, "web1")
+    ready.wait_status(server.id, "ACTIVE")
+    fake = ready.agents[0][0].hypervisor
+    fake.crash(server.id, "QEMU process exited")  # type: ignore[attr-defined]
+    stopped = ready.wait_status("web1", "SHUTOFF")
+    assert "exited" in stopped.fault
+
+
+def test_agent_restart_keeps_guest(ready: Cloud) -> None:
+    server = create(ready, "web1")
+    ready.wait_status(server.id, "ACTIVE")
+    agent = ready.agents[0][0]
+    fake = agent.hypervisor
+    boots = fake.boots(server.id)  # type: ignore[attr-defined]
+    ready.stop_agent(agent)
+    new = ready.start_agent("host1")
+    new.hypervisor = fake  # the same "host": its guests live on
+    new.instances.hypervisor = fake
+    ready.wait_status("web1", "ACTIVE")
+    assert fake.boots(server.id) == boots  # type: ignore[attr-defined]
