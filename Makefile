@@ -1,0 +1,52 @@
+# nubes: `make demo` and `make test` on a fresh Debian 12 machine, as root.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .cache/stamps
+APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base nftables iproute2 busybox-static \
+	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump \
+	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
+
+.PHONY: deps venv demo test lint unit functional integration clean-lab help
+
+help:
+	@echo "make demo   install everything and run a 1-host cloud with two instances that ping"
+	@echo "make test   install everything and run the whole suite (lint, types, tests)"
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	ln -sf $(CURDIR)/$(VENV)/bin/nubes /usr/local/bin/nubes
+	@touch $@
+
+deps: $(STAMPS)/apt $(STAMPS)/venv
+
+demo: deps
+	$(PY) -m nubes.demo
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+functional: deps
+	$(PY) -m pytest -q tests/functional
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+test: deps lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+clean-lab: deps
+	$(VENV)/bin/nubes lab down
