@@ -1,0 +1,3 @@
+from nubes.cli.main import main
+
+main()
