@@ -69,6 +69,9 @@ def test_fault_injection_leaves_nothing() -> None:
     d.spawn(spec())
     assert [i.id for i in d.list_instances()] == ["i-1", "i-2"]
     assert ("spawn", "i-1") in d.calls
+    d.fail_spawn("*")
+    with pytest.raises(DriverError):
+        d.power_on(spec("i-3"))
 
 
 def test_invalid_spec_rejected_like_qemu() -> None:

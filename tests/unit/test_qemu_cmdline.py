@@ -13,8 +13,7 @@ D = "/run/nubes/i-1"
 COMMON_HEAD = [
     "-nodefaults", "-no-user-config", "-display", "none",
     "-msg", "timestamp=on",
-    "-daemonize", "-pidfile", f"{D}/qemu.pid",
-    "-D", f"{D}/qemu.log",
+    "-pidfile", f"{D}/qemu.pid",
     "-chardev", f"socket,id=qmp,path={D}/qmp.sock,server=on,wait=off",
     "-mon", "chardev=qmp,mode=control",
     "-chardev",
@@ -96,9 +95,11 @@ def test_run_as_adds_runas_and_sandbox() -> None:
     assert "-runas" not in build_argv(make_spec(), "tcg", "qemu-system-x86_64")
 
 
-def test_never_no_shutdown() -> None:
-    # A guest poweroff must end QEMU so the host sees SHUTOFF.
-    assert "-no-shutdown" not in build_argv(make_spec(), "tcg", "qemu-system-x86_64")
+def test_never_no_shutdown_nor_daemonize() -> None:
+    # A guest poweroff must end QEMU so the host sees SHUTOFF; -daemonize breaks spawn=deny.
+    argv = build_argv(make_spec(run_as="nobody"), "tcg", "qemu-system-x86_64")
+    assert "-no-shutdown" not in argv
+    assert "-daemonize" not in argv
 
 
 def test_kernel_without_initrd_or_cmdline() -> None:

@@ -135,7 +135,7 @@ def test_failed_launch_raises_stderr_and_leaves_nothing(tmp_path: Path) -> None:
 
 def test_missing_binary_and_invalid_spec(tmp_path: Path) -> None:
     driver = QemuDriver(tmp_path / "run", str(tmp_path / "no-such-qemu"), accel=TCG)
-    with pytest.raises(DriverError, match="not found"):
+    with pytest.raises(DriverError, match="cannot run QEMU binary"):
         driver.spawn(spec(tmp_path))
     with pytest.raises(DriverError, match="invalid instance id"):
         driver.spawn(spec(tmp_path, "bad,id"))

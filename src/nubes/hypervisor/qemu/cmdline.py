@@ -5,12 +5,13 @@ Choices that are not obvious:
   from the process being gone, with no QMP polling needed and nothing left holding the disk.
 - QMP via `-chardev socket` + `-mon`, not `-qmp unix:...`: one option syntax for every socket,
   and paths go through the QemuOpts escaping below.
-- `-D qemu.log`: once daemonized, QEMU points stderr at /dev/null unless a log file is given;
-  with it, late errors ("terminating on signal 15", assertion failures) land in qemu.log, which
-  the driver reads to explain why a guest died. QEMU truncates it at each start.
+- No `-daemonize`: QEMU 7.2 installs the `-sandbox` filter before its daemonize fork, so
+  `spawn=deny` kills it there (SIGSYS). The driver starts QEMU as a child in its own session
+  instead, with stderr on qemu.log, and waits for QMP to answer; `-pidfile` is kept so a
+  restarted agent finds the process again.
 - Disk cache=writeback: survives a QEMU crash (the host page cache keeps it) and works on
   every filesystem; cache=none needs O_DIRECT, which tmpfs and some overlays refuse.
-- VNC on a UNIX socket (mode 0600 through the launcher's umask) with password=on: nothing
+- VNC on a UNIX socket (0600: the driver starts QEMU with umask 077) with password=on: nothing
   listens on TCP; the driver sets the per-instance password over QMP after start.
 """
 
@@ -106,8 +107,7 @@ def _machine(spec: InstanceSpec, accel: str, paths: RuntimePaths) -> list[str]:
         "-m", str(spec.ram_mb),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-msg", "timestamp=on",
-        "-daemonize", "-pidfile", str(paths.pidfile),
-        "-D", str(paths.qemu_log),
+        "-pidfile", str(paths.pidfile),
     ]  # fmt: skip
 
 

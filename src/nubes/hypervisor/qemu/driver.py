@@ -1,4 +1,4 @@
-"""QemuDriver: one daemonized QEMU process per instance, found again through pidfiles.
+"""QemuDriver: one QEMU process per instance, found again through pidfiles.
 
 The agent may restart at any time; guests must not notice. So the driver keeps no state that
 matters in memory: every call re-reads the registry (runtime_root/<id>.json), the pidfile and
@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,11 @@ class QemuDriver(HypervisorDriver):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._last_states: dict[str, PowerState] = {}
+        # QEMUs this object started: polled so they never linger as zombies, and so their
+        # exit status can explain a death. Guests adopted after a restart are not children.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[str, int] = {}
+        self._children_guard = threading.Lock()
         self._events_guard = threading.Lock()
 
     # -- host ---------------------------------------------------------------------------------
@@ -218,6 +224,7 @@ class QemuDriver(HypervisorDriver):
         return None
 
     def _observe(self, record: Record) -> InstanceInfo:
+        self._reap()
         spec = record.spec
         pid = self._live_pid(record)
         if pid is not None:
@@ -234,6 +241,9 @@ class QemuDriver(HypervisorDriver):
         if record.stopped:
             return InstanceInfo(spec.id, PowerState.SHUTOFF, reason="powered off")
         reason = "QEMU process exited"
+        note = _exit_note(self._exit_codes.get(spec.id))  # known if it was our child
+        if note:
+            reason += f" ({note})"
         last = process.tail(RuntimePaths(spec.instance_dir).qemu_log)
         return InstanceInfo(
             spec.id, PowerState.SHUTOFF, reason=f"{reason}: {last}" if last else reason
@@ -247,6 +257,8 @@ class QemuDriver(HypervisorDriver):
             raise DriverError(f"cannot start instance {spec.id}: {exc}") from exc
         spec.instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._remove_runtime_files(spec)  # stale sockets/pidfile of an earlier run
+        self._reap()
+        self._exit_codes.pop(spec.id, None)
         record = Record(spec=spec, argv=argv)
         self.registry.save(record)  # first, so a crash from here on leaves a trace
         try:
@@ -261,40 +273,75 @@ class QemuDriver(HypervisorDriver):
         return InstanceInfo(spec.id, PowerState.RUNNING, record.pid)
 
     def _launch(self, spec: InstanceSpec, argv: list[str]) -> int:
-        """Run the daemonizing QEMU; its launcher exits once the guest is set up."""
-        try:
-            # umask 077: QEMU creates the QMP/serial/VNC sockets and logs owner-only.
-            result = subprocess.run(  # noqa: S603 (argv list, values validated by build_argv)
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, umask=0o077, start_new_session=True,
-                timeout=self.start_timeout, check=False,
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            raise DriverError(f"QEMU binary not found: {argv[0]}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise DriverError(
-                f"QEMU for instance {spec.id} did not finish starting in {self.start_timeout}s"
-            ) from exc
-        if result.returncode != 0:
-            err = result.stderr.decode(errors="replace").strip()
-            raise DriverError(
-                f"QEMU failed to start instance {spec.id}: {err or f'exit {result.returncode}'}"
-            )
+        """Start QEMU as a child in its own session (a signal to the agent's process group
+        never reaches guests) and wait until QMP answers. Raises DriverError."""
         paths = RuntimePaths(spec.instance_dir)
-        pid = process.read_pidfile(paths.pidfile)
-        if pid is None or not process.is_guest_process(pid, spec.id):
-            last = process.tail(paths.qemu_log)
-            raise DriverError(f"QEMU for instance {spec.id} exited right after starting {last}")
-        return pid
+        # Truncated at each start, so its tail is about this run. umask 077: the sockets and
+        # logs QEMU creates are owner-only.
+        log_fd = os.open(
+            paths.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
+        try:
+            child = subprocess.Popen(  # noqa: S603 (argv list, values validated by build_argv)
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fd,
+                umask=0o077, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise DriverError(f"cannot run QEMU binary {argv[0]}: {exc.strerror}") from exc
+        finally:
+            os.close(log_fd)
+        with self._children_guard:
+            self._children[spec.id] = child
+        self._wait_ready(spec, child)
+        if process.read_pidfile(paths.pidfile) != child.pid:
+            raise DriverError(f"QEMU for instance {spec.id} wrote no valid pidfile")
+        return child.pid
+
+    def _wait_ready(self, spec: InstanceSpec, child: subprocess.Popen[bytes]) -> None:
+        paths = RuntimePaths(spec.instance_dir)
+        monitor = Monitor(paths.qmp_sock)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            returncode = child.poll()
+            if returncode is not None:
+                why = process.tail(paths.qemu_log) or _exit_note(returncode)
+                raise DriverError(f"QEMU failed to start instance {spec.id}: {why}")
+            if paths.qmp_sock.exists():
+                try:
+                    monitor.query_status()
+                    return
+                except MonitorError:
+                    pass  # socket bound, main loop not serving yet
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    f"QEMU for instance {spec.id} not ready after {self.start_timeout}s"
+                )
+            time.sleep(0.05)
+
+    def _reap(self) -> None:
+        """Collect our exited QEMU children (no zombies) and remember how they ended."""
+        with self._children_guard:
+            for instance_id, child in list(self._children.items()):
+                returncode = child.poll()
+                if returncode is not None:
+                    del self._children[instance_id]
+                    self._exit_codes[instance_id] = returncode
 
     def _undo_start(self, record: Record) -> None:
-        pid = record.pid or process.read_pidfile(RuntimePaths(record.spec.instance_dir).pidfile)
+        spec = record.spec
+        with self._children_guard:
+            child = self._children.pop(spec.id, None)
+        pid = child.pid if child else process.read_pidfile(RuntimePaths(spec.instance_dir).pidfile)
         try:
-            if pid is not None and process.is_guest_process(pid, record.spec.id):
-                self._hard_stop(record.spec, pid)
+            if pid is not None and process.is_guest_process(pid, spec.id):
+                self._hard_stop(spec, pid)
         finally:
-            self._remove_runtime_files(record.spec)
-            self.registry.remove(record.spec.id)
+            if child is not None and child.poll() is None:
+                child.kill()
+            if child is not None:
+                child.wait(timeout=10)
+            self._remove_runtime_files(spec)
+            self.registry.remove(spec.id)
 
     def _acpi_shutdown(self, spec: InstanceSpec, pid: int, timeout: float) -> bool:
         """Press the power button; True if QEMU exited within timeout."""
@@ -311,10 +358,12 @@ class QemuDriver(HypervisorDriver):
         except MonitorError as exc:
             log.info("instance %s: QMP quit failed (%s); signalling pid %d", spec.id, exc, pid)
         if process.wait_gone(pid, spec.id, 3.0):
+            self._reap()
             return
         for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             process.signal_guest(pid, spec.id, sig)
             if process.wait_gone(pid, spec.id, wait):
+                self._reap()
                 return
         raise DriverError(f"QEMU pid {pid} of instance {spec.id} survived SIGKILL")
 
@@ -322,3 +371,14 @@ class QemuDriver(HypervisorDriver):
     def _remove_runtime_files(spec: InstanceSpec) -> None:
         for path in RuntimePaths(spec.instance_dir).ephemeral():
             path.unlink(missing_ok=True)
+
+
+def _exit_note(returncode: int | None) -> str:
+    if returncode is None or returncode == 0:
+        return ""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"

@@ -1,9 +1,10 @@
 """QEMU processes seen through pidfiles and /proc.
 
-A daemonized QEMU is not our child (it is reparented to init), so there is no waitpid: we poll
-/proc. Before trusting or signalling a pid we check that /proc/<pid>/cmdline carries this
-instance's `-name guest=<id>,...` argument, so a recycled pid is never mistaken for, or killed
-as, a guest. A zombie counts as gone: on hosts whose init does not reap, it lingers forever.
+A guest adopted after an agent restart is not our child (it was reparented to init), so there
+is no waitpid for it: we poll /proc. Before trusting or signalling a pid we check that
+/proc/<pid>/cmdline carries this instance's `-name guest=<id>,...` argument, so a recycled pid
+is never mistaken for, or killed as, a guest. A zombie counts as gone: on hosts whose init does
+not reap, it lingers forever.
 """
 
 from __future__ import annotations
