@@ -28,7 +28,8 @@ def test_scripts_touch_only_our_tables() -> None:
     scripts = [
         firewall.nat_script("nbrx", "10.0.0.0/8", "uplink0"),
         firewall.nat_remove_script("nbrx"),
-        firewall.guard_script(),
+        firewall.guard_script("nbrx"),
+        firewall.guard_remove_script("nbrx"),
         firewall.port_script("tapx", "52:54:00:00:00:01", "10.0.0.5"),
         firewall.port_remove_script("tapx"),
     ]
@@ -63,7 +64,7 @@ def test_nat_removal_adds_before_deleting_so_it_is_idempotent() -> None:
 
 
 def test_guard_lets_guests_reach_dhcp_and_icmp_only() -> None:
-    script = firewall.guard_script()
+    script = firewall.guard_script("nbrx")
     rules = [ln for ln in script.splitlines() if ln.startswith("add rule inet nubes input")]
     assert rules == [
         'add rule inet nubes input iifname "nbr*" ct state established,related accept',
@@ -71,7 +72,17 @@ def test_guard_lets_guests_reach_dhcp_and_icmp_only() -> None:
         'add rule inet nubes input iifname "nbr*" meta l4proto { icmp, ipv6-icmp } accept',
         'add rule inet nubes input iifname "nbr*" drop',
     ]
-    assert 'add rule inet nubes forward iifname "nbr*" oifname "nbr*" drop' in script
+    assert "flush chain inet nubes input\n" in script
+
+
+def test_guard_stops_routing_to_other_bridges_but_not_bridging() -> None:
+    script = firewall.guard_script("nbrx")
+    # bridged traffic crosses `forward` too when br_netfilter is on: it must go through
+    assert 'add rule inet nubes fwd_nbrx oifname "nbrx" return\n' in script
+    assert 'add rule inet nubes fwd_nbrx oifname "nbr*" drop\n' in script
+    assert script.count("add rule inet nubes forward iifname vmap @fwd_bridges") == 1
+    removal = firewall.guard_remove_script("nbrx")
+    assert removal.endswith("delete chain inet nubes fwd_nbrx\n")
 
 
 def test_port_rules_pin_mac_and_ip() -> None:

@@ -39,53 +39,82 @@ def _chain(prefix: str, ifname: str) -> str:
 def inet_skeleton() -> str:
     return f"""table inet {TABLE} {{
   map nat_bridges {{ type ifname : verdict; }}
+  map fwd_bridges {{ type ifname : verdict; }}
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+  chain forward {{ type filter hook forward priority filter; policy accept; }}
+  chain input {{ type filter hook input priority filter; policy accept; }}
 }}
 flush chain inet {TABLE} postrouting
 add rule inet {TABLE} postrouting iifname vmap @nat_bridges
-"""
-
-
-def guard_script() -> str:
-    """Guests reach their gateway host for DHCP and ICMP only, and never another bridge."""
-    return f"""table inet {TABLE} {{
-  chain input {{ type filter hook input priority filter; policy accept; }}
-  chain forward {{ type filter hook forward priority filter; policy accept; }}
-}}
-flush chain inet {TABLE} input
 flush chain inet {TABLE} forward
-add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" ct state established,related accept
-add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" udp dport 67 accept
-add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" meta l4proto {{ icmp, ipv6-icmp }} accept
-add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" drop
-add rule inet {TABLE} forward iifname "{BRIDGE_GLOB}" oifname "{BRIDGE_GLOB}" drop
+add rule inet {TABLE} forward iifname vmap @fwd_bridges
 """
+
+
+def _jump(family: str, vmap: str, chain: str, key: str, rules: list[str]) -> str:
+    """(Re)fill a chain and make the map send `key` to it."""
+    body = "".join(f"add rule {family} {TABLE} {chain} {r}\n" for r in rules)
+    return (
+        f"add chain {family} {TABLE} {chain}\n"
+        + f"flush chain {family} {TABLE} {chain}\n"
+        + body
+        + f'add element {family} {TABLE} {vmap} {{ "{key}" : jump {chain} }}\n'
+    )
+
+
+def _unjump(family: str, vmap: str, chain: str, key: str) -> str:
+    """Remove the map element and its chain, present or not."""
+    return (
+        f"add chain {family} {TABLE} {chain}\n"
+        + f'add element {family} {TABLE} {vmap} {{ "{key}" : jump {chain} }}\n'
+        + f'delete element {family} {TABLE} {vmap} {{ "{key}" }}\n'
+        + f"flush chain {family} {TABLE} {chain}\n"
+        + f"delete chain {family} {TABLE} {chain}\n"
+    )
+
+
+_GUARD_INPUT = [
+    "ct state established,related accept",
+    "udp dport 67 accept",  # DHCP
+    "meta l4proto { icmp, ipv6-icmp } accept",  # ping the gateway, path MTU, neighbours
+    "drop",
+]
+
+
+def guard_script(bridge: str) -> str:
+    """Guests reach their gateway host for DHCP and ICMP only, and are not routed to another
+    bridge. Bridged traffic also crosses `forward` when br_netfilter is on (iif and oif are then
+    the same bridge), hence a chain per bridge rather than one `nbr* -> nbr*` rule."""
+    b = _ifname(bridge)
+    return (
+        inet_skeleton()
+        + f"flush chain inet {TABLE} input\n"
+        + "".join(
+            f'add rule inet {TABLE} input iifname "{BRIDGE_GLOB}" {r}\n' for r in _GUARD_INPUT
+        )
+        + _jump(
+            "inet",
+            "fwd_bridges",
+            _chain("fwd_", b),
+            b,
+            [f'oifname "{b}" return', f'oifname "{BRIDGE_GLOB}" drop'],
+        )
+    )
+
+
+def guard_remove_script(bridge: str) -> str:
+    return inet_skeleton() + _unjump("inet", "fwd_bridges", _chain("fwd_", bridge), bridge)
 
 
 def nat_script(bridge: str, cidr: str, uplink: str) -> str:
     """Masquerade what the bridge's network sends out of uplink (and nothing else)."""
     net = ipaddress.IPv4Network(cidr)
-    chain = _chain("nat_", bridge)
-    return (
-        inet_skeleton()
-        + f"add chain inet {TABLE} {chain}\n"
-        + f"flush chain inet {TABLE} {chain}\n"
-        + f"add rule inet {TABLE} {chain} ip saddr {net} ip daddr != {net}"
-        + f' oifname "{_ifname(uplink)}" masquerade\n'
-        + f'add element inet {TABLE} nat_bridges {{ "{bridge}" : jump {chain} }}\n'
-    )
+    rule = f'ip saddr {net} ip daddr != {net} oifname "{_ifname(uplink)}" masquerade'
+    return inet_skeleton() + _jump("inet", "nat_bridges", _chain("nat_", bridge), bridge, [rule])
 
 
 def nat_remove_script(bridge: str) -> str:
-    chain = _chain("nat_", bridge)
-    return (
-        inet_skeleton()
-        + f"add chain inet {TABLE} {chain}\n"
-        + f'add element inet {TABLE} nat_bridges {{ "{bridge}" : jump {chain} }}\n'
-        + f'delete element inet {TABLE} nat_bridges {{ "{bridge}" }}\n'
-        + f"flush chain inet {TABLE} {chain}\n"
-        + f"delete chain inet {TABLE} {chain}\n"
-    )
+    return inet_skeleton() + _unjump("inet", "nat_bridges", _chain("nat_", bridge), bridge)
 
 
 def bridge_skeleton() -> str:
@@ -122,27 +151,13 @@ def port_rules(mac: str, ip: str) -> list[str]:
 
 
 def port_script(tap: str, mac: str, ip: str) -> str:
-    chain = _chain("port_", tap)
-    rules = "".join(f"add rule bridge {TABLE} {chain} {r}\n" for r in port_rules(mac, ip))
-    return (
-        bridge_skeleton()
-        + f"add chain bridge {TABLE} {chain}\n"
-        + f"flush chain bridge {TABLE} {chain}\n"
-        + rules
-        + f'add element bridge {TABLE} ports {{ "{tap}" : jump {chain} }}\n'
+    return bridge_skeleton() + _jump(
+        "bridge", "ports", _chain("port_", tap), tap, port_rules(mac, ip)
     )
 
 
 def port_remove_script(tap: str) -> str:
-    chain = _chain("port_", tap)
-    return (
-        bridge_skeleton()
-        + f"add chain bridge {TABLE} {chain}\n"
-        + f'add element bridge {TABLE} ports {{ "{tap}" : jump {chain} }}\n'
-        + f'delete element bridge {TABLE} ports {{ "{tap}" }}\n'
-        + f"flush chain bridge {TABLE} {chain}\n"
-        + f"delete chain bridge {TABLE} {chain}\n"
-    )
+    return bridge_skeleton() + _unjump("bridge", "ports", _chain("port_", tap), tap)
 
 
 def delete_tables_script(present: list[str]) -> str:

@@ -141,14 +141,14 @@ class LinuxBridgeDriver(NetworkDriver):
         if not spec.serve_dhcp:
             nl.remove_addresses(spec.bridge)
             self.dhcp.stop(spec.id)
-            self._remove_nat(spec.bridge)
+            self._remove_rules(spec.bridge)
             return
         prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
         gateway = f"{spec.gateway}/{prefix}"
         nl.ensure_address(spec.bridge, gateway)
         nl.remove_addresses(spec.bridge, keep=(gateway,))
         if self.guard_host:
-            firewall.apply(firewall.guard_script())
+            firewall.apply(firewall.guard_script(spec.bridge))
         self.dhcp.ensure(
             DhcpConfig(
                 network_id=spec.id,
@@ -163,8 +163,8 @@ class LinuxBridgeDriver(NetworkDriver):
         if spec.nat_uplink:
             firewall.enable_forwarding()
             firewall.apply(firewall.nat_script(spec.bridge, spec.cidr, spec.nat_uplink))
-        else:
-            self._remove_nat(spec.bridge)
+        elif "inet" in firewall.tables():
+            firewall.apply(firewall.nat_remove_script(spec.bridge))
 
     def _ensure_overlay(self, nl: Netlink, spec: NetworkSpec) -> None:
         local = spec.local_underlay_ip
@@ -209,9 +209,12 @@ class LinuxBridgeDriver(NetworkDriver):
             nl.set_port_isolated(name, True)
             nl.link_up(name)
 
-    def _remove_nat(self, bridge: str) -> None:
+    def _remove_rules(self, bridge: str) -> None:
+        """NAT and guard of a bridge that no longer serves its network."""
         if "inet" in firewall.tables():  # never create our table just to delete from it
-            firewall.apply(firewall.nat_remove_script(bridge))
+            firewall.apply(
+                firewall.nat_remove_script(bridge) + firewall.guard_remove_script(bridge)
+            )
 
     def delete_network(self, network_id: str) -> None:
         check_id(network_id)
@@ -225,7 +228,7 @@ class LinuxBridgeDriver(NetworkDriver):
             if (link.alias or "").startswith(f"{GENEVE_ALIAS}{network_id} "):
                 nl.delete_link(link.name)
         self.dhcp.stop(network_id)
-        self._remove_nat(bridge)
+        self._remove_rules(bridge)
         nl.delete_link(bridge)
         self._drop_tables_if_unused(nl)
 

@@ -293,7 +293,7 @@ class Netlink:
     # -- forwarding database -------------------------------------------------------------------
 
     def fdb_entries(self, dev: str) -> list[FdbEntry]:
-        """Static entries of a VXLAN device (learned bridge entries are not listed)."""
+        """Entries of a VXLAN device that name a remote VTEP (static and learned)."""
         index = self._index(dev)
         msgs = self._call(f"fdb of {dev}", lambda: self._ipr.fdb("dump", ifindex=index))
         return [
