@@ -15,9 +15,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nubes.client import ApiError, NubesClient
+from nubes.errors import NubesError
+from nubes.lab import LabError
 
-console = Console()
-err_console = Console(stderr=True)
+# wide when piped, so tables stay readable in logs and CI output
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -48,6 +51,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except ApiError as exc:
             fail(exc.detail)
+        except (NubesError, LabError) as exc:
+            fail(str(exc))
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         raise AssertionError("unreachable")

@@ -168,9 +168,7 @@ def keypair_add(
 @handle_errors
 def keypair_create(
     name: str,
-    save: Path = typer.Option(
-        None, help="private key file (default ~/.ssh/nubes-NAME)"
-    ),
+    save: Path = typer.Option(None, help="private key file (default ~/.ssh/nubes-NAME)"),
 ) -> None:
     """Generate a keypair; the private key is saved with mode 0600 and never stored by nubes."""
     key = client().create_keypair(s.KeypairCreate(name=name))

@@ -14,6 +14,7 @@ import typer
 from nubes.cli import daemon
 from nubes.cli.common import console, fail, handle_errors
 from nubes.client import NubesClient
+from nubes.lab import Lab, LabHost, netns
 
 lab_app = typer.Typer(
     help="A multi-host cloud on this machine: each host a network namespace with its agent.",
@@ -54,10 +55,37 @@ def up() -> None:
         daemon.stop_api(sd)
 
 
-def _lab():  # type: ignore[no-untyped-def]
-    from nubes.lab import Lab
+def _lab() -> Lab:
+    # NUBES_LAB_PREFIX lets tests run a lab beside a user's own
+    return Lab(state_dir() / "lab", name_prefix=os.environ.get("NUBES_LAB_PREFIX") or None)
 
-    return Lab(state_dir() / "lab")
+
+def agent_pids(host: LabHost) -> list[int]:
+    """The agent processes running inside a lab host's namespace."""
+    found = []
+    for pid in netns.pids(host.netns):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"nubes.agent.main" in cmdline:
+            found.append(pid)
+    return found
+
+
+def spawn_agent(lab: Lab, host: LabHost) -> int:
+    sd = state_dir()
+    token = json.loads((sd / "client.json").read_text())["token"]
+    env = base_env()
+    env.update(
+        NUBES_URL=f"unix://{sd / 'api.sock'}",
+        NUBES_TOKEN=token,
+        NUBES_HOST_NAME=host.name,
+        NUBES_HOST_ADDRESS=host.underlay_ip,
+    )
+    return lab.spawn(
+        host, daemon.python_argv("nubes.agent.main"), lab.root / f"{host.name}.log", env
+    )
 
 
 def wait_hosts(client: NubesClient, names: set[str], timeout: float) -> None:
@@ -85,19 +113,8 @@ def lab_up(hosts: int = typer.Option(1, min=1, max=16, help="number of hosts")) 
     with console.status(f"creating {hosts} host(s)"):
         made = lab.create_hosts(hosts)
         for host in made:
-            agent_env = dict(env)
-            agent_env.update(
-                NUBES_URL=f"unix://{sd / 'api.sock'}",
-                NUBES_TOKEN=token,
-                NUBES_HOST_NAME=host.name,
-                NUBES_HOST_ADDRESS=host.underlay_ip,
-            )
-            lab.spawn(
-                host,
-                daemon.python_argv("nubes.agent.main"),
-                lab.root / f"{host.name}.log",
-                agent_env,
-            )
+            if not agent_pids(host):
+                spawn_agent(lab, host)
     client = NubesClient(f"unix://{sd / 'api.sock'}", token)
     with console.status("waiting for the agents to register"):
         wait_hosts(client, {h.name for h in made}, 60)
@@ -123,3 +140,15 @@ def lab_down(
 def lab_status() -> None:
     """What the lab has now."""
     console.print(_lab().status())
+
+
+@lab_app.command("restart-agent")
+@handle_errors
+def lab_restart_agent(host: str = typer.Argument(..., help="lab host name, e.g. nubes-h1")) -> None:
+    """Stop a host's agent (SIGTERM) and start it again; its guests keep running."""
+    lab = _lab()
+    target = lab.host(host)
+    for pid in agent_pids(target):
+        daemon.stop_pid(pid)
+    pid = spawn_agent(lab, target)
+    console.print(f"agent of {host} restarted (pid {pid})")

@@ -1,0 +1,92 @@
+"""Fixtures for real-host tests: a lab cloud driven through the `nubes` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nubes.client import NubesClient
+from nubes.lab import netns
+
+CACHE = Path(os.environ.get("NUBES_TEST_CACHE", "/var/cache/nubes-test"))
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@dataclass
+class LabCloud:
+    env: dict[str, str]
+    state_dir: Path
+    prefix: str
+    client: NubesClient
+
+    def nubes(self, *args: str, check: bool = True, timeout: float = 600) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nubes.cli", *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"nubes {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    def host_ns(self, index: int = 1) -> str:
+        return f"{self.prefix}-h{index}"
+
+    def in_host(self, argv: list[str], index: int = 1) -> str:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host_ns(index), *argv],
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout
+
+
+def start_lab(tmp_path: Path, hosts: int) -> LabCloud:
+    needs_root()
+    prefix = "t" + secrets.token_hex(2)
+    state = tmp_path / "state"
+    env = dict(os.environ)
+    env.update(
+        NUBES_STATE_DIR=str(state),
+        NUBES_CACHE_DIR=str(CACHE),
+        NUBES_LAB_PREFIX=prefix,
+        NUBES_API_PORT=str(20000 + secrets.randbelow(20000)),
+        NUBES_HOST_DOWN_AFTER="6",
+    )
+    env.pop("NUBES_URL", None)
+    env.pop("NUBES_TOKEN", None)
+    cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]
+    cloud.nubes("lab", "up", "--hosts", str(hosts), timeout=120)
+    token = json.loads((state / "client.json").read_text())["token"]
+    cloud.client = NubesClient(f"unix://{state / 'api.sock'}", token)
+    return cloud
+
+
+def stop_lab(cloud: LabCloud) -> None:
+    cloud.client.close()
+    cloud.nubes("lab", "down", check=False, timeout=120)
+    leftovers = [n for n in netns.list_names(cloud.prefix + "-")]
+    assert not leftovers, f"lab down left namespaces: {leftovers}"
+
+
+@pytest.fixture
+def lab1(tmp_path: Path) -> Iterator[LabCloud]:
+    cloud = start_lab(tmp_path, 1)
+    try:
+        yield cloud
+    finally:
+        stop_lab(cloud)
