@@ -32,11 +32,21 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SANDBOX = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 
 
+# UNIX socket paths must stay under 108 bytes, and state directories can be deep: sockets
+# live in a short per-instance directory instead (instance ids are unique across hosts).
+SOCKET_ROOT = Path("/run/nubes")
+
+
 @dataclass(frozen=True)
 class RuntimePaths:
-    """Where one instance's runtime files live, all inside spec.instance_dir."""
+    """Where one instance's runtime files live: spec.instance_dir, sockets under SOCKET_ROOT."""
 
     instance_dir: Path
+    socket_root: Path = SOCKET_ROOT
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.socket_root / self.instance_dir.name
 
     @property
     def pidfile(self) -> Path:
@@ -44,15 +54,15 @@ class RuntimePaths:
 
     @property
     def qmp_sock(self) -> Path:
-        return self.instance_dir / "qmp.sock"
+        return self.socket_dir / "qmp.sock"
 
     @property
     def serial_sock(self) -> Path:
-        return self.instance_dir / "serial.sock"
+        return self.socket_dir / "serial.sock"
 
     @property
     def vnc_sock(self) -> Path:
-        return self.instance_dir / "vnc.sock"
+        return self.socket_dir / "vnc.sock"
 
     @property
     def console_log(self) -> Path:

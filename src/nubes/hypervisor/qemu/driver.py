@@ -9,6 +9,7 @@ Stopping escalates: QMP `quit` (clean exit, flushes the disk), SIGTERM, then SIG
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -276,6 +277,7 @@ class QemuDriver(HypervisorDriver):
         """Start QEMU as a child in its own session (a signal to the agent's process group
         never reaches guests) and wait until QMP answers. Raises DriverError."""
         paths = RuntimePaths(spec.instance_dir)
+        paths.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Truncated at each start, so its tail is about this run. umask 077: the sockets and
         # logs QEMU creates are owner-only.
         log_fd = os.open(
@@ -369,8 +371,11 @@ class QemuDriver(HypervisorDriver):
 
     @staticmethod
     def _remove_runtime_files(spec: InstanceSpec) -> None:
-        for path in RuntimePaths(spec.instance_dir).ephemeral():
+        paths = RuntimePaths(spec.instance_dir)
+        for path in paths.ephemeral():
             path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            paths.socket_dir.rmdir()
 
 
 def _exit_note(returncode: int | None) -> str:
