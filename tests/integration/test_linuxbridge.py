@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nubes.errors import InvalidInput
+from nubes.errors import DriverError, InvalidInput
 from nubes.lab import Lab, netns
 from nubes.lab.lab import kill_namespace_processes
 from nubes.network import firewall
@@ -107,7 +107,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_network_and_ports_lifecycle(make_ns: Callable[[str], str], state_dir: Path) -> None:
+def test_network_lifecycle_and_dnsmasq(make_ns: Callable[[str], str], state_dir: Path) -> None:
     ns = make_ns("a")
     net = net_spec()
     with netns.inside(ns):
@@ -119,35 +119,15 @@ def test_network_and_ports_lifecycle(make_ns: Callable[[str], str], state_dir: P
         assert driver.list_networks() == ["net-1"]
         with Netlink() as nl:
             bridge = nl.get_link(net.bridge)
-            assert (
-                bridge is not None and bridge.kind == "bridge" and bridge.mtu == 1450 and bridge.up
-            )
+            assert bridge is not None and bridge.kind == "bridge" and bridge.up
+            assert bridge.mtu == 1450 and bridge.alias == "nubes network net-1"
             assert nl.addresses(net.bridge) == ["10.20.0.1/24"]
 
         # dnsmasq lives in our namespace, unprivileged, with the reservation on file
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns.current_inode()
-        assert Path(f"/proc/{pid}/status").read_text().count("\nUid:\t65534\t") == 1
+        assert "\nUid:\t65534\t" in Path(f"/proc/{pid}/status").read_text()
         paths = driver.dhcp.paths(net.id)
         assert paths.hosts.read_text() == f"{MAC1},10.20.0.5,i-1\n"
-
-        p1 = port_spec(1, net, MAC1, "10.20.0.5", owner=65534)
-        p2 = port_spec(2, net, MAC2, "10.20.0.6", owner=None)
-        for p in (p1, p2, p1, p2):
-            driver.plug_port(p)
-        with Netlink() as nl:
-            for p in (p1, p2):
-                tap = nl.get_link(p.tap)
-                assert tap is not None and tap.kind == "tun" and tap.mtu == 1450
-                assert tap.master == bridge.index
-                assert tap.info["IFLA_TUN_TYPE"] == 2  # tap, not tun
-                assert tap.info["IFLA_TUN_PERSIST"] == 1
-            owner1 = nl.get_link(p1.tap).info.get("IFLA_TUN_OWNER")  # type: ignore[union-attr]
-            assert owner1 == 65534
-            assert nl.get_link(net.bridge).mac == bridge.mac  # type: ignore[union-attr]
-        assert [(p.tap, p.bridge, p.mac) for p in driver.list_ports()] == [
-            ("tapport1", net.bridge, MAC1),
-            ("tapport2", net.bridge, MAC2),
-        ]
 
         # a new reservation is a SIGHUP, not a restart
         more = replace(net, dhcp_hosts=(*net.dhcp_hosts, DhcpHost(MAC2, "10.20.0.6", "i-2")))
@@ -159,28 +139,79 @@ def test_network_and_ports_lifecycle(make_ns: Callable[[str], str], state_dir: P
         # a changed option restarts it; a dead one is restarted
         driver.ensure_network(replace(more, mtu=1400))
         pid2 = driver.dhcp.pid(net.id)
-        assert (
-            pid2 is not None
-            and pid2 != pid
-            and "--dhcp-option=option:mtu,1400" in (Path(f"/proc/{pid2}/cmdline").read_text())
-        )
+        assert pid2 is not None and pid2 != pid
+        assert "--dhcp-option=option:mtu,1400" in Path(f"/proc/{pid2}/cmdline").read_text()
         os.kill(pid2, 9)
         _wait_for(lambda: not alive(pid2))
         driver.ensure_network(replace(more, mtu=1400))
-        assert driver.dhcp.pid(net.id) not in (None, pid2)
         pid3 = driver.dhcp.pid(net.id)
-        assert pid3 is not None
+        assert pid3 is not None and pid3 != pid2
 
-        for tap in ("tapport1", "tapport2", "tapport1"):
-            driver.unplug_port(tap)
         driver.delete_network(net.id)
         driver.delete_network(net.id)
         assert link_names() == ["lo"]
-        assert driver.list_networks() == [] and driver.list_ports() == []
+        assert driver.list_networks() == []
         assert firewall.tables() == []
         _wait_for(lambda: not alive(pid3))
         assert not paths.dir.exists()
     assert netns.pids(ns) == []
+
+
+def test_ports_plug_and_unplug(make_ns: Callable[[str], str], state_dir: Path) -> None:
+    ns = make_ns("p")
+    net = net_spec()
+    p1 = port_spec(1, net, MAC1, "10.20.0.5", owner=65534)
+    p2 = port_spec(2, net, MAC2, "10.20.0.6", owner=None)
+    with netns.inside(ns):
+        driver = LinuxBridgeDriver(state_dir)
+        driver.ensure_network(net)
+        for p in (p1, p2, p1, p2):
+            driver.plug_port(p)
+        with Netlink() as nl:
+            bridge = nl.get_link(net.bridge)
+            assert bridge is not None
+            for p in (p1, p2):
+                tap = nl.get_link(p.tap)
+                assert tap is not None and tap.kind == "tun" and tap.mtu == 1450 and tap.up
+                assert tap.master == bridge.index
+                assert tap.info["IFLA_TUN_TYPE"] == 2  # tap, not tun
+                assert tap.info["IFLA_TUN_PERSIST"] == 1
+                assert tap.info.get("IFLA_TUN_OWNER") == p.owner_uid
+        assert [(p.tap, p.bridge, p.mac) for p in driver.list_ports()] == [
+            ("tapport1", net.bridge, MAC1),
+            ("tapport2", net.bridge, MAC2),
+        ]
+        with Netlink() as nl:  # the gateway MAC stays put when ports come and go
+            assert nl.get_link(net.bridge).mac == bridge.mac  # type: ignore[union-attr]
+        # a new owner recreates the tap, but never under a guest that has it open
+        index = nl_index(p1.tap)
+        with Tap(p1.tap):
+            driver.plug_port(replace(p1, owner_uid=1000))
+            assert nl_index(p1.tap) == index
+        driver.plug_port(replace(p1, owner_uid=1000))
+        assert nl_index(p1.tap) != index
+        with pytest.raises(DriverError):  # no bridge, no port
+            driver.plug_port(replace(p1, bridge="nbrmissing", tap="tapport3"))
+        assert nl_get("tapport3") is None
+
+        for tap in ("tapport1", "tapport2", "tapport1"):
+            driver.unplug_port(tap)
+        assert driver.list_ports() == []
+        driver.delete_network(net.id)
+        assert link_names() == ["lo"]
+        assert firewall.tables() == []
+
+
+def nl_get(name: str) -> object:
+    with Netlink() as nl:
+        return nl.get_link(name)
+
+
+def nl_index(name: str) -> int:
+    with Netlink() as nl:
+        link = nl.get_link(name)
+        assert link is not None
+        return link.index
 
 
 def test_dhcp_lease_matches_the_reservation(make_ns: Callable[[str], str], state_dir: Path) -> None:

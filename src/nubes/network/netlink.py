@@ -37,6 +37,7 @@ class Link:
     mac: str | None
     master: int | None
     up: bool
+    carrier: bool  # for a tap: some process (QEMU) has it open
     alias: str | None
     info: dict[str, Any] = field(default_factory=dict)  # IFLA_INFO_DATA, e.g. IFLA_VXLAN_ID
 
@@ -70,6 +71,7 @@ def _to_link(msg: Any) -> Link:
         mac=msg.get_attr("IFLA_ADDRESS"),
         master=msg.get_attr("IFLA_MASTER"),
         up=bool(msg["flags"] & 1),  # IFF_UP
+        carrier=bool(msg.get_attr("IFLA_CARRIER")),
         alias=msg.get_attr("IFLA_IFALIAS"),
         info=info,
     )
@@ -156,8 +158,11 @@ class Netlink:
             link is not None
             and owner_uid is not None
             and link.info.get("IFLA_TUN_OWNER") != owner_uid
+            and not link.carrier
         ):
-            self.delete_link(name)  # the owner of a persistent tap cannot be changed in place
+            # The owner of a persistent tap cannot change in place. Never pull it from under a
+            # running guest (carrier on) though: the plug after that guest stops fixes it.
+            self.delete_link(name)
             link = None
         created = link is None
         if created:
