@@ -121,7 +121,7 @@ def test_agent_restart_keeps_guests_running(lab1: LabCloud) -> None:
     assert server.status == "ACTIVE" and not server.task_state
     assert qemu_pids(cloud) == before
     log = cloud.client.console_log("gamma")
-    assert log.count("nubes-tiny: start") == 1, "the guest rebooted"
+    assert log.count("nubes-tiny: ready") == 1, "the guest rebooted"
     # and the new agent still manages it
     cloud.nubes("server", "stop", "gamma", "--wait")
     assert cloud.client.server("gamma").status == "SHUTOFF"

@@ -242,10 +242,31 @@ class Lab:
 
 
 def kill_namespace_processes(ns: str, timeout: float = 5.0) -> None:
-    """SIGTERM everything living in the namespace, SIGKILL what is left after timeout."""
+    """Agents first (a dying agent could still start a dnsmasq or a guest), then everything
+    else in the namespace, until nothing is left."""
+    agents = [p for p in netns.pids(ns) if _is_agent(p)]
+    _kill_pids(ns, agents, timeout)
+    for _ in range(5):
+        if not [p for p in netns.pids(ns) if p != os.getpid()]:
+            return
+        _kill_pids(ns, None, timeout)
+    left = [p for p in netns.pids(ns) if p != os.getpid() and _alive(p)]
+    if left:
+        raise LabError(f"processes {left} in {ns} survived SIGKILL")
+
+
+def _is_agent(pid: int) -> bool:
+    try:
+        return b"nubes.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _kill_pids(ns: str, only: list[int] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL what is left after timeout (all of the namespace if only is None)."""
     me = os.getpid()
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
-        pids = [p for p in netns.pids(ns) if p != me]
+        pids = [p for p in (netns.pids(ns) if only is None else only) if p != me and _alive(p)]
         if not pids:
             return
         for pid in pids:
@@ -259,9 +280,6 @@ def kill_namespace_processes(ns: str, timeout: float = 5.0) -> None:
             if not [p for p in pids if _alive(p)]:
                 return
             time.sleep(0.05)
-    left = [p for p in netns.pids(ns) if p != me and _alive(p)]
-    if left:
-        raise LabError(f"processes {left} in {ns} survived SIGKILL")
 
 
 def _reap(pids: list[int]) -> None:
