@@ -79,8 +79,17 @@ def start_lab(tmp_path: Path, hosts: int) -> LabCloud:
 def stop_lab(cloud: LabCloud) -> None:
     cloud.client.close()
     cloud.nubes("lab", "down", check=False, timeout=120)
-    leftovers = [n for n in netns.list_names(cloud.prefix + "-")]
+    leftovers = netns.list_names(cloud.prefix + "-")
     assert not leftovers, f"lab down left namespaces: {leftovers}"
+    marker = str(cloud.state_dir).encode()
+    procs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                procs.append(proc.name)
+        except OSError:
+            continue
+    assert not procs, f"lab down left processes: {procs}"
 
 
 @pytest.fixture
