@@ -67,6 +67,7 @@ class Host(Base):
     vcpus: Mapped[int] = mapped_column(Integer, default=0)
     ram_mb: Mapped[int] = mapped_column(Integer, default=0)
     disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    overlays: Mapped[str] = mapped_column(String(64), default="vxlan")  # what the kernel has
     used_vcpus: Mapped[int] = mapped_column(Integer, default=0)
     used_ram_mb: Mapped[int] = mapped_column(Integer, default=0)
     used_disk_gb: Mapped[int] = mapped_column(Integer, default=0)
@@ -165,6 +166,47 @@ class Instance(Base):
     launched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("server_groups.id"), nullable=True)
+
+
+class ServerGroup(Base):
+    """Affinity policy for the instances that name it."""
+
+    __tablename__ = "server_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(32))  # affinity|anti-affinity|soft-*
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Operation(Base):
+    """One mutating request being carried out, with its steps (JSON list) and its holder."""
+
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # create|delete|start|stop|reboot
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
+    holder: Mapped[str] = mapped_column(String(64), default="")  # api | host name
+    steps: Mapped[str] = mapped_column(Text, default="[]")
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("project_id", "key"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Port(Base):
