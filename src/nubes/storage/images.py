@@ -175,6 +175,18 @@ def _check_report(info: dict[str, Any], declared_format: str, max_virtual_size: 
     _check_virtual_size(size, max_virtual_size)
 
 
+def _check_qcow2_tables(path: Path) -> None:
+    """Walk the qcow2 metadata (`qemu-img check`): a broken table would fail guests' I/O later."""
+    try:
+        run_limited(["qemu-img", "check", "-q", "-f", "qcow2", str(path.resolve())], INSPECT_LIMITS)
+    except ToolError as exc:
+        if exc.returncode == 3:  # leaked clusters only: wasted space, harmless
+            return
+        if exc.returncode == 2:
+            raise _reject("the qcow2 image is corrupt (qemu-img check)") from exc
+        raise _reject(f"the image could not be inspected: {exc.message}") from exc
+
+
 def inspect_image(path: Path, declared_format: str, max_virtual_size: int) -> ImageInfo:
     """Check an untrusted image file. Raises ImageRejected with a message for the user."""
     check_header(_read_head(path), declared_format, max_virtual_size)
@@ -185,6 +197,8 @@ def inspect_image(path: Path, declared_format: str, max_virtual_size: int) -> Im
     except ValueError as exc:  # bad JSON
         raise _reject("the image could not be inspected: unreadable qemu-img report") from exc
     _check_report(info, declared_format, max_virtual_size)
+    if declared_format == "qcow2":
+        _check_qcow2_tables(path)
     actual = info.get("actual-size")
     return ImageInfo(
         format=declared_format,
