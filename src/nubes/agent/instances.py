@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 
 from nubes.agent.imagecache import ImageCache
 from nubes.agent.layout import HostLayout, LocalState
@@ -104,7 +104,13 @@ class InstanceReconciler:
         revert = Reverter()
         try:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
-            disks.create_overlay(base, want.image_format, self.layout.disk(want.id), want.disk_gb)
+            disks.create_overlay(
+                base,
+                want.image_format,
+                self.layout.disk(want.id),
+                want.disk_gb,
+                want.image_virtual_size or None,
+            )
             revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
             write_seed(self.seed_data(want), self.layout.seed(want.id))
             revert.add("seed", lambda: self.layout.seed(want.id).unlink(missing_ok=True))

@@ -46,6 +46,7 @@ def _instance(session: Session, inst: Instance) -> a.DesiredInstance:
         disk_gb=inst.disk_gb,
         image_id=image.id,
         image_format=image.disk_format,
+        image_virtual_size=image.virtual_size,
         image_sha256=image.sha256,
         image_kernel_sha256=image.kernel_sha256,
         image_initrd_sha256=image.initrd_sha256,

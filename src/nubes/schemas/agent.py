@@ -38,6 +38,7 @@ class DesiredInstance(BaseModel):
     disk_gb: int
     image_id: str
     image_format: str
+    image_virtual_size: int = 0
     image_sha256: str
     image_kernel_sha256: str
     image_initrd_sha256: str

@@ -60,8 +60,13 @@ def _publish(tmp: Path, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def create_overlay(base: Path, base_format: str, dest: Path, size_gb: int) -> None:
+def create_overlay(
+    base: Path, base_format: str, dest: Path, size_gb: int, base_virtual_size: int | None = None
+) -> None:
     """Create dest as a qcow2 overlay of base, size_gb large but never smaller than base.
+
+    base_virtual_size, when the caller knows it from the image's inspection at import, saves
+    a qemu-img run on the hot path of every create.
 
     The API refuses flavors whose disk is smaller than the image; here we only guarantee the
     guest never sees a truncated base. Raises Conflict if dest exists, DriverError on failure.
@@ -72,7 +77,9 @@ def create_overlay(base: Path, base_format: str, dest: Path, size_gb: int) -> No
     if dest.exists():
         raise Conflict(f"disk {dest} already exists")
     base = base.resolve()  # qemu-img stores the backing path as given; relative would break
-    size = max(size_gb * GiB, disk_info(base, base_format).virtual_size)
+    if base_virtual_size is None:
+        base_virtual_size = disk_info(base, base_format).virtual_size
+    size = max(size_gb * GiB, base_virtual_size)
     tmp = _tmp_for(dest.resolve())
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base)]
     try:

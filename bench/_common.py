@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmarks: timing, medians, a throwaway lab."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def wait_for_text(path: Path, text: str, timeout: float, offset: int = 0) -> float:
+    """Seconds until `text` appears in the file after `offset`; raises on timeout."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        try:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                if text.encode() in fh.read():
+                    return time.perf_counter() - start
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError(f"{text!r} not in {path} after {timeout} s")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def row(label: str, ours: float, theirs: float, unit: str = "s") -> str:
+    return f"{label:<44} nubes {ours:8.3f}{unit}   reference {theirs:8.3f}{unit}   ratio {ours / theirs:6.2f}"

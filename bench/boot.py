@@ -1,0 +1,192 @@
+"""Boot benchmark, measured side by side in one run (the machines are noisy: ratios only).
+
+1. tiny guest: nubes create -> guest-ready vs the bare qemu-system-x86_64 command of the same
+   guest (same kernel, initrd, overlay, seed and tap) started by hand;
+2. instance disk: qcow2 overlay on the cached image vs copying the image and resizing it;
+3. API overhead: request -> QEMU start, in-process with the fake hypervisor.
+
+Run as root: `.venv/bin/python bench/boot.py [--rounds N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.cloud import Cloud  # noqa: E402
+from tests.integration.conftest import LabCloud, start_lab, stop_lab  # noqa: E402
+
+from bench._common import median, row, timed, wait_for_text  # noqa: E402
+from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec  # noqa: E402
+from nubes.hypervisor.qemu.accel import host_accel  # noqa: E402
+from nubes.hypervisor.qemu.cmdline import build_argv  # noqa: E402
+from nubes.imagebuild.tiny import READY_LINE  # noqa: E402
+from nubes.schemas import resources as s  # noqa: E402
+from nubes.storage import disks  # noqa: E402
+from nubes.storage.seed import SeedData, SeedNic, write_seed  # noqa: E402
+
+
+def nubes_boot(cloud: LabCloud, name: str) -> float:
+    """Wall time from the create request to the ready line on the guest's console."""
+    start = time.perf_counter()
+    server = cloud.client.create_server(
+        s.ServerCreate(name=name, image="tiny", flavor="m1.tiny", network="bench")
+    )
+    log = cloud.state_dir / "hosts" / cloud.host_ns() / "instances" / server.id / "console.log"
+    elapsed = wait_for_text(log, READY_LINE, 180) + (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cloud.client.delete_server(server.id)
+    return elapsed
+
+
+def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
+    """The same guest by hand: overlay, seed, tap, then the very argv nubes would run."""
+    host_dir = cloud.state_dir / "hosts" / cloud.host_ns()
+    image = cloud.client.image("tiny")
+    cache = host_dir / "images"
+    inst = work / f"bare{index}"
+    inst.mkdir()
+    instance_id = "bare" + secrets.token_hex(6)
+    tap = "tapbare" + secrets.token_hex(3)
+    mac = "52:54:00:ee:00:%02x" % index
+    start = time.perf_counter()
+    disks.create_overlay(cache / f"{image.id}.qcow2", "qcow2", inst / "disk.qcow2", 1)
+    seed = SeedData(
+        instance_id=instance_id,
+        hostname=f"bare{index}",
+        network=(SeedNic(mac=mac, address_cidr=f"10.77.0.{200 + index}/24", gateway="10.77.0.1"),),
+    )
+    write_seed(seed, inst / "seed.iso")
+    bridge = next(
+        line.split(":")[1].strip().split("@")[0]
+        for line in cloud.in_host(["ip", "-o", "link"]).splitlines()
+        if ": nbr" in line
+    )
+    ns = ["ip", "netns", "exec", cloud.host_ns()]
+    subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+    subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
+    spec = InstanceSpec(
+        id=instance_id,
+        vcpus=1,
+        ram_mb=256,
+        disk=inst / "disk.qcow2",
+        seed=inst / "seed.iso",
+        instance_dir=inst,
+        nics=(NicSpec(tap=tap, mac=mac, mtu=1450),),
+        boot=BootSpec(
+            kernel=cache / f"{image.id}.kernel",
+            initrd=cache / f"{image.id}.initrd",
+            cmdline=image.cmdline,
+        ),
+    )
+    argv = build_argv(spec, host_accel().name, "qemu-system-x86_64")
+    proc = subprocess.Popen([*ns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_text(inst / "console.log", READY_LINE, 180)
+        return time.perf_counter() - start
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run([*ns, "ip", "link", "del", tap], check=False)
+        subprocess.run(["rm", "-rf", f"/run/nubes/{inst.name}"], check=False)
+
+
+def bench_boot(rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cloud = start_lab(Path(tmp), 1)
+        try:
+            cloud.nubes("image", "build", "tiny")
+            cloud.client.create_network(s.NetworkCreate(name="bench", cidr="10.77.0.0/24"))
+            ours, bare = [], []
+            for i in range(rounds):  # alternate, so drift on a noisy machine hits both
+                ours.append(nubes_boot(cloud, f"b{i}"))
+                bare.append(bare_boot(cloud, Path(tmp), i))
+            print(row("tiny: create -> guest ready (median)", median(ours), median(bare)))
+            print(f"{'':<44} goal: ratio <= 1.10")
+        finally:
+            stop_lab(cloud)
+
+
+def bench_disk(size_gb: int = 2) -> None:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        base = Path(tmp) / "base.qcow2"
+        # a realistic image: 2 GiB virtual with 1 GiB of real data
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(base), f"{size_gb}G"], check=True
+        )
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 1G", str(base)],
+            check=True,
+            capture_output=True,
+        )
+        ours = [
+            timed(lambda i=i: disks.create_overlay(base, "qcow2", Path(tmp) / f"o{i}", 4))
+            for i in range(3)
+        ]
+        theirs = [
+            timed(lambda i=i: disks.copy_and_resize(base, "qcow2", Path(tmp) / f"c{i}", 4))
+            for i in range(2)
+        ]
+        print(row(f"instance disk from a {size_gb} GiB image", median(ours), median(theirs)))
+        print(f"{'':<44} nubes is {median(theirs) / median(ours):.0f}x faster (goal >= 20x)")
+
+
+def bench_api(rounds: int) -> None:
+    """Request -> the hypervisor's spawn call, with real storage and the fake hypervisor."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cloud = Cloud(Path(tmp), hosts=1, sync_interval=5.0)
+        try:
+            image = cloud.client.create_image(s.ImageCreate(name="img", disk_format="raw"))
+            raw = Path(tmp) / "img.raw"
+            raw.write_bytes(b"\0" * (1 << 20))
+            cloud.client.upload_image_part(image.id, "file", iter([raw.read_bytes()]))
+            cloud.client.create_network(s.NetworkCreate(name="n", cidr="10.78.0.0/24"))
+            fake = cloud.agents[0][0].hypervisor
+            spawned: dict[str, float] = {}
+            original = fake.spawn
+
+            def spawn(spec, _orig=original):  # type: ignore[no-untyped-def]
+                spawned[spec.id] = time.perf_counter()
+                return _orig(spec)
+
+            fake.spawn = spawn  # type: ignore[method-assign]
+            overheads = []
+            for i in range(rounds):
+                start = time.perf_counter()
+                server = cloud.client.create_server(
+                    s.ServerCreate(name=f"a{i}", image="img", flavor="m1.tiny", network="n")
+                )
+                cloud.wait(lambda sid=server.id: sid in spawned, 10, "spawn")
+                overheads.append(spawned[server.id] - start)
+                cloud.client.delete_server(server.id)
+            ms = sorted(o * 1000 for o in overheads)
+            print(
+                f"{'API overhead: request -> QEMU start':<44} median {median(ms):6.1f} ms   "
+                f"p90 {ms[int(len(ms) * 0.9) - 1]:6.1f} ms   (goal: median <= 50 ms)"
+            )
+        finally:
+            cloud.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="boots of each kind")
+    parser.add_argument("--only", choices=["boot", "disk", "api"], default=None)
+    args = parser.parse_args()
+    if args.only in (None, "api"):
+        bench_api(20)
+    if args.only in (None, "disk"):
+        bench_disk()
+    if args.only in (None, "boot"):
+        bench_boot(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
