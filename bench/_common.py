@@ -34,4 +34,7 @@ def median(values: list[float]) -> float:
 
 
 def row(label: str, ours: float, theirs: float, unit: str = "s") -> str:
-    return f"{label:<44} nubes {ours:8.3f}{unit}   reference {theirs:8.3f}{unit}   ratio {ours / theirs:6.2f}"
+    return (
+        f"{label:<44} nubes {ours:8.3f}{unit}   reference {theirs:8.3f}{unit}   "
+        f"ratio {ours / theirs:6.2f}"
+    )
