@@ -91,3 +91,29 @@ def test_agent_restart_keeps_guest(ready: Cloud) -> None:
     new.instances.hypervisor = fake
     ready.wait_status("web1", "ACTIVE")
     assert fake.boots(server.id) == boots  # type: ignore[attr-defined]
+
+
+def test_idempotency_key_replays_and_conflicts(ready: Cloud) -> None:
+    http = ready.client._http
+    body = {"name": "idem", "image": "img", "flavor": "m1.tiny", "network": "net"}
+    first = http.post("/v1/servers", json=body, headers={"Idempotency-Key": "k1"})
+    again = http.post("/v1/servers", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert len(ready.client.servers()) == 1
+    other = dict(body, name="idem2")
+    clash = http.post("/v1/servers", json=other, headers={"Idempotency-Key": "k1"})
+    assert clash.status_code == 409 and clash.json()["field"] == "Idempotency-Key"
+    assert len(ready.client.servers()) == 1
+
+
+def test_delete_twice_and_delete_while_building(ready: Cloud) -> None:
+    server = create(ready, "fleeting")
+    ready.client.delete_server(server.id)  # most likely still BUILD
+    ready.client.delete_server(server.id)  # again, before the host let go: still fine
+    ready.wait(lambda: not ready.client.servers(), what="delete")
+    agent = ready.agents[0][0]
+    assert agent.hypervisor.list_instances() == []
+    assert list(agent.layout.instances.iterdir()) == []
+    gone = ready.client._http.delete(f"/v1/servers/{server.id}")
+    assert gone.status_code == 404

@@ -3,12 +3,13 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
 from nubes.api import compute, lookup
 from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.api.idempotency import run_once
 from nubes.db.models import Host, Instance, utcnow
 from nubes.schemas import resources as s
 
@@ -35,9 +36,12 @@ def list_servers(session: SessionDep, who: CallerDep) -> list[s.Server]:
     return [compute.to_wire(session, i) for i in rows]
 
 
-@router.post("", status_code=202)
-def create_server(body: s.ServerCreate, who: CallerDep, state: StateDep) -> s.Server:
-    return compute.create(state, body, who)
+@router.post("", status_code=202, response_model=s.Server)
+def create_server(
+    body: s.ServerCreate, request: Request, who: CallerDep, state: StateDep
+) -> s.Server | JSONResponse:
+    """Send an `Idempotency-Key` header to make retries safe."""
+    return run_once(state, who, request, body, 202, lambda: compute.create(state, body, who))
 
 
 @router.get("/{ref}")

@@ -1,0 +1,83 @@
+"""Idempotency-Key on creates: the same key and body give the same answer; another body, 409."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from nubes.api.deps import Caller
+from nubes.api.state import AppState
+from nubes.db.models import IdempotencyKey
+from nubes.errors import Conflict, InvalidInput
+
+HEADER = "idempotency-key"
+M = TypeVar("M", bound=BaseModel)
+
+
+def request_digest(request: Request, body: BaseModel) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(f"{request.method} {request.url.path} {canonical}".encode()).hexdigest()
+
+
+def _replay(state: AppState, who: Caller, key: str, digest: str) -> JSONResponse | None:
+    with state.sessions() as session:
+        row = session.scalar(
+            select(IdempotencyKey).where(
+                IdempotencyKey.project_id == who.project_id, IdempotencyKey.key == key
+            )
+        )
+        if row is None:
+            return None
+        if row.request_sha256 != digest:
+            raise Conflict(
+                "Idempotency-Key was already used with a different request", field="Idempotency-Key"
+            )
+        return JSONResponse(json.loads(row.response), status_code=row.status_code)
+
+
+def run_once(
+    state: AppState,
+    who: Caller,
+    request: Request,
+    body: BaseModel,
+    status: int,
+    run: Callable[[], M],
+) -> M | JSONResponse:
+    """Without the header: just run. With it: replay a stored answer, or run and store it."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return run()
+    if not 1 <= len(key) <= 255:
+        raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
+    digest = request_digest(request, body)
+    replay = _replay(state, who, key, digest)
+    if replay is not None:
+        return replay
+    result = run()
+    with state.sessions() as session:
+        session.add(
+            IdempotencyKey(
+                project_id=who.project_id,
+                key=key,
+                request_sha256=digest,
+                status_code=status,
+                response=result.model_dump_json(),
+            )
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            # a racing request with the same key stored its answer first: that one wins
+            session.rollback()
+            replay = _replay(state, who, key, digest)
+            if replay is not None:
+                return replay
+    return result
