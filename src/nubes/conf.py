@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 2.0
     host_down_after: float = 15.0
     sync_interval: float = 2.0
+    operation_timeout: float = 900.0  # an operation still running after this fails
 
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0

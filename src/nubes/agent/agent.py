@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nubes.agent.instances import InstanceReconciler
@@ -20,6 +21,7 @@ from nubes.network.base import (
     NetworkDriver,
     NetworkSpec,
     OverlayPeer,
+    RemotePort,
     bridge_name,
     tap_name,
 )
@@ -46,7 +48,9 @@ def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec
         overlay=net.overlay,
         local_underlay_ip=local_ip or None,
         peers=tuple(OverlayPeer(p) for p in net.peers),
+        remote_ports=tuple(RemotePort(r.mac, r.address) for r in net.remote_ports),
         serve_dhcp=net.serve,
+        gateway_underlay_ip=net.gateway_host or None,
         dhcp_hosts=tuple(DhcpHost(r.mac, r.ip, r.hostname) for r in net.reservations),
         dns=(),
         nat_uplink=uplink if net.serve else "",
@@ -79,6 +83,7 @@ class Agent:
                 vcpus=res.vcpus,
                 ram_mb=res.ram_mb,
                 disk_gb=res.disk_gb,
+                overlays=",".join(self.network.overlays()),
             )
         )
         log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)
@@ -125,9 +130,10 @@ class Agent:
                 log.exception("instance %s failed", want.id)
                 obs = ObservedInstance(id=want.id, status="ERROR", fault=_fault(exc))
             if obs is not None:
+                obs.steps = self.instances.take_steps(want.id)
                 observed.append(obs)
         self.collect_garbage(desired, infos)
-        return Report(instances=observed)
+        return Report(instances=observed, leftovers=self.leftovers(desired))
 
     def converge_instance(
         self, want: DesiredInstance, info: InstanceInfo | None
@@ -156,21 +162,41 @@ class Agent:
         assert info is not None or not running
         return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
 
+    def leftovers(self, desired: DesiredState) -> list[str]:
+        """What nubes made on this host that nothing in the desired state wants."""
+        wanted = {i.id for i in desired.instances}
+        running = {i.id for i in self.hypervisor.list_instances()}
+        on_disk = {p.name for p in self.layout.instances.iterdir()}
+        found = [f"instance {i}" for i in sorted((running | on_disk) - wanted)]
+        wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
+        found += [f"tap {p.tap}" for p in self.network.list_ports() if p.tap not in wanted_taps]
+        wanted_nets = {n.id for n in desired.networks}
+        found += [f"network {n}" for n in self.network.list_networks() if n not in wanted_nets]
+        return found
+
     def collect_garbage(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
         """Remove what nubes made on this host that nothing wants any more."""
         wanted = {i.id for i in desired.instances}
         on_disk = {p.name for p in self.layout.instances.iterdir()}
         for instance_id in (set(infos) | on_disk) - wanted:
             log.info("removing leftover instance %s", instance_id)
-            self.instances.teardown(instance_id, [])
+            self._quietly(self.instances.teardown, instance_id, [])
         wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
         for port in self.network.list_ports():
             if port.tap not in wanted_taps:
-                self.network.unplug_port(port.tap)
+                self._quietly(self.network.unplug_port, port.tap)
         wanted_nets = {n.id for n in desired.networks}
         for net_id in self.network.list_networks():
             if net_id not in wanted_nets:
-                self.network.delete_network(net_id)
+                self._quietly(self.network.delete_network, net_id)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., object], *args: object) -> None:
+        """One leftover that cannot be removed must not stop the rest (it is reported)."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("could not remove a leftover (%s%r)", fn.__name__, args)
 
 
 def _fault(exc: Exception) -> str:

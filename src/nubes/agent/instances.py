@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from nubes.agent.imagecache import ImageCache
@@ -35,6 +35,11 @@ class InstanceReconciler:
     images: ImageCache
     run_as: str = ""
     owner_uid: int | None = None
+    # build steps finished per instance since the last report (the API's operation log)
+    steps: dict[str, list[str]] = field(default_factory=dict)
+
+    def take_steps(self, instance_id: str) -> list[str]:
+        return self.steps.pop(instance_id, [])
 
     # -- specs ---------------------------------------------------------------------------
     def ports(self, want: DesiredInstance) -> list[PortSpec]:
@@ -101,9 +106,11 @@ class InstanceReconciler:
         inst_dir = self.layout.instance_dir(want.id)
         inst_dir.mkdir(parents=True, exist_ok=True)
         state = LocalState(vnc_password=secrets.token_urlsafe(6)[:8])
+        done = self.steps.setdefault(want.id, [])
         revert = Reverter()
         try:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
+            done.append("image")
             disks.create_overlay(
                 base,
                 want.image_format,
@@ -112,17 +119,22 @@ class InstanceReconciler:
                 want.image_virtual_size or None,
             )
             revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
+            done.append("disk")
             write_seed(self.seed_data(want), self.layout.seed(want.id))
             revert.add("seed", lambda: self.layout.seed(want.id).unlink(missing_ok=True))
+            done.append("seed")
             for port in self.ports(want):
                 self.network.plug_port(port)
                 revert.add(f"port {port.tap}", partial(self.network.unplug_port, port.tap))
+            done.append("ports")
             state.built = True
             self._start(want, state)
             revert.add("qemu", lambda: self.hypervisor.destroy(want.id))
+            done.append("qemu")
         except Exception:
             revert.fail()
             shutil.rmtree(inst_dir, ignore_errors=True)
+            done.append("rolled back")
             raise
         revert.success()
 

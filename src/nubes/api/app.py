@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from fastapi import FastAPI
 
-from nubes.api import errors
+from nubes.api import errors, gateways
+from nubes.api import operations as operation_log
 from nubes.api.bootstrap import seed_database, write_client_config
-from nubes.api.routes import agent, flavors, hosts, images, keypairs, networks, servers
+from nubes.api.routes import (
+    agent,
+    flavors,
+    gc,
+    hosts,
+    images,
+    keypairs,
+    networks,
+    operations,
+    servers,
+)
 from nubes.api.state import AppState
 from nubes.conf import Settings
 from nubes.db.engine import make_engine, migrate, session_factory
 
 log = logging.getLogger("nubes.api")
+
+
+def _expire_loop(state: AppState) -> None:
+    """No operation, and so no instance, stays in a transitional state past the bound."""
+    while True:
+        time.sleep(min(10.0, state.settings.operation_timeout / 4))
+        try:
+            with state.sessions() as session:
+                if operation_log.expire(session, state.settings.operation_timeout):
+                    session.commit()
+        except Exception:
+            log.exception("expiring stale operations failed")
 
 
 def client_config_path(settings: Settings) -> str:
@@ -39,8 +64,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
-    for module in (images, flavors, keypairs, networks, servers, hosts, agent):
+    for module in (images, flavors, keypairs, networks, servers, hosts, operations, gc, agent):
         app.include_router(module.router)
+
+    threading.Thread(target=_expire_loop, args=(app.state.nubes,), daemon=True).start()
+    gateways.start_keeper(app.state.nubes)
 
     @app.get("/v1", tags=["meta"])
     def version() -> dict[str, str]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nubes.api import lookup
+from nubes.api import lookup, operations
 from nubes.api.deps import Caller
 from nubes.api.state import AppState, bump_generation
 from nubes.db.ipam import allocate_ip, allocate_mac
@@ -111,6 +111,7 @@ def create(state: AppState, body: s.ServerCreate, who: Caller) -> s.Server:
             )
             if network.dhcp_host_id is None:
                 network.dhcp_host_id = host.id
+            operations.begin(session, inst, "create", f"scheduled on {host.name}")
             bump_generation(session)
             try:
                 session.commit()
@@ -134,12 +135,14 @@ def finish_delete(session: Session, inst: Instance) -> None:
     inst.status = "DELETED"
     inst.task_state = ""
     inst.deleted_at = utcnow()
+    operations.finish(session, inst.id, "delete")
     bump_generation(session)
 
 
 def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> None:
     inst.desired_state = "deleted"
     inst.task_state = "deleting"
+    operations.begin(session, inst, "delete")
     if inst.host_id is None or not host_up:
         # nothing on a host to wait for (or its host is down: its agent removes leftovers
         # when it comes back, since nothing wants them any more)
@@ -166,6 +169,7 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
         inst.reboot_gen += 1
         inst.hard_reboot = body.hard
         inst.task_state = "rebooting"
+    operations.begin(session, inst, body.action)
     bump_generation(session)
     session.commit()
     state.notifier.notify()

@@ -52,3 +52,5 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     notifier: Notifier = field(default_factory=Notifier)
+    # each host's latest report of what it has that nothing wants (`nubes gc --dry-run`)
+    leftovers: dict[str, list[str]] = field(default_factory=dict)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nubes.cli import resources, servers, services
+from nubes.cli import ops, resources, servers, services
 
 app = typer.Typer(
     help="nubes: a small IaaS cloud on QEMU. Start with `nubes up` or `nubes lab up`.",
@@ -20,6 +20,8 @@ app.add_typer(resources.network_app, name="network")
 app.add_typer(resources.host_app, name="host")
 app.add_typer(services.lab_app, name="lab")
 app.command("up")(services.up)
+app.add_typer(ops.operation_app, name="operation")
+app.command("gc")(ops.gc)
 
 
 def main() -> None:

@@ -135,6 +135,19 @@ class NubesClient:
     def set_host_enabled(self, ref: str, enabled: bool) -> s.Host:
         return self._post(f"/v1/hosts/{ref}/{'enable' if enabled else 'disable'}", s.Host, {})
 
+    def operations(self, server: str | None = None) -> list[s.Operation]:
+        params = {"server": server} if server else {}
+        resp = self.request("GET", "/v1/operations", params=params)
+        return TypeAdapter(list[s.Operation]).validate_python(resp.json())
+
+    def operation(self, op_id: str) -> s.Operation:
+        return self._get(f"/v1/operations/{op_id}", s.Operation)
+
+    def gc(self, repair: bool = False) -> s.GcReport:
+        if repair:
+            return self._post("/v1/gc", s.GcReport, {})
+        return self._get("/v1/gc", s.GcReport)
+
     def delete(self, kind: str, ref: str) -> None:
         self.request("DELETE", f"/v1/{kind}/{ref}")
 

@@ -14,6 +14,7 @@ class HostRegister(BaseModel):
     vcpus: int
     ram_mb: int
     disk_gb: int
+    overlays: str = "vxlan"  # comma-separated overlay kinds the host's kernel has
 
 
 class DesiredPort(BaseModel):
@@ -56,6 +57,24 @@ class DesiredReservation(BaseModel):
     hostname: str
 
 
+class DesiredMetadata(BaseModel):
+    """What the metadata service of the serving host tells the instance behind one port."""
+
+    instance_id: str
+    name: str
+    project_id: str
+    ip: str
+    mac: str
+    key_name: str = ""
+    public_keys: list[str] = []
+    user_data: str | None = None
+
+
+class DesiredRemotePort(BaseModel):
+    mac: str
+    address: str  # underlay address of the host the port is on
+
+
 class DesiredNetwork(BaseModel):
     id: str
     cidr: str
@@ -65,7 +84,10 @@ class DesiredNetwork(BaseModel):
     overlay: str
     serve: bool  # this host runs the gateway and DHCP
     peers: list[str]  # underlay addresses of the other hosts that have the network
+    remote_ports: list[DesiredRemotePort] = []  # the network's ports on those hosts
+    gateway_host: str = ""  # underlay address of the serving host when it is another one
     reservations: list[DesiredReservation]
+    metadata: list[DesiredMetadata] = []  # only for the serving host
 
 
 class DesiredState(BaseModel):
@@ -82,7 +104,9 @@ class ObservedInstance(BaseModel):
     fault: str = ""
     ready: bool = False
     reboot_gen: int = 0
+    steps: list[str] = []  # build steps finished in this pass (for the operation log)
 
 
 class Report(BaseModel):
     instances: list[ObservedInstance]
+    leftovers: list[str] = []  # what nubes made on the host that nothing wants, still there

@@ -136,3 +136,27 @@ class Host(Model):
     used_disk_gb: int
     instances: int
     last_heartbeat: datetime | None
+
+
+class OperationStep(Model):
+    step: str
+    state: str
+    at: str
+
+
+class Operation(Model):
+    id: str
+    kind: str
+    server_id: str | None
+    status: str  # running | done | failed | superseded
+    holder: str  # "api", or the host carrying it out
+    steps: list[OperationStep]
+    error: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class GcReport(Model):
+    hosts: dict[str, list[str]]  # per host: what nubes made there that nothing wants
+    database: list[str]  # records that disagree (orphan ports, usage != sum of instances)
+    repaired: list[str] = []

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from nubes.api import compute
+from nubes.api import compute, operations
 from nubes.api.deps import AgentDep, SessionDep, StateDep
 from nubes.api.desired import desired_state
 from nubes.api.state import bump_generation, read_generation
@@ -70,12 +70,17 @@ def desired(
 
 
 @router.post("/hosts/{host_id}/report", status_code=204)
-def report(host_id: str, body: a.Report, session: SessionDep, _: AgentDep) -> None:
+def report(
+    host_id: str, body: a.Report, session: SessionDep, _: AgentDep, state: StateDep
+) -> None:
+    host = _host(session, host_id)
+    state.leftovers[host.name] = body.leftovers
     changed = False
     for obs in body.instances:
         inst = session.get(Instance, obs.id)
         if inst is None or inst.host_id != host_id or inst.deleted_at is not None:
             continue
+        changed |= operations.observe(session, inst, obs, host.name)
         changed |= apply_observation(session, inst, obs)
     if changed:
         session.commit()

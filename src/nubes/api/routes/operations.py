@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from nubes.api import lookup
+from nubes.api.deps import CallerDep, SessionDep
+from nubes.db.models import Instance, Operation
+from nubes.errors import NotFound
+from nubes.schemas import resources as s
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"])
+
+
+def to_wire(op: Operation) -> s.Operation:
+    return s.Operation(
+        id=op.id,
+        kind=op.kind,
+        server_id=op.instance_id,
+        status=op.status,
+        holder=op.holder,
+        steps=[s.OperationStep(**step) for step in json.loads(op.steps)],
+        error=op.error,
+        created_at=op.created_at,
+        updated_at=op.updated_at,
+    )
+
+
+@router.get("")
+def list_operations(
+    session: SessionDep,
+    who: CallerDep,
+    server: str | None = Query(default=None, max_length=64, description="server name or id"),
+    limit: int = Query(default=50, ge=1, le=1000),
+) -> list[s.Operation]:
+    query = select(Operation).where(Operation.project_id == who.project_id)
+    if server:
+        query = query.where(
+            Operation.instance_id == lookup.owned(session, Instance, server, who, "server").id
+        )
+    rows = session.scalars(query.order_by(Operation.created_at.desc()).limit(limit))
+    return [to_wire(op) for op in rows]
+
+
+@router.get("/{op_id}")
+def show_operation(op_id: str, session: SessionDep, who: CallerDep) -> s.Operation:
+    op = session.get(Operation, op_id)
+    if op is None or op.project_id != who.project_id:
+        raise NotFound(f"operation {op_id!r} not found", field="id")
+    return to_wire(op)
