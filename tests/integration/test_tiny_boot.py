@@ -185,10 +185,12 @@ def test_static_network_hostname_user_script_ssh_and_powerdown(
         out = netns.run(
             "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=60",
-            "root@10.98.0.5", "hostname; cat /sys/class/net/eth0/mtu; ip route",
+            "root@10.98.0.5",
+            "hostname; cat /sys/class/net/eth0/mtu; ls /data/.nubes/dropbear; ip route",
             timeout=120,
         )  # fmt: skip
         assert out.splitlines()[:2] == ["tiny-one", "1400"]
+        assert "dropbear_ed25519_host_key" in out  # kept on the disk: same key after reboot
         assert "default via 10.98.0.1" in out
 
     guest.powerdown()  # an ACPI power button press; the guest must shut itself down

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from nubes.errors import ImageRejected, InvalidInput
 from nubes.storage.tools import INSPECT_LIMITS, ToolError, run_limited
@@ -303,7 +303,7 @@ class ImageStore:
 
 
 def _copy_checked(
-    chunks: Iterable[bytes], out: Any, declared_format: str, max_virtual_size: int, limit: int
+    chunks: Iterable[bytes], out: BinaryIO, declared_format: str, max_virtual_size: int, limit: int
 ) -> tuple[str, int]:
     """Write chunks to out; hash them; reject early on a bad header or too many bytes."""
     digest = hashlib.sha256()
