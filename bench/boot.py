@@ -3,7 +3,9 @@
 1. tiny guest: nubes create -> guest-ready vs the bare qemu-system-x86_64 command of the same
    guest (same kernel, initrd, overlay, seed and tap) started by hand;
 2. instance disk: qcow2 overlay on the cached image vs copying the image and resizing it;
-3. API overhead: request -> QEMU start, in-process with the fake hypervisor.
+3. API overhead: request -> QEMU start, in-process with the fake hypervisor;
+4. debian guest (bench/debian.py): create -> SSH-ready vs the bare QEMU command of the same
+   disk and seed, and the image build time (`--build` times a fresh one).
 
 Run as root: `.venv/bin/python bench/boot.py [--rounds N]`.
 """
@@ -178,7 +180,10 @@ def bench_api(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="boots of each kind")
-    parser.add_argument("--only", choices=["boot", "disk", "api"], default=None)
+    parser.add_argument("--only", choices=["boot", "disk", "api", "debian"], default=None)
+    parser.add_argument(
+        "--build", action="store_true", help="debian: also time a full image build (~2 min)"
+    )
     args = parser.parse_args()
     if args.only in (None, "api"):
         bench_api(20)
@@ -186,6 +191,10 @@ def main() -> None:
         bench_disk()
     if args.only in (None, "boot"):
         bench_boot(args.rounds)
+    if args.only in (None, "debian"):  # minutes per boot under emulation: one round default
+        from bench.debian import bench_debian
+
+        bench_debian(1 if args.only is None else args.rounds, args.build)
 
 
 if __name__ == "__main__":

@@ -63,13 +63,14 @@ def test_nat_removal_adds_before_deleting_so_it_is_idempotent() -> None:
     assert lines.index("add chain inet nubes nat_nbrx") < add_el < del_el < del_chain
 
 
-def test_guard_lets_guests_reach_dhcp_and_icmp_only() -> None:
+def test_guard_lets_guests_reach_dhcp_icmp_and_metadata_only() -> None:
     script = firewall.guard_script("nbrx")
     rules = [ln for ln in script.splitlines() if ln.startswith("add rule inet nubes input")]
     assert rules == [
         'add rule inet nubes input iifname "nbr*" ct state established,related accept',
         'add rule inet nubes input iifname "nbr*" udp dport 67 accept',
         'add rule inet nubes input iifname "nbr*" meta l4proto { icmp, ipv6-icmp } accept',
+        'add rule inet nubes input iifname "nbr*" ip daddr 169.254.169.254 tcp dport 80 accept',
         'add rule inet nubes input iifname "nbr*" drop',
     ]
     assert "flush chain inet nubes input\n" in script

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import HostLayout
+from nubes.agent.metadata import metadata_table
 from nubes.client import ApiError, NubesClient
 from nubes.conf import Settings
 from nubes.hypervisor.base import HypervisorDriver, InstanceInfo, PowerState
+from nubes.metadata.server import MetadataServer, MetadataService
 from nubes.network.base import (
     DhcpHost,
     NetworkDriver,
@@ -67,6 +69,8 @@ class Agent:
     instances: InstanceReconciler
     host_name: str
     host_id: str = ""
+    metadata: MetadataService = field(default_factory=MetadataService)
+    metadata_server: MetadataServer | None = None  # None: answers only in-process (tests)
 
     def register(self) -> None:
         caps = self.hypervisor.capabilities()
@@ -111,6 +115,8 @@ class Agent:
                 self.client.report(self.host_id, report)
             except ApiError as exc:
                 log.warning("report failed: %s", exc.detail)
+        if self.metadata_server is not None:
+            self.metadata_server.close()
 
     # -- convergence ---------------------------------------------------------------------------
     def converge(self, desired: DesiredState) -> Report:
@@ -122,6 +128,7 @@ class Agent:
                 )
             except Exception:
                 log.exception("network %s could not be set up", net.id)
+        self.sync_metadata(desired)
         observed = []
         for want in desired.instances:
             try:
@@ -134,6 +141,13 @@ class Agent:
                 observed.append(obs)
         self.collect_garbage(desired, infos)
         return Report(instances=observed, leftovers=self.leftovers(desired))
+
+    def sync_metadata(self, desired: DesiredState) -> None:
+        """Answer the instances of the networks this host serves, on their bridges."""
+        self.metadata.set_table(metadata_table(desired.networks))
+        if self.metadata_server is not None:
+            served = {n.id: bridge_name(n.id) for n in desired.networks if n.serve}
+            self.metadata_server.serve(served)
 
     def converge_instance(
         self, want: DesiredInstance, info: InstanceInfo | None

@@ -21,7 +21,7 @@ from nubes.hypervisor.base import (
 )
 from nubes.network.base import NetworkDriver, PortSpec, bridge_name, tap_name
 from nubes.schemas.agent import DesiredInstance, ObservedInstance
-from nubes.storage import disks
+from nubes.storage import consolelog, disks
 from nubes.storage.seed import SeedData, SeedNic, write_seed
 
 log = logging.getLogger("nubes.agent")
@@ -194,6 +194,9 @@ class InstanceReconciler:
         state = self.layout.load_state(want.id)
         if info.state in (PowerState.RUNNING, PowerState.PAUSED):
             ready = self.check_ready(want, state)
+            if consolelog.rotate(self.layout.console_log(want.id)):
+                state.console_offset = 0  # what it held was checked, and is gone from the file
+                self.layout.save_state(want.id, state)
             return ObservedInstance(
                 id=want.id, status="ACTIVE", ready=ready, reboot_gen=state.reboot_gen
             )

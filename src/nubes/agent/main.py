@@ -16,6 +16,7 @@ from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import HostLayout
 from nubes.client import ApiError, NubesClient, load_config
 from nubes.conf import Settings, get_settings
+from nubes.metadata.server import MetadataServer
 
 log = logging.getLogger("nubes.agent")
 
@@ -29,7 +30,10 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
     images = ImageCache(layout.images, client, settings.images_dir)
     owner = pwd.getpwnam(settings.qemu_user).pw_uid if settings.qemu_user else None
     reconciler = InstanceReconciler(layout, hypervisor, network, images, settings.qemu_user, owner)
-    return Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
+    agent = Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
+    if settings.network_driver != "fake":  # fake networks have no bridges to listen on
+        agent.metadata_server = MetadataServer(agent.metadata)
+    return agent
 
 
 def register_until_up(agent: Agent, stop: threading.Event) -> bool:

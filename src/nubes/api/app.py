@@ -13,6 +13,7 @@ from nubes.api import operations as operation_log
 from nubes.api.bootstrap import seed_database, write_client_config
 from nubes.api.routes import (
     agent,
+    console,
     flavors,
     gc,
     hosts,
@@ -64,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
-    for module in (images, flavors, keypairs, networks, servers, hosts, operations, gc, agent):
+    for module in (images, flavors, keypairs, networks, servers, console, hosts, operations, gc, agent):
         app.include_router(module.router)
 
     threading.Thread(target=_expire_loop, args=(app.state.nubes,), daemon=True).start()

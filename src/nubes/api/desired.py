@@ -65,11 +65,12 @@ def dhcp_hostname(instance_id: str) -> str:
 
 def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
     rows = session.execute(
-        select(Port, Instance.host_id)
+        select(Port, Instance)
         .join(Instance, Instance.id == Port.instance_id)
         .where(Port.network_id == net.id, Instance.deleted_at.is_(None))
     ).all()
-    host_ids = {h for _, h in rows if h} | ({net.dhcp_host_id} if net.dhcp_host_id else set())
+    host_ids = {i.host_id for _, i in rows if i.host_id}
+    host_ids |= {net.dhcp_host_id} if net.dhcp_host_id else set()
     peers = session.scalars(select(Host.address).where(Host.id.in_(host_ids - {host.id}))).all()
     serve = net.dhcp_host_id == host.id
     return a.DesiredNetwork(
@@ -87,6 +88,20 @@ def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
         ]
         if serve
         else [],
+        metadata=[_metadata(p, i) for p, i in rows] if serve else [],
+    )
+
+
+def _metadata(port: Port, inst: Instance) -> a.DesiredMetadata:
+    return a.DesiredMetadata(
+        instance_id=inst.id,
+        name=inst.name,
+        project_id=inst.project_id,
+        ip=port.ip,
+        mac=port.mac,
+        key_name=inst.key_name,
+        public_keys=[inst.public_key] if inst.public_key else [],
+        user_data=inst.user_data or None,
     )
 
 

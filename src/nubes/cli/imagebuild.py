@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nubes.cli.common import client, console, fail
@@ -12,6 +16,36 @@ from nubes.client import ApiError
 
 def cache_dir() -> Path:
     return Path(os.environ.get("NUBES_CACHE_DIR", "/var/cache/nubes"))
+
+
+@contextlib.contextmanager
+def _ticking(what: str) -> Iterator[Callable[[str], None]]:
+    """A status line with the elapsed time, refreshed every second, and the latest step."""
+    started = time.monotonic()
+    last = [what]
+    stop = threading.Event()
+    with console.status(what) as status:
+
+        def refresh() -> None:
+            status.update(f"[{time.monotonic() - started:4.0f} s] {last[0]}")
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                refresh()
+
+        def say(message: str) -> None:
+            last[0] = message
+            if not console.is_terminal:  # logs and CI see each step once
+                console.print(f"[{time.monotonic() - started:4.0f} s] {message}", highlight=False)
+            refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield say
+        finally:
+            stop.set()
+            ticker.join()
 
 
 def build_and_import(kind: str, name: str, rebuild: bool) -> None:
@@ -41,7 +75,18 @@ def build_and_import(kind: str, name: str, rebuild: bool) -> None:
             READY_LINE,
             "",
         )
+    elif kind == "debian":
+        from nubes.imagebuild.debian import DEFAULT_USER, READY_LINE, build_debian
+
+        with _ticking(f"building the debian image in {cache_dir() / 'debian'}") as say:
+            deb = build_debian(cache_dir() / "debian", progress=say, rebuild=rebuild)
+        console.print(f"debian image: {deb.disk} (built in {deb.build_seconds:.0f} s)")
+        if existing is not None:
+            client().delete("images", existing.id)
+        image = upload_image(
+            name, deb.disk, deb.disk_format, ready_pattern=READY_LINE, default_user=DEFAULT_USER
+        )
     else:
-        fail(f"unknown image kind {kind!r}: tiny")
+        fail(f"unknown image kind {kind!r}: tiny or debian")
         return
     console.print(f"image {image.name} ready ({image.id})")

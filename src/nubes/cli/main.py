@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nubes.cli import ops, resources, servers, services
+from nubes.cli import console, ops, resources, servers, services, ssh
 
 app = typer.Typer(
     help="nubes: a small IaaS cloud on QEMU. Start with `nubes up` or `nubes lab up`.",
@@ -12,7 +12,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(servers.server_app, name="server")
-app.add_typer(servers.console_app, name="console")
+app.add_typer(console.console_app, name="console")
 app.add_typer(resources.image_app, name="image")
 app.add_typer(resources.flavor_app, name="flavor")
 app.add_typer(resources.keypair_app, name="keypair")
@@ -20,6 +20,7 @@ app.add_typer(resources.network_app, name="network")
 app.add_typer(resources.host_app, name="host")
 app.add_typer(services.lab_app, name="lab")
 app.command("up")(services.up)
+app.command("ssh")(ssh.ssh)
 app.add_typer(ops.operation_app, name="operation")
 app.command("gc")(ops.gc)
 

@@ -77,6 +77,7 @@ _GUARD_INPUT = [
     "ct state established,related accept",
     "udp dport 67 accept",  # DHCP
     "meta l4proto { icmp, ipv6-icmp } accept",  # ping the gateway, path MTU, neighbours
+    "ip daddr 169.254.169.254 tcp dport 80 accept",  # the metadata service
     "drop",
 ]
 

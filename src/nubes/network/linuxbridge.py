@@ -35,6 +35,7 @@ PORT_ALIAS = "nubes port "
 GENEVE_ALIAS = "nubes geneve "
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
+METADATA_IP = "169.254.169.254"
 
 
 def vxlan_name(network_id: str) -> str:
@@ -145,8 +146,10 @@ class LinuxBridgeDriver(NetworkDriver):
             return
         prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
         gateway = f"{spec.gateway}/{prefix}"
+        metadata = f"{METADATA_IP}/32"  # the agent's metadata service answers guests there
         nl.ensure_address(spec.bridge, gateway)
-        nl.remove_addresses(spec.bridge, keep=(gateway,))
+        nl.ensure_address(spec.bridge, metadata)
+        nl.remove_addresses(spec.bridge, keep=(gateway, metadata))
         if self.guard_host:
             firewall.apply(firewall.guard_script(spec.bridge))
         self.dhcp.ensure(

@@ -59,10 +59,15 @@ def sanitize_hostname(name: str, fallback: str = "instance") -> str:
     return label or fallback
 
 
+def guest_hostname(name: str, instance_id: str) -> str:
+    """The hostname a guest gets for its name (the seed and the metadata service agree)."""
+    if _HOSTNAME_RE.match(name):
+        return name
+    return sanitize_hostname(name, fallback=sanitize_hostname(instance_id))
+
+
 def _hostname(data: SeedData) -> str:
-    if _HOSTNAME_RE.match(data.hostname):
-        return data.hostname
-    return sanitize_hostname(data.hostname, fallback=sanitize_hostname(data.instance_id))
+    return guest_hostname(data.hostname, data.instance_id)
 
 
 def _validate(data: SeedData) -> None:

@@ -12,6 +12,7 @@ from nubes.api.deps import CallerDep, SessionDep, StateDep
 from nubes.api.idempotency import run_once
 from nubes.db.models import Host, Instance, utcnow
 from nubes.schemas import resources as s
+from nubes.storage import consolelog
 
 router = APIRouter(prefix="/v1/servers", tags=["servers"])
 
@@ -79,7 +80,7 @@ def console_log(
         return ""
     path = instance_dir(host, inst.id) / "console.log"
     try:
-        data = path.read_bytes()[-4 * 1024 * 1024 :]
+        data = consolelog.read_tail(path, 4 * 1024 * 1024)
     except OSError:
         return ""
     text = data.decode("utf-8", errors="replace")

@@ -86,6 +86,11 @@ class Monitor:
         """
         self._call("set_password", {"protocol": "vnc", "password": password})
 
+    def expire_password(self, protocol: str, time: str) -> None:
+        """When the password stops working for new connections: "now", "never", "+SECONDS"
+        or an absolute UNIX time. Raises MonitorError."""
+        self._call("expire_password", {"protocol": protocol, "time": time})
+
     def quit(self) -> None:
         """Make QEMU exit now (no guest shutdown). QEMU closes the socket right after it
         replies, sometimes before: a connection dropped after sending counts as success.

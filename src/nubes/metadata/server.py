@@ -1,0 +1,128 @@
+"""The metadata HTTP server inside the agent: one listener per served bridge.
+
+Each listener is a TCP socket on 169.254.169.254:80 bound to one bridge (SO_BINDTODEVICE), so
+an accepted connection can only have come in through that network's bridge, and its replies
+leave through it too (overlapping tenant CIDRs on one host stay apart). IP_FREEBIND lets it
+bind before the address is on the bridge. The answer depends on (network, source address) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from nubes.metadata.content import METADATA_IP, Answer, MetadataTable, answer, lookup
+
+log = logging.getLogger("nubes.metadata")
+IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
+
+
+class MetadataService:
+    """The table the agent keeps up to date, and the answers from it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._table: MetadataTable = {}
+        self._lock = threading.Lock()
+
+    def set_table(self, table: MetadataTable) -> None:
+        with self._lock:
+            self._table = table
+
+    def ask(self, network_id: str, source_ip: str, path: str) -> Answer:
+        with self._lock:
+            meta = lookup(self._table, network_id, source_ip)
+        return answer(meta, path)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Listener
+    server_version = "nubes-metadata"
+    sys_version = ""
+    timeout = 10  # a guest that opens a connection and says nothing is dropped
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._reply(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._reply(head=True)
+
+    def _reply(self, head: bool) -> None:
+        # who asks: the bridge this socket is bound to and the peer address; never a header
+        result = self.server.service.ask(self.server.network_id, self.client_address[0], self.path)
+        self.send_response(result.status)
+        self.send_header("Content-Type", result.content_type)
+        self.send_header("Content-Length", str(len(result.body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(result.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("metadata %s: " + format, self.server.network_id, *args)
+
+
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, service: MetadataService, network_id: str, bridge: str, port: int) -> None:
+        self.service = service
+        self.network_id = network_id
+        self.bridge = bridge
+        super().__init__((METADATA_IP, port), _Handler, bind_and_activate=False)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
+            self.socket.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+
+
+class MetadataServer:
+    """Listeners for the bridges of the networks this host serves."""
+
+    def __init__(self, service: MetadataService, port: int = 80) -> None:
+        self.service = service
+        self.port = port
+        self._listeners: dict[str, tuple[_Listener, threading.Thread]] = {}
+
+    def serve(self, bridges: dict[str, str]) -> None:
+        """Listen on exactly these bridges (network id -> bridge). Never raises: a bridge that
+        cannot be listened on now is tried again at the next call."""
+        for network_id in list(self._listeners):
+            if (
+                network_id not in bridges
+                or self._listeners[network_id][0].bridge != bridges[network_id]
+            ):
+                self._stop(network_id)
+        for network_id, bridge in bridges.items():
+            if network_id in self._listeners:
+                continue
+            try:
+                listener = _Listener(self.service, network_id, bridge, self.port)
+            except OSError as exc:
+                log.warning("metadata: cannot listen on %s: %s", bridge, exc)
+                continue
+            thread = threading.Thread(
+                target=listener.serve_forever, name=f"metadata-{bridge}", daemon=True
+            )
+            thread.start()
+            self._listeners[network_id] = (listener, thread)
+            log.info("metadata service on %s:%d of %s", METADATA_IP, self.port, bridge)
+
+    def bridges(self) -> dict[str, str]:
+        return {n: lt[0].bridge for n, lt in self._listeners.items()}
+
+    def _stop(self, network_id: str) -> None:
+        listener, thread = self._listeners.pop(network_id)
+        listener.shutdown()
+        listener.server_close()
+        thread.join(timeout=5)
+
+    def close(self) -> None:
+        for network_id in list(self._listeners):
+            self._stop(network_id)
