@@ -65,7 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
-    for module in (images, flavors, keypairs, networks, servers, console, hosts, operations, gc, agent):
+    routers = (images, flavors, keypairs, networks, servers, console, hosts, operations, gc, agent)
+    for module in routers:
         app.include_router(module.router)
 
     threading.Thread(target=_expire_loop, args=(app.state.nubes,), daemon=True).start()
