@@ -71,7 +71,11 @@ def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
     ).all()
     host_ids = {i.host_id for _, i in rows if i.host_id}
     host_ids |= {net.dhcp_host_id} if net.dhcp_host_id else set()
-    peers = session.scalars(select(Host.address).where(Host.id.in_(host_ids - {host.id}))).all()
+    others = host_ids - {host.id}
+    address = {
+        hid: addr
+        for hid, addr in session.execute(select(Host.id, Host.address).where(Host.id.in_(others)))
+    }
     serve = net.dhcp_host_id == host.id
     return a.DesiredNetwork(
         id=net.id,
@@ -81,7 +85,14 @@ def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
         mtu=net.mtu,
         overlay=net.overlay,
         serve=serve,
-        peers=sorted(p for p in peers if p),
+        peers=sorted(addr for addr in address.values() if addr),
+        # every port elsewhere, so the overlay forwards by the database and never learns
+        remote_ports=[
+            a.DesiredRemotePort(mac=p.mac, address=address[i.host_id])
+            for p, i in rows
+            if i.host_id in others and address.get(i.host_id)
+        ],
+        gateway_host="" if serve else address.get(net.dhcp_host_id or "", ""),
         reservations=[
             a.DesiredReservation(mac=p.mac, ip=p.ip, hostname=dhcp_hostname(p.instance_id))
             for p, _ in rows

@@ -195,7 +195,7 @@ def keypair_delete(ref: str) -> None:
     console.print(f"deleted keypair {ref}")
 
 
-NET_COLS = ("name", "cidr", "gateway", "type", "vni", "mtu", "id")
+NET_COLS = ("name", "cidr", "gateway", "type", "vni", "mtu", "gateway_host", "id")
 
 
 @network_app.command("create")
@@ -203,13 +203,18 @@ NET_COLS = ("name", "cidr", "gateway", "type", "vni", "mtu", "id")
 def network_create(
     name: str,
     cidr: str = typer.Option(..., help="IPv4 range, e.g. 10.20.0.0/24"),
-    type_: str = typer.Option(None, "--type", help="overlay: vxlan (default) or geneve"),
+    type_: str = typer.Option(
+        None, "--type", help="overlay: geneve where every host has it (default), else vxlan"
+    ),
     vni: int = typer.Option(None, help="overlay id (admin only; default: allocated)"),
     output: Output = OutputOpt,
 ) -> None:
     """Create a tenant network."""
     body = s.NetworkCreate(name=name, cidr=cidr, type=type_, vni=vni)  # type: ignore[arg-type]
-    show(client().create_network(body), NET_COLS, output)
+    net = client().create_network(body)
+    show(net, NET_COLS, output)
+    if net.note and output is Output.table:
+        console.print(f"[yellow]note:[/yellow] {net.note}")
 
 
 @network_app.command("list")

@@ -19,6 +19,14 @@ class OverlayPeer:
 
 
 @dataclass(frozen=True)
+class RemotePort:
+    """A port of the network on another host: frames for mac go to that host only."""
+
+    mac: str
+    underlay_ip: str
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     id: str
     bridge: str  # derived from the network id (<= 15 chars)
@@ -29,7 +37,9 @@ class NetworkSpec:
     overlay: str = "vxlan"  # vxlan | geneve
     local_underlay_ip: str | None = None
     peers: tuple[OverlayPeer, ...] = ()
+    remote_ports: tuple[RemotePort, ...] = ()  # static forwarding entries (no learning)
     serve_dhcp: bool = True  # gateway + DHCP + NAT live on this host
+    gateway_underlay_ip: str | None = None  # the serving host, when it is another one
     dhcp_hosts: tuple[DhcpHost, ...] = ()
     dns: tuple[str, ...] = ()
     nat_uplink: str = ""  # "" = no NAT
@@ -75,6 +85,10 @@ class NetworkDriver(abc.ABC):
     @abc.abstractmethod
     def list_networks(self) -> list[str]:
         """Ids of the networks that have a bridge on this host."""
+
+    def overlays(self) -> tuple[str, ...]:
+        """Overlay kinds this host can carry."""
+        return ("vxlan",)
 
 
 def bridge_name(network_id: str) -> str:

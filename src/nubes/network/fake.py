@@ -73,6 +73,9 @@ class FakeNetworkDriver(NetworkDriver):
         with self._lock:
             return sorted(self.state.networks)
 
+    def overlays(self) -> tuple[str, ...]:
+        return ("vxlan", "geneve") if self.geneve else ("vxlan",)
+
     def leases(self, network_id: str) -> list[tuple[str, str]]:
         """Pretend every reservation of a DHCP-serving network was leased."""
         with self._lock:

@@ -1,8 +1,9 @@
 """nftables rules of nubes: pure script builders (unit-tested) and one function that applies them.
 
 Two tables are ours alone and nothing else is ever touched or flushed:
-- `inet nubes`: NAT (masquerade a network's CIDR out of a named uplink) and a guard that keeps
-  guests from reaching the host's services through their gateway or routing between bridges.
+- `inet nubes`: NAT (masquerade a network's CIDR out of a named uplink), a guard that keeps
+  guests from reaching the host's services through their gateway or routing between bridges,
+  and the overlay filter: UDP to the overlay port with one of our VNIs only from peer hosts.
 - `bridge nubes`: per-port anti-spoofing, one chain per tap reached through the `ports` map.
 
 Every script is idempotent: it declares the skeleton (declaring what exists is a no-op, but rules
@@ -43,11 +44,16 @@ def inet_skeleton() -> str:
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
   chain forward {{ type filter hook forward priority filter; policy accept; }}
   chain input {{ type filter hook input priority filter; policy accept; }}
+  set overlay_ports {{ type inet_service; }}
+  map overlay_vnis {{ typeof @th,96,24 : verdict; }}
+  chain overlay_in {{ type filter hook input priority filter - 10; policy accept; }}
 }}
 flush chain inet {TABLE} postrouting
 add rule inet {TABLE} postrouting iifname vmap @nat_bridges
 flush chain inet {TABLE} forward
 add rule inet {TABLE} forward iifname vmap @fwd_bridges
+flush chain inet {TABLE} overlay_in
+add rule inet {TABLE} overlay_in udp dport @overlay_ports @th,96,24 vmap @overlay_vnis
 """
 
 
@@ -116,6 +122,45 @@ def nat_script(bridge: str, cidr: str, uplink: str) -> str:
 
 def nat_remove_script(bridge: str) -> str:
     return inet_skeleton() + _unjump("inet", "nat_bridges", _chain("nat_", bridge), bridge)
+
+
+def overlay_script(vni: int, peers: list[str], port: int) -> str:
+    """Overlay packets of our VNI are accepted from the network's peer hosts only.
+
+    The VNI sits at bits 96-119 of the transport header in VXLAN and Geneve alike. Packets of
+    VNIs that are not ours pass untouched (the machine may run other overlays)."""
+    if not 1 <= vni < 2**24 or not 1 <= port <= 65535:
+        raise DriverError(f"invalid VNI {vni} or port {port}")
+    addrs = ", ".join(str(ipaddress.IPv4Address(p)) for p in sorted(set(peers)))
+    rules = [f"ip saddr {{ {addrs} }} accept"] if addrs else []
+    return (
+        inet_skeleton()
+        + f"add element inet {TABLE} overlay_ports {{ {port} }}\n"
+        + _vni_jump(vni, rules + ["counter drop"])
+    )
+
+
+def _vni_jump(vni: int, rules: list[str]) -> str:
+    chain = f"ovl_{vni}"
+    body = "".join(f"add rule inet {TABLE} {chain} {r}\n" for r in rules)
+    return (
+        f"add chain inet {TABLE} {chain}\n"
+        + f"flush chain inet {TABLE} {chain}\n"
+        + body
+        + f"add element inet {TABLE} overlay_vnis {{ {vni} : jump {chain} }}\n"
+    )
+
+
+def overlay_remove_script(vni: int) -> str:
+    if not 1 <= vni < 2**24:
+        raise DriverError(f"invalid VNI {vni}")
+    chain = f"ovl_{vni}"
+    return (
+        inet_skeleton()
+        + _vni_jump(vni, [])
+        + f"delete element inet {TABLE} overlay_vnis {{ {vni} }}\n"
+        + f"delete chain inet {TABLE} {chain}\n"
+    )
 
 
 def bridge_skeleton() -> str:

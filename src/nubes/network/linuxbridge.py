@@ -36,6 +36,16 @@ GENEVE_ALIAS = "nubes geneve "
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
 METADATA_IP = "169.254.169.254"
+def derived_mac(seed: str) -> str:
+    """A locally administered unicast MAC that depends only on seed."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def gateway_mac(network_id: str) -> str:
+    """The bridge MAC of the host serving the gateway: the same whichever host that is, so
+    guests keep a valid ARP entry for their gateway when it moves."""
+    return derived_mac("gateway/" + network_id)
 
 
 def vxlan_name(network_id: str) -> str:
@@ -75,6 +85,12 @@ def validate_network(spec: NetworkSpec, geneve_ok: Callable[[], bool] = geneve_s
             raise InvalidInput(f"gateway {spec.gateway} is outside {spec.cidr}", field="gateway")
         for p in spec.peers:
             ipaddress.IPv4Address(p.underlay_ip)
+        for r in spec.remote_ports:
+            ipaddress.IPv4Address(r.underlay_ip)
+            if not _MAC_RE.match(r.mac.lower()):
+                raise InvalidInput(f"invalid MAC address {r.mac!r}", field="remote_ports")
+        if spec.gateway_underlay_ip is not None:
+            ipaddress.IPv4Address(spec.gateway_underlay_ip)
         if spec.local_underlay_ip is not None:
             ipaddress.IPv4Address(spec.local_underlay_ip)
     except ValueError as e:
@@ -109,7 +125,7 @@ class LinuxBridgeDriver(NetworkDriver):
         anti_spoof: bool = True,
         guard_host: bool = True,
         vxlan_port: int = 4789,
-        vxlan_learning: bool = True,
+        vxlan_learning: bool = False,
         dnsmasq: str = "dnsmasq",
     ) -> None:
         self.state_dir = state_dir
@@ -137,12 +153,16 @@ class LinuxBridgeDriver(NetworkDriver):
         nl.ensure_bridge(spec.bridge, spec.mtu)
         nl.set_alias(spec.bridge, NET_ALIAS + spec.id)
         set_sysctl(spec.bridge, "accept_ra", "0")  # never take a route from a guest's RA
+        self._ensure_bridge_mac(nl, spec)
         nl.link_up(spec.bridge)
         self._ensure_overlay(nl, spec)
+        if self.guard_host:  # on every host: a bridge without an address still has IPv6's
+            firewall.apply(firewall.guard_script(spec.bridge))
         if not spec.serve_dhcp:
             nl.remove_addresses(spec.bridge)
             self.dhcp.stop(spec.id)
-            self._remove_rules(spec.bridge)
+            if "inet" in firewall.tables():
+                firewall.apply(firewall.nat_remove_script(spec.bridge))
             return
         prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
         gateway = f"{spec.gateway}/{prefix}"
@@ -150,8 +170,6 @@ class LinuxBridgeDriver(NetworkDriver):
         nl.ensure_address(spec.bridge, gateway)
         nl.ensure_address(spec.bridge, metadata)
         nl.remove_addresses(spec.bridge, keep=(gateway, metadata))
-        if self.guard_host:
-            firewall.apply(firewall.guard_script(spec.bridge))
         self.dhcp.ensure(
             DhcpConfig(
                 network_id=spec.id,
@@ -169,6 +187,15 @@ class LinuxBridgeDriver(NetworkDriver):
         elif "inet" in firewall.tables():
             firewall.apply(firewall.nat_remove_script(spec.bridge))
 
+    def _ensure_bridge_mac(self, nl: Netlink, spec: NetworkSpec) -> None:
+        if spec.serve_dhcp:
+            mac = gateway_mac(spec.id)
+        else:  # any other stable MAC; never the gateway's
+            mac = derived_mac(f"bridge/{spec.id}/{spec.local_underlay_ip}")
+        link = nl.get_link(spec.bridge)
+        if link is not None and link.mac != mac:
+            nl.set_link(spec.bridge, address=mac)
+
     def _ensure_overlay(self, nl: Netlink, spec: NetworkSpec) -> None:
         local = spec.local_underlay_ip
         peers = sorted({p.underlay_ip for p in spec.peers} - {local})
@@ -176,24 +203,57 @@ class LinuxBridgeDriver(NetworkDriver):
         want_geneve = spec.vni is not None and bool(peers) and spec.overlay == "geneve"
         vx = vxlan_name(spec.id)
         if not want_vxlan:
-            nl.delete_link(vx)
+            self._delete_vxlan(nl, vx)
         self._ensure_geneve(nl, spec, peers if want_geneve else [])
         if not want_vxlan or spec.vni is None or local is None:
             return
+        # the filter first: the device must never listen unguarded
+        firewall.apply(firewall.overlay_script(spec.vni, peers, self.vxlan_port))
         nl.ensure_vxlan(
             vx, spec.vni, local, self.vxlan_port, learning=self.vxlan_learning, mtu=spec.mtu
         )
         nl.set_alias(vx, NET_ALIAS + spec.id)
         nl.set_master(vx, spec.bridge)
         nl.link_up(vx)
+        self._ensure_fdb(nl, vx, peers, self._remote_macs(spec, peers))
+
+    @staticmethod
+    def _remote_macs(spec: NetworkSpec, peers: list[str]) -> dict[str, str]:
+        """mac -> underlay address of the host that has it (ports, and the gateway)."""
+        wanted = {r.mac.lower(): r.underlay_ip for r in spec.remote_ports}
+        gw = spec.gateway_underlay_ip
+        if not spec.serve_dhcp and gw is not None:
+            wanted[gateway_mac(spec.id)] = gw
+        return {mac: ip for mac, ip in wanted.items() if ip in peers}
+
+    @staticmethod
+    def _ensure_fdb(nl: Netlink, vx: str, peers: list[str], macs: dict[str, str]) -> None:
+        entries = nl.fdb_entries(vx)
         # Head-end replication: every flooded frame goes to each peer, and only to them.
-        current = {e.dst for e in nl.fdb_entries(vx) if e.mac == ZERO_MAC}
+        current = {e.dst for e in entries if e.mac == ZERO_MAC}
         for peer in peers:
             if peer not in current:
                 nl.fdb_append(vx, peer)
         for stale in current - set(peers):
             if stale is not None:
                 nl.fdb_del(vx, stale)
+        # Known MACs go straight to their host: unicast is never flooded to the others.
+        have = {e.mac: e.dst for e in entries if e.mac != ZERO_MAC}
+        for mac, dst in macs.items():
+            if have.get(mac) != dst:
+                nl.fdb_replace(vx, mac, dst)
+        for mac, old in have.items():
+            if mac not in macs and old is not None:
+                nl.fdb_del(vx, old, mac)
+
+    def _delete_vxlan(self, nl: Netlink, vx: str) -> None:
+        link = nl.get_link(vx)
+        if link is None:
+            return
+        nl.delete_link(vx)
+        vni = link.info.get("IFLA_VXLAN_ID")
+        if isinstance(vni, int) and "inet" in firewall.tables():
+            firewall.apply(firewall.overlay_remove_script(vni))
 
     def _ensure_geneve(self, nl: Netlink, spec: NetworkSpec, peers: list[str]) -> None:
         """One Geneve device per peer, as isolated bridge ports so they never relay to each
@@ -226,7 +286,7 @@ class LinuxBridgeDriver(NetworkDriver):
 
     def _delete_network(self, nl: Netlink, network_id: str) -> None:
         bridge = self._find_bridge(nl, network_id)
-        nl.delete_link(vxlan_name(network_id))
+        self._delete_vxlan(nl, vxlan_name(network_id))
         for link in nl.list_links(GENEVE_PREFIX):
             if (link.alias or "").startswith(f"{GENEVE_ALIAS}{network_id} "):
                 nl.delete_link(link.name)
@@ -259,6 +319,9 @@ class LinuxBridgeDriver(NetworkDriver):
             for link in links
             if link.kind == "bridge" and link.alias and link.alias.startswith(NET_ALIAS)
         )
+
+    def overlays(self) -> tuple[str, ...]:
+        return ("vxlan", "geneve") if geneve_supported() else ("vxlan",)
 
     def leases(self, network_id: str) -> list[tuple[str, str]]:
         """(mac, ip) of the DHCP leases this host's dnsmasq handed out for the network."""

@@ -24,6 +24,7 @@ from nubes.errors import DriverError
 ZERO_MAC = "00:00:00:00:00:00"
 IFNAMSIZ = 15  # usable characters of a Linux interface name
 _AF_INET = 2
+_NUD_NOARP, _NUD_PERMANENT, _NTF_SELF = 0x40, 0x80, 0x02
 
 T = TypeVar("T")
 
@@ -315,6 +316,21 @@ class Netlink:
         self._call(
             f"fdb append {mac} {dst} on {dev}",
             lambda: self._ipr.fdb("append", ifindex=index, lladdr=mac, dst=dst),
+        )
+
+    def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
+        """A static entry: frames for mac go to the VTEP dst (and only there)."""
+        index = self._index(dev)
+        self._call(
+            f"fdb replace {mac} {dst} on {dev}",
+            lambda: self._ipr.fdb(
+                "replace",
+                ifindex=index,
+                lladdr=mac,
+                dst=dst,
+                state=_NUD_PERMANENT | _NUD_NOARP,
+                flags=_NTF_SELF,
+            ),
         )
 
     def fdb_del(self, dev: str, dst: str, mac: str = ZERO_MAC) -> None:

@@ -60,6 +60,8 @@ class Network(Model):
     type: str
     vni: int
     mtu: int
+    gateway_host: str | None = None  # the host serving its gateway, DHCP and NAT
+    note: str = ""  # e.g. why the overlay is not the one asked for
     created_at: datetime
 
 

@@ -5,12 +5,13 @@ import logging
 
 from fastapi import APIRouter
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep, StateDep
 from nubes.api.state import bump_generation
 from nubes.db.ipam import gateway_for
-from nubes.db.models import Network, Port
+from nubes.db.models import Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput
 from nubes.schemas import resources as s
 
@@ -25,10 +26,13 @@ RESERVED = [
 ]
 
 
-def geneve_supported() -> bool:
-    from pathlib import Path
-
-    return Path("/sys/module/geneve").exists()
+def hosts_without_geneve(session: Session) -> list[str] | None:
+    """Names of the hosts whose kernel has no Geneve (as their agents reported it); None when
+    no host is registered, so nothing is known."""
+    rows = session.execute(select(Host.name, Host.overlays).order_by(Host.name)).all()
+    if not rows:
+        return None
+    return [name for name, overlays in rows if "geneve" not in overlays.split(",")]
 
 
 def parse_cidr(cidr: str) -> ipaddress.IPv4Network:
@@ -48,17 +52,29 @@ def parse_cidr(cidr: str) -> ipaddress.IPv4Network:
     return net
 
 
-def choose_overlay(requested: str | None) -> str:
+def choose_overlay(requested: str | None, lacking: list[str] | None) -> tuple[str, str]:
+    """(overlay, note): Geneve where every host has it, else VXLAN."""
+    if requested == "vxlan":
+        return "vxlan", ""
+    if lacking is None:
+        why = "no host has registered yet to say it has Geneve"
+    elif lacking:
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        shown = ", ".join(lacking[:5]) + more
+        why = f"the kernel of {shown} has no Geneve"
+    else:
+        return "geneve", ""
     if requested == "geneve":
-        if not geneve_supported():
-            raise InvalidInput(
-                "type: this kernel has no Geneve support; use --type vxlan", field="type"
-            )
-        return "geneve"
-    return requested or "vxlan"
+        raise InvalidInput(f"type: Geneve is not available: {why}; use --type vxlan", field="type")
+    return "vxlan", f"type: VXLAN, since {why}"
 
 
-def to_wire(n: Network) -> s.Network:
+def _serving_host(session: Session, n: Network) -> str | None:
+    host = session.get(Host, n.dhcp_host_id) if n.dhcp_host_id else None
+    return host.name if host else None
+
+
+def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
     return s.Network(
         id=n.id,
         name=n.name,
@@ -67,6 +83,8 @@ def to_wire(n: Network) -> s.Network:
         type=n.overlay,
         vni=n.vni,
         mtu=n.mtu,
+        gateway_host=_serving_host(session, n),
+        note=note,
         created_at=n.created_at,
     )
 
@@ -76,12 +94,12 @@ def list_networks(session: SessionDep, who: CallerDep) -> list[s.Network]:
     rows = session.scalars(
         select(Network).where(Network.project_id == who.project_id).order_by(Network.name)
     )
-    return [to_wire(n) for n in rows]
+    return [to_wire(session, n) for n in rows]
 
 
 @router.get("/{ref}")
 def show_network(ref: str, session: SessionDep, who: CallerDep) -> s.Network:
-    return to_wire(lookup.owned(session, Network, ref, who, "network"))
+    return to_wire(session, lookup.owned(session, Network, ref, who, "network"))
 
 
 @router.post("", status_code=201)
@@ -89,7 +107,7 @@ def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -
     net = parse_cidr(body.cidr)
     if body.vni is not None and not who.is_admin:
         raise Forbidden("vni: only an admin may choose a VNI", field="vni")
-    overlay = choose_overlay(body.type)
+    overlay, note = choose_overlay(body.type, hosts_without_geneve(session))
     mine = session.scalars(select(Network).where(Network.project_id == who.project_id)).all()
     for other in mine:
         if other.name == body.name:
@@ -112,7 +130,9 @@ def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -
     )
     session.add(row)
     session.commit()
-    return to_wire(row)
+    if note:
+        log.info("network %s: %s", row.name, note)
+    return to_wire(session, row, note)
 
 
 @router.delete("/{ref}", status_code=204)
