@@ -36,6 +36,8 @@ GENEVE_ALIAS = "nubes geneve "
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
 METADATA_IP = "169.254.169.254"
+
+
 def derived_mac(seed: str) -> str:
     """A locally administered unicast MAC that depends only on seed."""
     digest = hashlib.sha256(seed.encode()).digest()
