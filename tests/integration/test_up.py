@@ -85,7 +85,8 @@ def test_up_runs_a_cloud_and_restarting_it_keeps_guests(host_ns: str, tmp_path: 
         client = wait_client(state)
         time.sleep(3)
         server = client.server("s1")
-        assert server.status == "ACTIVE" and qemu_pids(host_ns) == pids
+        assert server.status == "ACTIVE", server
+        assert qemu_pids(host_ns) == pids
         assert client.console_log("s1").count("nubes-tiny: ready") == 1
         client.delete_server("s1")
         deadline = time.monotonic() + 60
