@@ -19,6 +19,12 @@ $(STAMPS)/apt: Makefile
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
 	@touch $@
 
+# guests' QEMU drops to this user (-runas) after opening its devices
+$(STAMPS)/user: Makefile
+	@mkdir -p $(STAMPS)
+	id -u nubes-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin nubes-qemu
+	@touch $@
+
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -26,7 +32,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	ln -sf $(CURDIR)/$(VENV)/bin/nubes /usr/local/bin/nubes
 	@touch $@
 
-deps: $(STAMPS)/apt $(STAMPS)/venv
+deps: $(STAMPS)/apt $(STAMPS)/user $(STAMPS)/venv
 
 demo: deps
 	$(PY) -m nubes.demo

@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     network_driver: str = "linuxbridge"
 
     qemu_binary: str = "qemu-system-x86_64"
-    qemu_user: str = ""  # run guests as this unprivileged user ("" = the agent's user)
+    # Guests run as this unprivileged user (QEMU -runas, -sandbox on). The default is used when
+    # the user exists (`make deps` creates it); a user set explicitly must exist. "" = the agent's
+    # own user (root): only for machines where the user cannot be created.
+    qemu_user: str = "nubes-qemu"
     uplink: str = ""  # NAT egress interface; off unless set
 
     host_name: str = ""  # this agent's host; "" = the machine's hostname
@@ -41,6 +44,16 @@ class Settings(BaseSettings):
 
     max_image_virtual_size_gb: int = Field(default=2048, description="larger images are refused")
     allow_private_image_urls: bool = False
+
+    # how long a request waits for a locked or unreachable database before answering 503
+    db_timeout: float = 30.0
+
+    # TEST ONLY, fault injection (see nubes/faults.py); never set these in production.
+    # The agent exits as kill -9 would right after this build step: disk | seed | ports | qemu
+    fault_crash_after: str = ""
+    # The API exits as kill -9 would at: create-before-commit | create-after-commit |
+    # delete-after-commit
+    fault_api_crash: str = ""
 
     @property
     def db_url(self) -> str:

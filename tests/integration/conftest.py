@@ -31,10 +31,17 @@ class LabCloud:
     prefix: str
     client: NubesClient
 
-    def nubes(self, *args: str, check: bool = True, timeout: float = 600) -> str:
+    def nubes(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 600,
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """Run the CLI; env is added to the lab's (agents and the API started by it inherit it)."""
         proc = subprocess.run(
             [sys.executable, "-m", "nubes.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             text=True,
             capture_output=True,
             timeout=timeout,

@@ -6,6 +6,7 @@ restart (or a missed event) needs no journal to recover from.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -160,9 +161,11 @@ class Agent:
         running = info is not None and info.state in (PowerState.RUNNING, PowerState.PAUSED)
         state = self.layout.load_state(want.id)
         if not state.built:
-            if want.status == "ERROR" or want.desired_state != "running":
+            if want.status == "ERROR":
                 return None  # a failed build stays failed until the user deletes it
             rec.teardown(want.id, taps)  # leftovers of a build cut short by a crash
+            if want.desired_state != "running":  # stopped before it was ever built
+                return ObservedInstance(id=want.id, status="SHUTOFF")
             rec.build(want)
             info = self.hypervisor.info(want.id)
         elif want.desired_state == "stopped" and running:
@@ -215,4 +218,17 @@ class Agent:
 
 def _fault(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if _out_of_space(exc):
+        message = f"no space left on the host's disk: {message}"
     return message[:1000]
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain, or in a host tool's error output (qemu-img)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(getattr(exc, "stderr", "") or exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -8,6 +8,8 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 
+from nubes import faults
+from nubes.agent.guestuser import GuestUser
 from nubes.agent.imagecache import ImageCache
 from nubes.agent.layout import HostLayout, LocalState
 from nubes.agent.reverter import Reverter
@@ -33,10 +35,10 @@ class InstanceReconciler:
     hypervisor: HypervisorDriver
     network: NetworkDriver
     images: ImageCache
-    run_as: str = ""
-    owner_uid: int | None = None
+    guest: GuestUser = field(default_factory=GuestUser)  # who QEMU runs as
     # build steps finished per instance since the last report (the API's operation log)
     steps: dict[str, list[str]] = field(default_factory=dict)
+    crash_after: str = ""  # TEST ONLY: settings.fault_crash_after (nubes/faults.py)
 
     def take_steps(self, instance_id: str) -> list[str]:
         return self.steps.pop(instance_id, [])
@@ -51,7 +53,7 @@ class InstanceReconciler:
                 tap=tap_name(p.id),
                 mac=p.mac,
                 ip=p.ip,
-                owner_uid=self.owner_uid,
+                owner_uid=self.guest.uid,
                 mtu=p.mtu,
             )
             for p in want.ports
@@ -61,11 +63,13 @@ class InstanceReconciler:
         boot = BootSpec()
         if want.image_kernel_sha256:
             kernel = self.images.ensure(want.image_id, "kernel", "kernel", want.image_kernel_sha256)
+            self.guest.share(kernel, 0o640)
             initrd = None
             if want.image_initrd_sha256:
                 initrd = self.images.ensure(
                     want.image_id, "initrd", "initrd", want.image_initrd_sha256
                 )
+                self.guest.share(initrd, 0o640)
             boot = BootSpec(kernel=kernel, initrd=initrd, cmdline=want.image_cmdline)
         return InstanceSpec(
             id=want.id,
@@ -77,7 +81,7 @@ class InstanceReconciler:
             nics=tuple(NicSpec(tap=tap_name(p.id), mac=p.mac, mtu=p.mtu) for p in want.ports),
             boot=boot,
             vnc_password=state.vnc_password,
-            run_as=self.run_as,
+            run_as=self.guest.name,
         )
 
     def seed_data(self, want: DesiredInstance) -> SeedData:
@@ -105,11 +109,13 @@ class InstanceReconciler:
         """Disk, seed, ports, QEMU: each step registers its undo; a failure leaves nothing."""
         inst_dir = self.layout.instance_dir(want.id)
         inst_dir.mkdir(parents=True, exist_ok=True)
+        self.guest.share(inst_dir, 0o750)
         state = LocalState(vnc_password=secrets.token_urlsafe(6)[:8])
         done = self.steps.setdefault(want.id, [])
         revert = Reverter()
         try:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
+            self.guest.share(base, 0o640)  # read-only for guests: shared by all their overlays
             done.append("image")
             disks.create_overlay(
                 base,
@@ -119,24 +125,30 @@ class InstanceReconciler:
                 want.image_virtual_size or None,
             )
             revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
-            done.append("disk")
+            self.guest.own(self.layout.disk(want.id), 0o600)
+            self._step(done, "disk")
             write_seed(self.seed_data(want), self.layout.seed(want.id))
             revert.add("seed", lambda: self.layout.seed(want.id).unlink(missing_ok=True))
-            done.append("seed")
+            self.guest.share(self.layout.seed(want.id), 0o640)
+            self._step(done, "seed")
             for port in self.ports(want):
                 self.network.plug_port(port)
                 revert.add(f"port {port.tap}", partial(self.network.unplug_port, port.tap))
-            done.append("ports")
+            self._step(done, "ports")
             state.built = True
             self._start(want, state)
             revert.add("qemu", lambda: self.hypervisor.destroy(want.id))
-            done.append("qemu")
+            self._step(done, "qemu")
         except Exception:
             revert.fail()
             shutil.rmtree(inst_dir, ignore_errors=True)
             done.append("rolled back")
             raise
         revert.success()
+
+    def _step(self, done: list[str], step: str) -> None:
+        done.append(step)
+        faults.crash_if(self.crash_after, step)
 
     def _start(self, want: DesiredInstance, state: LocalState) -> None:
         log_path = self.layout.console_log(want.id)
@@ -177,8 +189,10 @@ class InstanceReconciler:
 
     # -- observation -----------------------------------------------------------------------
     def check_ready(self, want: DesiredInstance, state: LocalState) -> bool:
-        if state.ready or not want.image_ready_pattern:
-            return state.ready
+        if not want.image_ready_pattern:
+            return True  # an image that signals nothing is as ready as it gets once running
+        if state.ready:
+            return True
         try:
             with self.layout.console_log(want.id).open("rb") as fh:
                 fh.seek(state.console_offset)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import pwd
 import signal
 import socket
 import threading
 import time
 
+from nubes.agent import guestuser
 from nubes.agent.agent import Agent
 from nubes.agent.drivers import make_hypervisor, make_network
 from nubes.agent.imagecache import ImageCache
@@ -28,8 +28,14 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
     hypervisor = make_hypervisor(settings, layout)
     network = make_network(settings, layout)
     images = ImageCache(layout.images, client, settings.images_dir)
-    owner = pwd.getpwnam(settings.qemu_user).pw_uid if settings.qemu_user else None
-    reconciler = InstanceReconciler(layout, hypervisor, network, images, settings.qemu_user, owner)
+    reconciler = InstanceReconciler(
+        layout,
+        hypervisor,
+        network,
+        images,
+        guest=guestuser.resolve(settings),
+        crash_after=settings.fault_crash_after,
+    )
     agent = Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
     if settings.network_driver != "fake":  # fake networks have no bridges to listen on
         agent.metadata_server = MetadataServer(agent.metadata)

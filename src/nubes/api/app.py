@@ -8,6 +8,7 @@ import time
 
 from fastapi import FastAPI
 
+from nubes import faults
 from nubes.api import errors, gateways
 from nubes.api import operations as operation_log
 from nubes.api.bootstrap import seed_database, write_client_config
@@ -50,8 +51,10 @@ def create_app(settings: Settings) -> FastAPI:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings.images_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.db_url)
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.db_url, settings.db_timeout)
     sessions = session_factory(engine)
+    if settings.fault_api_crash:  # TEST ONLY
+        faults.install_api_hooks(sessions, settings.fault_api_crash)
     with sessions() as session:
         token = seed_database(session)
     if token:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -79,8 +80,14 @@ def _validate(
     return image, flavor, network, key
 
 
-def create(state: AppState, body: s.ServerCreate, who: Caller) -> s.Server:
-    """One transaction: validate, claim a host, allocate the port, write the instance."""
+def create(
+    state: AppState,
+    body: s.ServerCreate,
+    who: Caller,
+    also: Callable[[Session, s.Server], None] | None = None,
+) -> s.Server:
+    """One transaction: validate, claim a host, allocate the port, write the instance, and
+    whatever `also` adds for the answer (the Idempotency-Key's): a crash keeps all or none."""
     for attempt in range(CLAIM_RETRIES):
         with state.sessions() as session:
             image, flavor, network, key = _validate(session, body, who)
@@ -114,6 +121,9 @@ def create(state: AppState, body: s.ServerCreate, who: Caller) -> s.Server:
             operations.begin(session, inst, "create", f"scheduled on {host.name}")
             bump_generation(session)
             try:
+                if also is not None:
+                    session.flush()
+                    also(session, to_wire(session, inst))
                 session.commit()
             except IntegrityError:
                 # a racing create took the same name, address or MAC: try again from the top

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from nubes.api.deps import Caller
 from nubes.api.state import AppState
@@ -43,41 +43,50 @@ def _replay(state: AppState, who: Caller, key: str, digest: str) -> JSONResponse
         return JSONResponse(json.loads(row.response), status_code=row.status_code)
 
 
+Store = Callable[[Session, BaseModel], None]
+
+
 def run_once(
     state: AppState,
     who: Caller,
     request: Request,
     body: BaseModel,
     status: int,
-    run: Callable[[], M],
+    run: Callable[[Store | None], M],
 ) -> M | JSONResponse:
-    """Without the header: just run. With it: replay a stored answer, or run and store it."""
+    """Without the header: just run. With it: replay a stored answer, or run and store it.
+
+    `run` gets a `store(session, answer)` to call inside its own transaction, so the answer is
+    kept exactly when the create is: after a crash between the two, a retry would find the
+    resource made but no answer, and fail on its name.
+    """
     key = request.headers.get(HEADER)
     if key is None:
-        return run()
+        return run(None)
     if not 1 <= len(key) <= 255:
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     digest = request_digest(request, body)
     replay = _replay(state, who, key, digest)
     if replay is not None:
         return replay
-    result = run()
-    with state.sessions() as session:
+
+    def store(session: Session, answer: BaseModel) -> None:
         session.add(
             IdempotencyKey(
                 project_id=who.project_id,
                 key=key,
                 request_sha256=digest,
                 status_code=status,
-                response=result.model_dump_json(),
+                response=answer.model_dump_json(),
             )
         )
-        try:
-            session.commit()
-        except IntegrityError:
-            # a racing request with the same key stored its answer first: that one wins
-            session.rollback()
-            replay = _replay(state, who, key, digest)
-            if replay is not None:
-                return replay
-    return result
+
+    try:
+        return run(store)
+    except Conflict:
+        # a racing request with the same key committed first (its name, or the key, is taken
+        # now): that one wins
+        replay = _replay(state, who, key, digest)
+        if replay is not None:
+            return replay
+        raise

@@ -152,3 +152,13 @@ def lab_restart_agent(host: str = typer.Argument(..., help="lab host name, e.g. 
         daemon.stop_pid(pid)
     pid = spawn_agent(lab, target)
     console.print(f"agent of {host} restarted (pid {pid})")
+
+
+@lab_app.command("restart-api")
+@handle_errors
+def lab_restart_api() -> None:
+    """Stop the API (SIGTERM) and start it again; agents and guests carry on."""
+    sd = state_dir()
+    daemon.stop_api(sd)
+    pid = daemon.start_api(sd, base_env())
+    console.print(f"API restarted (pid {pid})")

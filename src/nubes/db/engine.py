@@ -13,17 +13,26 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, timeout: float = 30.0) -> Engine:
+    """timeout: how long a statement waits for a lock (SQLite) or a connection (PostgreSQL)
+    before OperationalError, which the API answers with 503."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
+            url, connect_args={"check_same_thread": False, "timeout": timeout}, pool_size=20
         )
-        _sqlite_write_locks(engine)
+        _sqlite_write_locks(engine, timeout)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=20,
+        max_overflow=20,
+        pool_pre_ping=True,
+        pool_timeout=timeout,
+        connect_args={"connect_timeout": max(1, round(timeout))},
+    )
 
 
-def _sqlite_write_locks(engine: Engine) -> None:
+def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
     """WAL, and BEGIN IMMEDIATE so racing writers queue instead of failing on lock upgrade."""
 
     @event.listens_for(engine, "connect")
@@ -34,7 +43,7 @@ def _sqlite_write_locks(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         # WAL + NORMAL: still crash-safe (no corruption); skips an fsync per commit
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -42,7 +42,9 @@ def create_server(
     body: s.ServerCreate, request: Request, who: CallerDep, state: StateDep
 ) -> s.Server | JSONResponse:
     """Send an `Idempotency-Key` header to make retries safe."""
-    return run_once(state, who, request, body, 202, lambda: compute.create(state, body, who))
+    return run_once(
+        state, who, request, body, 202, lambda store: compute.create(state, body, who, store)
+    )
 
 
 @router.get("/{ref}")
