@@ -13,10 +13,11 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api import lookup
-from nubes.api.deps import AgentDep, CallerDep, SessionDep, StateDep
+from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
 from nubes.api.lookup import admin_project_id
 from nubes.db.models import Image, Instance
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
@@ -148,17 +149,24 @@ async def _spool(request: Request, dest: Path, limit: int | None) -> str:
     return digest.hexdigest()
 
 
+def _upload_target(session: Session, ref: str, part: str, who: Caller) -> Image:
+    row = lookup.owned(session, Image, ref, who, "image")
+    if row.project_id != who.project_id:
+        raise Forbidden("this image belongs to another project")
+    if part == "file" and row.status == "active":
+        raise Conflict("image data was already uploaded", field="file")
+    session.commit()  # end the transaction: the upload may take minutes
+    return row
+
+
 @router.put("/{ref}/{part}", status_code=200)
 async def upload_part(
     ref: str, part: Part, request: Request, session: SessionDep, who: CallerDep, state: StateDep
 ) -> s.Image:
-    row = lookup.owned(session, Image, ref, who, "image")
-    if row.project_id != who.project_id:
-        raise Forbidden("this image belongs to another project")
+    # Database work never runs on the event loop: a lock wait there would stall the requests
+    # whose teardown (closing their session) releases that very lock.
+    row = await run_in_threadpool(_upload_target, session, ref, part, who)
     st = store(state)
-    if part == "file" and row.status == "active":
-        raise Conflict("image data was already uploaded", field="file")
-    session.commit()  # end the transaction: the upload may take minutes
     fd, tmp = tempfile.mkstemp(dir=state.settings.images_dir, prefix=".upload-")
     os.close(fd)
     path = Path(tmp)
@@ -171,7 +179,7 @@ async def upload_part(
         else:
             os.replace(path, state.settings.images_dir / f"{row.id}.{part}")
             setattr(row, f"{part}_sha256", digest)
-            session.commit()
+            await run_in_threadpool(session.commit)
     finally:
         path.unlink(missing_ok=True)
     return to_wire(row)
