@@ -116,7 +116,8 @@ def _send_input(ws: ClientConnection, fd: int, done: threading.Event) -> None:
         if not ready:
             continue
         data = os.read(fd, 4096)
-        if not data:  # end of input (not a terminal): leave the console
+        if not data:  # end of piped input: let the answer arrive, then leave
+            done.wait(2.0)
             return
         if DETACH in data:
             data = data.split(DETACH, 1)[0]

@@ -39,7 +39,8 @@ def route_namespace(c: NubesClient, server: s.Server, network: str) -> str | Non
     """The network namespace to run ssh in: the lab host serving the network's gateway."""
     candidates: list[str] = []
     try:
-        gateway_host = c.network(network).gateway_host
+        # an admin sees where the gateway is; others go through the instance's own host
+        gateway_host = getattr(c.network(network), "gateway_host", None)
     except ApiError:
         gateway_host = None
     candidates += [h for h in (gateway_host, server.host) if h]

@@ -99,7 +99,9 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
     if obs.status == "ACTIVE":
         inst.fault = ""
         inst.launched_at = inst.launched_at or utcnow()
-        if obs.ready and inst.ready_at is None:
+        if not obs.ready:
+            inst.ready_at = None  # e.g. rebooting: ready again once the guest says so
+        elif inst.ready_at is None:
             inst.ready_at = utcnow()
         if inst.task_state in ("starting", "") or (
             inst.task_state == "rebooting" and obs.reboot_gen >= inst.reboot_gen
