@@ -125,6 +125,7 @@ class LinuxBridgeDriver(NetworkDriver):
         state_dir: Path,
         *,
         anti_spoof: bool = True,
+        overlay_filter: bool = True,
         guard_host: bool = True,
         vxlan_port: int = 4789,
         vxlan_learning: bool = False,
@@ -132,11 +133,13 @@ class LinuxBridgeDriver(NetworkDriver):
     ) -> None:
         self.state_dir = state_dir
         self.anti_spoof = anti_spoof
+        self.overlay_filter = overlay_filter
         self.guard_host = guard_host
         self.vxlan_port = vxlan_port
         self.vxlan_learning = vxlan_learning
         self.dhcp = Dnsmasq(state_dir, binary=dnsmasq)
         self._lock = threading.RLock()
+        self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
 
     # -- networks ------------------------------------------------------------------------------
 
@@ -159,12 +162,11 @@ class LinuxBridgeDriver(NetworkDriver):
         nl.link_up(spec.bridge)
         self._ensure_overlay(nl, spec)
         if self.guard_host:  # on every host: a bridge without an address still has IPv6's
-            firewall.apply(firewall.guard_script(spec.bridge))
+            self._nft(("guard", spec.bridge), firewall.guard_script(spec.bridge))
         if not spec.serve_dhcp:
             nl.remove_addresses(spec.bridge)
             self.dhcp.stop(spec.id)
-            if "inet" in firewall.tables():
-                firewall.apply(firewall.nat_remove_script(spec.bridge))
+            self._nft(("nat", spec.bridge), firewall.nat_remove_script(spec.bridge), removal=True)
             return
         prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
         gateway = f"{spec.gateway}/{prefix}"
@@ -185,9 +187,25 @@ class LinuxBridgeDriver(NetworkDriver):
         )
         if spec.nat_uplink:
             firewall.enable_forwarding()
-            firewall.apply(firewall.nat_script(spec.bridge, spec.cidr, spec.nat_uplink))
-        elif "inet" in firewall.tables():
-            firewall.apply(firewall.nat_remove_script(spec.bridge))
+            self._nft(
+                ("nat", spec.bridge), firewall.nat_script(spec.bridge, spec.cidr, spec.nat_uplink)
+            )
+        else:
+            self._nft(("nat", spec.bridge), firewall.nat_remove_script(spec.bridge), removal=True)
+
+    def _nft(self, key: tuple[str, str], script: str, removal: bool = False) -> None:
+        """Apply an inet script unless this driver already applied the very same one for key:
+        every converge pass ensures every network, and each nft run is a process. A removal
+        never creates our table just to delete from it."""
+        if self._applied.get(key) == script:
+            return
+        if not (removal and key not in self._applied and "inet" not in firewall.tables()):
+            firewall.apply(script)
+        self._applied[key] = script
+
+    def _forget_rules(self) -> None:
+        """Something was removed: the next ensure applies everything again."""
+        self._applied.clear()
 
     def _ensure_bridge_mac(self, nl: Netlink, spec: NetworkSpec) -> None:
         if spec.serve_dhcp:
@@ -206,11 +224,14 @@ class LinuxBridgeDriver(NetworkDriver):
         vx = vxlan_name(spec.id)
         if not want_vxlan:
             self._delete_vxlan(nl, vx)
-        self._ensure_geneve(nl, spec, peers if want_geneve else [])
+        if spec.overlay == "geneve":  # a network's overlay never changes: skip the dump
+            self._ensure_geneve(nl, spec, peers if want_geneve else [])
         if not want_vxlan or spec.vni is None or local is None:
             return
         # the filter first: the device must never listen unguarded
-        firewall.apply(firewall.overlay_script(spec.vni, peers, self.vxlan_port))
+        if self.overlay_filter:
+            script = firewall.overlay_script(spec.vni, peers, self.vxlan_port)
+            self._nft(("overlay", str(spec.vni)), script)
         nl.ensure_vxlan(
             vx, spec.vni, local, self.vxlan_port, learning=self.vxlan_learning, mtu=spec.mtu
         )
@@ -254,6 +275,7 @@ class LinuxBridgeDriver(NetworkDriver):
             return
         nl.delete_link(vx)
         vni = link.info.get("IFLA_VXLAN_ID")
+        self._forget_rules()
         if isinstance(vni, int) and "inet" in firewall.tables():
             firewall.apply(firewall.overlay_remove_script(vni))
 
@@ -275,7 +297,8 @@ class LinuxBridgeDriver(NetworkDriver):
             nl.link_up(name)
 
     def _remove_rules(self, bridge: str) -> None:
-        """NAT and guard of a bridge that no longer serves its network."""
+        """NAT and guard of the bridge of a network that leaves this host."""
+        self._forget_rules()
         if "inet" in firewall.tables():  # never create our table just to delete from it
             firewall.apply(
                 firewall.nat_remove_script(bridge) + firewall.guard_remove_script(bridge)
@@ -304,6 +327,7 @@ class LinuxBridgeDriver(NetworkDriver):
         if any((link.alias or "").startswith(PORT_ALIAS) for link in nl.list_links(TAP_PREFIX)):
             return
         present = firewall.tables()
+        self._forget_rules()
         if present:
             firewall.apply(firewall.delete_tables_script(present))
 
