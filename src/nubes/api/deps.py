@@ -50,7 +50,9 @@ def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> 
         row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
         if row is None:
             raise Unauthorized("invalid token")
-        return Caller(project_id=row.project_id, role=row.role)
+        who = Caller(project_id=row.project_id, role=row.role)
+    request.state.caller = who  # error answers are redacted for non-admins (api/errors.py)
+    return who
 
 
 def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:

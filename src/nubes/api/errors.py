@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
+from nubes.api import redact
 from nubes.errors import NubesError
 
 log = logging.getLogger("nubes.api")
@@ -31,10 +32,13 @@ def _field_of(loc: tuple[object, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(NubesError)
-    async def _nubes(_: Request, exc: NubesError) -> JSONResponse:
+    async def _nubes(request: Request, exc: NubesError) -> JSONResponse:
         if exc.status >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
-        return problem(exc.status, exc.title, exc.message, exc.field)
+        detail = redact.for_caller(getattr(request.state, "caller", None), exc.message)
+        if detail != exc.message:
+            log.info("answered %d with a redacted detail: %s", exc.status, exc.message)
+        return problem(exc.status, exc.title, detail, exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

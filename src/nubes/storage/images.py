@@ -53,6 +53,8 @@ _MAGICS: tuple[tuple[int, bytes, str], ...] = (
 # qcow2 incompatible feature bits (docs/interop/qcow2.txt)
 _QCOW2_CORRUPT = 1 << 1
 _QCOW2_EXTERNAL_DATA = 1 << 2
+_QCOW2_SNAPSHOT_MIN = 40  # bytes of a snapshot table entry without its id, name and extras
+_QCOW2_MAX_SNAPSHOTS = 256  # cloud images have none; qemu allows 65536, each parsed by qemu-img
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,31 @@ def sniff_format(head: bytes) -> str | None:
     for offset, magic, fmt in _MAGICS:
         if head[offset : offset + len(magic)] == magic:
             return fmt
+    if _vmdk_descriptor(head):
+        return "vmdk"
     return None
+
+
+def _vmdk_descriptor(head: bytes) -> bool:
+    """qemu's vmdk_probe for text descriptors: comment and blank lines, then `version=N`. Such
+    a file names its extents (any host file) and must never pass for raw data."""
+    for line in head.split(b"\n"):
+        if line.startswith(b"#") or not line.strip(b" \r"):
+            continue
+        return line.rstrip(b"\r") in (b"version=1", b"version=2", b"version=3")
+    return False
 
 
 def _check_qcow2_header(head: bytes, max_virtual_size: int) -> None:
     if len(head) < 72:
         raise _reject("the file is too short to be a qcow2 image")
-    _magic, version, backing_offset, _bsize, _cbits, size, crypt = struct.unpack(
+    _magic, version, backing_offset, _bsize, cluster_bits, size, crypt = struct.unpack(
         ">4sIQIIQI", head[:36]
     )
     if version not in (2, 3):
         raise _reject(f"unsupported qcow2 version {version}")
+    if not 9 <= cluster_bits <= 21:  # what qemu supports (512 B to 2 MiB clusters)
+        raise _reject(f"invalid qcow2 cluster size 2^{cluster_bits}")
     if backing_offset != 0:
         raise _reject("the image has a backing file; upload a self-contained image")
     if crypt != 0:
@@ -127,6 +143,31 @@ def check_header(head: bytes, declared_format: str, max_virtual_size: int) -> No
         if found != "qcow2":
             raise _reject(f"declared qcow2, but the file is a {found} image")
         _check_qcow2_header(head, max_virtual_size)
+
+
+def _check_qcow2_tables_fit(head: bytes, file_size: int) -> None:
+    """The L1, refcount and snapshot tables the header announces lie inside the file. A small
+    file announcing huge tables is a qemu-img bomb (it would allocate and walk them), not an
+    image qemu-img wrote."""
+    cluster_bits, size = struct.unpack(">I", head[20:24])[0], struct.unpack(">Q", head[24:32])[0]
+    l1_size, l1_offset, rc_offset, rc_clusters, snapshots, snap_offset = struct.unpack(
+        ">IQQIIQ", head[36:72]
+    )
+    cluster = 1 << cluster_bits
+    entries_per_l2 = cluster // 8
+    l1_needed = -(-size // (cluster * entries_per_l2))
+    if l1_size > 2 * l1_needed + 64:  # qemu grows it 1.5x at a resize; this is far beyond
+        raise _reject(f"the qcow2 image is crafted: {l1_size} L1 entries for {size} bytes")
+    tables = (
+        ("L1", l1_offset, l1_size * 8),
+        ("refcount", rc_offset, rc_clusters * cluster),
+        ("snapshot", snap_offset, snapshots * _QCOW2_SNAPSHOT_MIN),
+    )
+    for name, offset, length in tables:
+        if length and (offset % cluster or offset + length > file_size):
+            raise _reject(f"the qcow2 image is corrupt or crafted: its {name} table is not in it")
+    if snapshots > _QCOW2_MAX_SNAPSHOTS:
+        raise _reject(f"{snapshots} internal snapshots (at most {_QCOW2_MAX_SNAPSHOTS})")
 
 
 def _read_head(path: Path) -> bytes:
@@ -189,7 +230,10 @@ def _check_qcow2_tables(path: Path) -> None:
 
 def inspect_image(path: Path, declared_format: str, max_virtual_size: int) -> ImageInfo:
     """Check an untrusted image file. Raises ImageRejected with a message for the user."""
-    check_header(_read_head(path), declared_format, max_virtual_size)
+    head = _read_head(path)
+    check_header(head, declared_format, max_virtual_size)
+    if declared_format == "qcow2":
+        _check_qcow2_tables_fit(head, path.stat().st_size)
     try:
         info = qemu_img_info(path, declared_format)
     except ToolError as exc:

@@ -5,6 +5,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -53,34 +54,53 @@ def store(state: StateDep) -> ImageStore:
     return ImageStore(state.settings.images_dir)
 
 
-def check_url(url: str, allow_private: bool) -> None:
-    """Refuse URLs that point back into the cloud's own or private networks (SSRF)."""
+def check_url(url: str, allow_private: bool) -> str | None:
+    """Refuse URLs that point back into the cloud's own or private networks (SSRF).
+
+    Returns the vetted address the download must connect to: looking the name up again when
+    connecting could answer differently (DNS rebinding). None when private addresses are allowed.
+    """
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise InvalidInput("url: must be an http:// or https:// URL", field="url")
     if allow_private:
-        return
+        return None
     try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError) as exc:
         raise InvalidInput(f"url: cannot resolve {parsed.hostname}", field="url") from exc
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_loopback or addr.is_link_local or addr.is_private or addr.is_reserved:
+    addrs = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for addr in addrs:
+        plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+        if not (plain or addr).is_global or (plain or addr).is_multicast:
             raise InvalidInput(
                 f"url: {parsed.hostname} resolves to a non-public address ({addr}); "
                 "set NUBES_ALLOW_PRIVATE_IMAGE_URLS=true to allow it",
                 field="url",
             )
+    return str(addrs[0])
 
 
-def download(url: str, dest: Path) -> None:
-    with httpx.stream("GET", url, follow_redirects=False, timeout=60) as resp:
-        if resp.status_code != 200:
-            raise InvalidInput(f"url: download failed with HTTP {resp.status_code}", field="url")
-        with dest.open("wb") as fh:
-            for chunk in resp.iter_bytes(1 << 20):
-                fh.write(chunk)
+def download(url: str, address: str | None = None) -> Iterator[bytes]:
+    """The body of GET url, in chunks, connecting to address when given (the name still goes
+    in the Host header, TLS SNI and the certificate check). Redirects are not followed: each
+    hop would need vetting. The caller's import stops a body that is too large or not an image."""
+    headers: dict[str, str] = {}
+    extensions: dict[str, str] = {}
+    if address is not None:
+        parsed = urlparse(url)
+        host = f"[{address}]" if ":" in address else address
+        headers["Host"] = parsed.netloc.rpartition("@")[2]
+        extensions["sni_hostname"] = parsed.hostname or ""
+        url = parsed._replace(netloc=f"{host}:{parsed.port}" if parsed.port else host).geturl()
+    with httpx.Client(follow_redirects=False, timeout=60) as http:
+        with http.stream("GET", url, headers=headers, extensions=extensions) as resp:
+            if resp.status_code != 200:
+                raise InvalidInput(
+                    f"url: download failed with HTTP {resp.status_code}", field="url"
+                )
+            yield from resp.iter_bytes(1 << 20)
 
 
 @router.get("")
@@ -102,8 +122,9 @@ def create_image(
     taken = select(Image).where(Image.project_id == who.project_id, Image.name == body.name)
     if session.scalar(taken):
         raise Conflict(f"image {body.name!r} already exists", field="name")
+    address = None
     if body.url:
-        check_url(body.url, state.settings.allow_private_image_urls)
+        address = check_url(body.url, state.settings.allow_private_image_urls)
     row = Image(
         project_id=who.project_id,
         name=body.name,
@@ -115,15 +136,22 @@ def create_image(
     session.add(row)
     session.commit()
     if body.url:
-        with tempfile.TemporaryDirectory(dir=state.settings.images_dir) as tmp:
-            path = Path(tmp) / "download"
-            try:
-                download(body.url, path)
-                _import(session, row, store(state), path, state.settings.max_image_virtual_size_gb)
-            except Exception:
-                session.delete(row)
-                session.commit()
-                raise
+        max_size = state.settings.max_image_virtual_size_gb * 1024**3
+        try:
+            stored = store(state).import_stream(
+                row.id, download(body.url, address), row.disk_format, max_size
+            )
+        except httpx.HTTPError as exc:
+            session.delete(row)
+            session.commit()
+            raise InvalidInput(f"url: download failed: {type(exc).__name__}", field="url") from exc
+        except Exception:
+            session.delete(row)
+            session.commit()
+            raise
+        row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
+        row.status = "active"
+        session.commit()
     return to_wire(row)
 
 

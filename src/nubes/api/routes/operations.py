@@ -5,8 +5,8 @@ import json
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from nubes.api import lookup
-from nubes.api.deps import CallerDep, SessionDep
+from nubes.api import lookup, redact
+from nubes.api.deps import Caller, CallerDep, SessionDep
 from nubes.db.models import Instance, Operation
 from nubes.errors import NotFound
 from nubes.schemas import resources as s
@@ -14,7 +14,7 @@ from nubes.schemas import resources as s
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
 
-def to_wire(op: Operation) -> s.Operation:
+def to_wire(op: Operation, who: Caller) -> s.Operation:
     return s.Operation(
         id=op.id,
         kind=op.kind,
@@ -22,7 +22,7 @@ def to_wire(op: Operation) -> s.Operation:
         status=op.status,
         holder=op.holder,
         steps=[s.OperationStep(**step) for step in json.loads(op.steps)],
-        error=op.error,
+        error=redact.for_caller(who, op.error),
         created_at=op.created_at,
         updated_at=op.updated_at,
     )
@@ -41,7 +41,7 @@ def list_operations(
             Operation.instance_id == lookup.owned(session, Instance, server, who, "server").id
         )
     rows = session.scalars(query.order_by(Operation.created_at.desc()).limit(limit))
-    return [to_wire(op) for op in rows]
+    return [to_wire(op, who) for op in rows]
 
 
 @router.get("/{op_id}")
@@ -49,4 +49,4 @@ def show_operation(op_id: str, session: SessionDep, who: CallerDep) -> s.Operati
     op = session.get(Operation, op_id)
     if op is None or op.project_id != who.project_id:
         raise NotFound(f"operation {op_id!r} not found", field="id")
-    return to_wire(op)
+    return to_wire(op, who)

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
-from nubes.api import compute, lookup
-from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.api import compute, lookup, redact
+from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
 from nubes.api.idempotency import run_once
 from nubes.db.models import Host, Instance, utcnow
 from nubes.schemas import resources as s
@@ -23,6 +23,12 @@ def host_up(host: Host | None, down_after: float) -> bool:
     return host.last_heartbeat >= utcnow() - timedelta(seconds=down_after)
 
 
+def shown(server: s.Server, who: Caller) -> s.Server:
+    """Faults quote host paths: tenants see them redacted (api/redact.py), admins whole."""
+    fault = redact.for_caller(who, server.fault)
+    return server if fault == server.fault else server.model_copy(update={"fault": fault})
+
+
 def instance_dir(host: Host, instance_id: str) -> Path:
     return Path(host.state_dir) / "instances" / instance_id
 
@@ -34,7 +40,7 @@ def list_servers(session: SessionDep, who: CallerDep) -> list[s.Server]:
         .where(Instance.project_id == who.project_id, Instance.deleted_at.is_(None))
         .order_by(Instance.name)
     )
-    return [compute.to_wire(session, i) for i in rows]
+    return [shown(compute.to_wire(session, i), who) for i in rows]
 
 
 @router.post("", status_code=202, response_model=s.Server)
@@ -49,7 +55,8 @@ def create_server(
 
 @router.get("/{ref}")
 def show_server(ref: str, session: SessionDep, who: CallerDep) -> s.Server:
-    return compute.to_wire(session, lookup.owned(session, Instance, ref, who, "server"))
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    return shown(compute.to_wire(session, inst), who)
 
 
 @router.delete("/{ref}", status_code=202)
@@ -57,7 +64,7 @@ def delete_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep
     inst = lookup.owned(session, Instance, ref, who, "server")
     host = session.get(Host, inst.host_id) if inst.host_id else None
     compute.request_delete(state, session, inst, host_up(host, state.settings.host_down_after))
-    return compute.to_wire(session, inst)
+    return shown(compute.to_wire(session, inst), who)
 
 
 @router.post("/{ref}/action", status_code=202)
@@ -66,7 +73,7 @@ def server_action(
 ) -> s.Server:
     inst = lookup.owned(session, Instance, ref, who, "server")
     compute.act(state, session, inst, body)
-    return compute.to_wire(session, inst)
+    return shown(compute.to_wire(session, inst), who)
 
 
 @router.get("/{ref}/console-log", response_class=PlainTextResponse)
