@@ -8,7 +8,6 @@ import re
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -20,6 +19,7 @@ from nubes.lab import Lab, LabHost, netns
 from nubes.network.base import NetworkSpec, OverlayPeer, RemotePort
 from nubes.network.linuxbridge import LinuxBridgeDriver, gateway_mac, vxlan_name
 from nubes.network.netlink import ZERO_MAC, Netlink
+from tests.integration.capture import Capture
 from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
 
 __all__ = ["make_ns", "state_dir"]  # fixtures shared with the bridge tests
@@ -63,37 +63,6 @@ def fdb(host: LabHost) -> tuple[set[str], dict[str, str]]:
         entries = nl.fdb_entries(vxlan_name("net-ov"))
     flood = {e.dst for e in entries if e.mac == ZERO_MAC and e.dst}
     return flood, {e.mac: e.dst for e in entries if e.mac != ZERO_MAC and e.dst}
-
-
-class Capture:
-    """Frames seen on an interface of a namespace (an AF_PACKET socket opened inside it)."""
-
-    def __init__(self, ns: str, ifname: str) -> None:
-        self.frames: list[bytes] = []
-        self._stop = threading.Event()
-        with netns.inside(ns):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            self._sock.bind((ifname, 0))
-        self._sock.settimeout(0.1)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self._sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if addr[2] != socket.PACKET_OTHERHOST:  # flooded by the underlay switch: not ours
-                self.frames.append(data)
-
-    def close(self) -> list[bytes]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-        return self.frames
 
 
 def icmp_between(frames: list[bytes], a: str, b: str) -> list[bytes]:

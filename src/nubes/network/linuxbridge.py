@@ -140,6 +140,7 @@ class LinuxBridgeDriver(NetworkDriver):
         self.dhcp = Dnsmasq(state_dir, binary=dnsmasq)
         self._lock = threading.RLock()
         self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
+        self._has_inet: bool | None = None
 
     # -- networks ------------------------------------------------------------------------------
 
@@ -156,10 +157,11 @@ class LinuxBridgeDriver(NetworkDriver):
 
     def _ensure_network(self, nl: Netlink, spec: NetworkSpec) -> None:
         nl.ensure_bridge(spec.bridge, spec.mtu)
-        nl.set_alias(spec.bridge, NET_ALIAS + spec.id)
         set_sysctl(spec.bridge, "accept_ra", "0")  # never take a route from a guest's RA
-        self._ensure_bridge_mac(nl, spec)
-        nl.link_up(spec.bridge)
+        # one request: alias, MAC, up
+        nl.set_link(
+            spec.bridge, ifalias=NET_ALIAS + spec.id, state="up", **self._bridge_mac(nl, spec)
+        )
         self._ensure_overlay(nl, spec)
         if self.guard_host:  # on every host: a bridge without an address still has IPv6's
             self._nft(("guard", spec.bridge), firewall.guard_script(spec.bridge))
@@ -199,22 +201,30 @@ class LinuxBridgeDriver(NetworkDriver):
         never creates our table just to delete from it."""
         if self._applied.get(key) == script:
             return
-        if not (removal and key not in self._applied and "inet" not in firewall.tables()):
+        if not (removal and key not in self._applied and not self._inet_table()):
             firewall.apply(script)
+            self._has_inet = True
         self._applied[key] = script
+
+    def _inet_table(self) -> bool:
+        """Is our inet table there? Asked of nft once, then known from what we do."""
+        if self._has_inet is None:
+            self._has_inet = "inet" in firewall.tables()
+        return self._has_inet
 
     def _forget_rules(self) -> None:
         """Something was removed: the next ensure applies everything again."""
         self._applied.clear()
 
-    def _ensure_bridge_mac(self, nl: Netlink, spec: NetworkSpec) -> None:
+    @staticmethod
+    def _bridge_mac(nl: Netlink, spec: NetworkSpec) -> dict[str, str]:
+        """The set_link keyword that gives the bridge its MAC, if it has another."""
         if spec.serve_dhcp:
             mac = gateway_mac(spec.id)
         else:  # any other stable MAC; never the gateway's
             mac = derived_mac(f"bridge/{spec.id}/{spec.local_underlay_ip}")
         link = nl.get_link(spec.bridge)
-        if link is not None and link.mac != mac:
-            nl.set_link(spec.bridge, address=mac)
+        return {"address": mac} if link is not None and link.mac != mac else {}
 
     def _ensure_overlay(self, nl: Netlink, spec: NetworkSpec) -> None:
         local = spec.local_underlay_ip
@@ -235,9 +245,7 @@ class LinuxBridgeDriver(NetworkDriver):
         nl.ensure_vxlan(
             vx, spec.vni, local, self.vxlan_port, learning=self.vxlan_learning, mtu=spec.mtu
         )
-        nl.set_alias(vx, NET_ALIAS + spec.id)
-        nl.set_master(vx, spec.bridge)
-        nl.link_up(vx)
+        nl.set_port(vx, spec.bridge, alias=NET_ALIAS + spec.id)
         self._ensure_fdb(nl, vx, peers, self._remote_macs(spec, peers))
 
     @staticmethod
@@ -328,6 +336,7 @@ class LinuxBridgeDriver(NetworkDriver):
             return
         present = firewall.tables()
         self._forget_rules()
+        self._has_inet = None
         if present:
             firewall.apply(firewall.delete_tables_script(present))
 

@@ -1,8 +1,10 @@
-"""A small typed adapter over pyroute2's IPRoute: the only module of network/ that imports pyroute2.
+"""A small typed adapter over rtnetlink (links, addresses, FDB: rtnl.py) and pyroute2's IPRoute
+(bridge-port flags): the only module of network/ that imports pyroute2.
 
 Everything acts on the network namespace of the calling thread at the time the adapter is opened
-(the agent runs inside its host's namespace). Open one adapter per operation: it is cheap, and a
-socket opened earlier in another namespace would silently act there.
+(the agent runs inside its host's namespace; pyroute2's socket, opened on first use, must be
+used from the same one). Open one adapter per operation: it is cheap, and a socket opened
+earlier in another namespace would silently act there.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nubes.errors import DriverError
+from nubes.network import rtnl
 
 ZERO_MAC = "00:00:00:00:00:00"
 IFNAMSIZ = 15  # usable characters of a Linux interface name
-_AF_INET = 2
-_NUD_NOARP, _NUD_PERMANENT, _NTF_SELF = 0x40, 0x80, 0x02
 
 T = TypeVar("T")
 
@@ -55,37 +56,64 @@ def check_ifname(name: str) -> str:
     return name
 
 
-def _to_link(msg: Any) -> Link:
-    info: dict[str, Any] = {}
-    kind = None
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND")
-        data = linkinfo.get_attr("IFLA_INFO_DATA")
-        if data is not None and hasattr(data, "get_attrs"):
-            info = {k: v for k, v in data["attrs"] if k != "UNKNOWN"}
+def _to_link(msg: rtnl.LinkMsg) -> Link:
+    a = msg.attrs
     return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind,
-        mtu=msg.get_attr("IFLA_MTU"),
-        mac=msg.get_attr("IFLA_ADDRESS"),
-        master=msg.get_attr("IFLA_MASTER"),
-        up=bool(msg["flags"] & 1),  # IFF_UP
-        carrier=bool(msg.get_attr("IFLA_CARRIER")),
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        info=info,
+        index=msg.index,
+        name=a.get("ifname", ""),
+        kind=a.get("kind"),
+        mtu=a.get("mtu", 0),
+        mac=a.get("address"),
+        master=a.get("master") or None,
+        up=bool(msg.flags & rtnl.IFF_UP),
+        carrier=bool(a.get("carrier")),
+        alias=a.get("ifalias"),
+        info=a.get("info", {}),
     )
 
 
+def _link_attrs(attrs: dict[str, Any]) -> tuple[bytes, bool | None]:
+    """(rtnetlink attributes, up/down/unchanged) of set_link's keywords."""
+    out = b""
+    up = None
+    for key, value in attrs.items():
+        if key == "mtu":
+            out += rtnl.u32(rtnl.IFLA_MTU, value)
+        elif key == "master":
+            out += rtnl.u32(rtnl.IFLA_MASTER, value)
+        elif key == "ifalias":
+            out += rtnl.string(rtnl.IFLA_IFALIAS, value)
+        elif key == "address":
+            out += rtnl.mac(rtnl.IFLA_ADDRESS, value)
+        elif key == "state":
+            up = value == "up"
+        else:
+            raise DriverError(f"unsupported link attribute {key}")
+    return out, up
+
+
 class Netlink:
-    """Idempotent link, address and FDB operations. Raises DriverError on any netlink failure."""
+    """Idempotent link, address and FDB operations. Raises DriverError on any netlink failure.
+
+    Links, addresses and forwarding entries go through our own rtnetlink client (rtnl.py: the
+    hot path of plumbing); bridge-port flags (Geneve only) through pyroute2, opened on demand.
+    """
 
     def __init__(self) -> None:
-        self._ipr = IPRoute()
+        self._rt = rtnl.Rtnl()
+        self._pyroute: IPRoute | None = None
+        self._indexes: dict[str, int] = {}  # names seen during this adapter's short life
+
+    @property
+    def _ipr(self) -> IPRoute:
+        if self._pyroute is None:
+            self._pyroute = IPRoute()
+        return self._pyroute
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rt.close()
+        if self._pyroute is not None:
+            self._pyroute.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -101,6 +129,8 @@ class Netlink:
             yield
         except NetlinkError as e:
             raise DriverError(f"{what}: {e.args[1] if len(e.args) > 1 else e}") from e
+        except OSError as e:  # RtnlError, and the tun driver's ioctls
+            raise DriverError(f"{what}: {e.strerror or e}") from e
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with self._errors(what):
@@ -109,30 +139,36 @@ class Netlink:
     # -- links ---------------------------------------------------------------------------------
 
     def get_link(self, name: str) -> Link | None:
-        try:
-            msgs = self._ipr.get_links(ifname=check_ifname(name))
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise DriverError(f"get link {name}: {e}") from e
-        return _to_link(msgs[0]) if msgs else None
+        msg = self._call(f"get link {name}", lambda: self._rt.get_link(check_ifname(name)))
+        if msg is None:
+            self._indexes.pop(name, None)
+            return None
+        self._indexes[name] = msg.index
+        return _to_link(msg)
 
     def _index(self, name: str) -> int:
+        if name in self._indexes:
+            return self._indexes[name]
         link = self.get_link(name)
         if link is None:
             raise DriverError(f"no such interface {name}")
         return link.index
 
     def list_links(self, prefix: str = "") -> list[Link]:
-        links = self._call("list links", lambda: [_to_link(m) for m in self._ipr.get_links()])
+        links = self._call("list links", lambda: [_to_link(m) for m in self._rt.dump_links()])
         return [link for link in links if link.name.startswith(prefix)]
 
-    def _add(self, name: str, **kwargs: Any) -> None:
+    def _add(self, name: str, kind: str, data: bytes = b"") -> None:
+        info = rtnl.string(rtnl.IFLA_INFO_KIND, kind)
+        if data:
+            info += rtnl.nested(rtnl.IFLA_INFO_DATA, data)
+        attrs = rtnl.string(rtnl.IFLA_IFNAME, check_ifname(name))
+        attrs += rtnl.nested(rtnl.IFLA_LINKINFO, info)
         try:
-            self._ipr.link("add", ifname=check_ifname(name), **kwargs)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:  # lost a race with another creator: fine
-                raise DriverError(f"create {kwargs.get('kind')} {name}: {e.args[-1]}") from e
+            self._rt.new_link(attrs)
+        except OSError as e:
+            if e.errno != errno.EEXIST:  # lost a race with another creator: fine
+                raise DriverError(f"create {kind} {name}: {e.strerror}") from e
 
     def ensure_bridge(self, name: str, mtu: int) -> bool:
         """Create the bridge if missing and set its MTU. Returns True if it was created."""
@@ -141,7 +177,7 @@ class Netlink:
             raise DriverError(f"{name} exists and is a {link.kind}, not a bridge")
         created = link is None
         if created:
-            self._add(name, kind="bridge")
+            self._add(name, "bridge")
             new = self.get_link(name)
             if new is not None and new.mac:
                 # Pin the random MAC: otherwise the bridge takes its lowest port's MAC and the
@@ -167,8 +203,7 @@ class Netlink:
             link = None
         created = link is None
         if created:
-            extra: dict[str, Any] = {"uid": owner_uid} if owner_uid is not None else {}
-            self._add(name, kind="tuntap", mode="tap", ifr={"no_pi": True}, **extra)
+            self._call(f"create tap {name}", lambda: rtnl.create_tap(name, owner_uid))
         self.set_link(name, mtu=mtu)
         return created
 
@@ -194,14 +229,8 @@ class Netlink:
             link = None
         created = link is None
         if created:
-            self._add(
-                name,
-                kind="vxlan",
-                vxlan_id=vni,
-                vxlan_local=local_ip,
-                vxlan_port=port,
-                vxlan_learning=int(learning),
-            )
+            data = rtnl.u32(1, vni) + rtnl.ipv4(4, local_ip) + rtnl.u8(7, int(learning))
+            self._add(name, "vxlan", data + rtnl.be16(15, port))
         self.set_link(name, mtu=mtu)
         return created
 
@@ -217,17 +246,23 @@ class Netlink:
             link = None
         created = link is None
         if created:
-            self._add(name, kind="geneve", geneve_id=vni, geneve_remote=remote)
+            self._add(name, "geneve", rtnl.u32(1, vni) + rtnl.ipv4(2, remote))
         self.set_link(name, mtu=mtu)
         return created
 
     def set_link(self, name: str, **attrs: Any) -> None:
+        """mtu, master (an index; 0 detaches), ifalias, address, state ("up"/"down")."""
         index = self._index(name)
-        self._call(f"set {name} {attrs}", lambda: self._ipr.link("set", index=index, **attrs))
+        payload, up = _link_attrs(attrs)
+        self._call(f"set {name} {attrs}", lambda: self._rt.set_link(index, payload, up))
 
     def set_master(self, dev: str, master: str | None) -> None:
         """Attach dev to the bridge `master`, or detach it with None."""
         self.set_link(dev, master=self._index(master) if master else 0)
+
+    def set_port(self, dev: str, bridge: str, alias: str) -> None:
+        """In one request: dev named by alias, attached to bridge, up."""
+        self.set_link(dev, ifalias=alias, master=self._index(bridge), state="up")
 
     def set_alias(self, dev: str, alias: str) -> None:
         self.set_link(dev, ifalias=alias)
@@ -248,12 +283,13 @@ class Netlink:
         link = self.get_link(name)
         if link is None:
             return False
+        self._indexes.pop(name, None)
         try:
-            self._ipr.link("del", index=link.index)
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
+            self._rt.del_link(link.index)
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
                 return False
-            raise DriverError(f"delete {name}: {e.args[-1]}") from e
+            raise DriverError(f"delete {name}: {e.strerror}") from e
         return True
 
     # -- addresses -----------------------------------------------------------------------------
@@ -261,12 +297,8 @@ class Netlink:
     def addresses(self, dev: str) -> list[str]:
         """IPv4 addresses of dev as CIDR strings (e.g. 10.20.0.1/24)."""
         index = self._index(dev)
-        msgs = self._call(f"addresses of {dev}", lambda: self._ipr.get_addr(index=index))
-        return [
-            f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"
-            for m in msgs
-            if m["family"] == _AF_INET and m["index"] == index
-        ]
+        found = self._call(f"addresses of {dev}", lambda: self._rt.addresses(index))
+        return [f"{ip}/{prefix}" for ip, prefix in found]
 
     def ensure_address(self, dev: str, cidr: str) -> None:
         iface = ipaddress.IPv4Interface(cidr)
@@ -274,12 +306,10 @@ class Netlink:
             return
         index = self._index(dev)
         try:
-            self._ipr.addr(
-                "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            )
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise DriverError(f"add {cidr} to {dev}: {e.args[-1]}") from e
+            self._rt.address("add", index, str(iface.ip), iface.network.prefixlen)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise DriverError(f"add {cidr} to {dev}: {e.strerror}") from e
 
     def remove_addresses(self, dev: str, keep: tuple[str, ...] = ()) -> None:
         """Remove every IPv4 address of dev except those in keep."""
@@ -289,23 +319,21 @@ class Netlink:
                 continue
             iface = ipaddress.IPv4Interface(cidr)
             try:
-                self._ipr.addr(
-                    "del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-                )
-            except NetlinkError as e:
-                if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
-                    raise DriverError(f"remove {cidr} from {dev}: {e.args[-1]}") from e
+                self._rt.address("del", index, str(iface.ip), iface.network.prefixlen)
+            except OSError as e:
+                if e.errno not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                    raise DriverError(f"remove {cidr} from {dev}: {e.strerror}") from e
 
     # -- forwarding database -------------------------------------------------------------------
 
     def fdb_entries(self, dev: str) -> list[FdbEntry]:
         """Entries of a VXLAN device that name a remote VTEP (static and learned)."""
         index = self._index(dev)
-        msgs = self._call(f"fdb of {dev}", lambda: self._ipr.fdb("dump", ifindex=index))
+        msgs = self._call(f"fdb of {dev}", lambda: self._rt.fdb_dump(index))
         return [
-            FdbEntry(mac=m.get_attr("NDA_LLADDR"), dst=m.get_attr("NDA_DST"))
+            FdbEntry(mac=m.lladdr or ZERO_MAC, dst=m.dst)
             for m in msgs
-            if m["ifindex"] == index and m.get_attr("NDA_DST") is not None
+            if m.ifindex == index and m.dst is not None
         ]
 
     def fdb_append(self, dev: str, dst: str, mac: str = ZERO_MAC) -> None:
@@ -314,23 +342,14 @@ class Netlink:
             return
         index = self._index(dev)
         self._call(
-            f"fdb append {mac} {dst} on {dev}",
-            lambda: self._ipr.fdb("append", ifindex=index, lladdr=mac, dst=dst),
+            f"fdb append {mac} {dst} on {dev}", lambda: self._rt.fdb("append", index, mac, dst)
         )
 
     def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
         """A static entry: frames for mac go to the VTEP dst (and only there)."""
         index = self._index(dev)
         self._call(
-            f"fdb replace {mac} {dst} on {dev}",
-            lambda: self._ipr.fdb(
-                "replace",
-                ifindex=index,
-                lladdr=mac,
-                dst=dst,
-                state=_NUD_PERMANENT | _NUD_NOARP,
-                flags=_NTF_SELF,
-            ),
+            f"fdb replace {mac} {dst} on {dev}", lambda: self._rt.fdb("replace", index, mac, dst)
         )
 
     def fdb_del(self, dev: str, dst: str, mac: str = ZERO_MAC) -> None:
@@ -338,10 +357,10 @@ class Netlink:
             return
         index = self._index(dev)
         try:
-            self._ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst)
-        except NetlinkError as e:
-            if e.code != errno.ENOENT:
-                raise DriverError(f"fdb del {mac} {dst} on {dev}: {e.args[-1]}") from e
+            self._rt.fdb("del", index, mac, dst)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise DriverError(f"fdb del {mac} {dst} on {dev}: {e.strerror}") from e
 
 
 def set_sysctl(dev: str, key: str, value: str, family: str = "ipv6") -> bool:

@@ -1,0 +1,33 @@
+"""bench/network.py still runs (a few ports each way) and leaves no namespace behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nubes.lab import netns
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "network.py"
+
+
+def test_network_bench_smoke() -> None:
+    before = set(netns.list_names())
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--ports", "3", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"speedup \d+\.\dx", proc.stdout), proc.stdout
+    assert set(netns.list_names()) == before
