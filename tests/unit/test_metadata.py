@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -180,3 +181,30 @@ def test_server_answers_by_peer_address_not_headers(monkeypatch: pytest.MonkeyPa
     finally:
         server.close()
     assert server.bridges() == {}
+
+
+def test_server_bounds_concurrent_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nubes.metadata.server as srv
+
+    service = MetadataService()
+    service.set_table({"net-a": {"127.0.0.1": A}})
+    monkeypatch.setattr(srv, "METADATA_IP", "127.0.0.1")
+    monkeypatch.setattr(srv._Listener, "max_clients", 1)
+    server = MetadataServer(service, port=_free_port())
+    try:
+        server.serve({"net-a": "lo"})
+        if not server.bridges():
+            pytest.skip("cannot bind to a device here (needs CAP_NET_RAW)")
+        url = f"http://127.0.0.1:{server.port}/latest/meta-data/instance-id"
+        idle = socket.create_connection(("127.0.0.1", server.port))  # holds the only slot
+        try:
+            time.sleep(0.3)
+            with pytest.raises(OSError):
+                urllib.request.urlopen(url, timeout=5).read()  # noqa: S310 - loopback
+        finally:
+            idle.close()
+        time.sleep(0.3)
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+            assert resp.read().decode() == A.instance_id
+    finally:
+        server.close()

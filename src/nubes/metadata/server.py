@@ -66,11 +66,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _Listener(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    max_clients = 32  # per network: guests cannot make the agent spawn threads without bound
 
     def __init__(self, service: MetadataService, network_id: str, bridge: str, port: int) -> None:
         self.service = service
         self.network_id = network_id
         self.bridge = bridge
+        self._slots = threading.BoundedSemaphore(self.max_clients)
         super().__init__((METADATA_IP, port), _Handler, bind_and_activate=False)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
@@ -80,6 +82,22 @@ class _Listener(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: the guest retries
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetadataServer:
