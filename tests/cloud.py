@@ -18,28 +18,50 @@ from nubes.client import NubesClient
 from nubes.conf import Settings
 
 
+class Api:
+    """One API server (its own app, state directory and socket) on the cloud's database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        sock = settings.api_socket
+        self.server = uvicorn.Server(uvicorn.Config(self.app, uds=str(sock), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        self.url = f"unix://{sock}"
+
+    def close(self) -> None:
+        self.server.should_exit = True  # the app's shutdown stops its loops and its pool
+        self.thread.join(timeout=10)
+
+
 class Cloud:
-    def __init__(self, root: Path, hosts: int = 1, **overrides: Any) -> None:
+    """`apis` > 1 starts more API servers on the same database (PostgreSQL): agents talk to the
+    first; `self.apis[i].url` reaches the others."""
+
+    def __init__(self, root: Path, hosts: int = 1, apis: int = 1, **overrides: Any) -> None:
         self.root = root
         defaults: dict[str, Any] = dict(
             state_dir=root / "state",
             hypervisor_driver="fake",
             network_driver="fake",
+            qemu_user="",  # fake guests run as nobody in particular
             heartbeat_interval=0.5,
             host_down_after=3.0,
             sync_interval=0.5,
         )
         defaults.update(overrides)
         self.settings = Settings(**defaults)
-        self.app = create_app(self.settings)
-        sock = self.settings.api_socket
-        self.server = uvicorn.Server(uvicorn.Config(self.app, uds=str(sock), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
+        self.apis = [Api(self.settings)]
+        for i in range(2, apis + 1):
+            shared = {"state_dir": root / f"state-api{i}", "database_url": self.settings.db_url}
+            other = self.settings.model_copy(update=shared)
+            self.apis.append(Api(other))
+        self.app = self.apis[0].app
         token = json.loads((self.settings.state_dir / "client.json").read_text())["token"]
-        self.url, self.token = f"unix://{sock}", token
+        self.url, self.token = self.apis[0].url, token
         self.client = NubesClient(self.url, token)
         self.agents: list[tuple[Agent, threading.Event, list[threading.Thread]]] = []
         for i in range(hosts):
@@ -88,8 +110,8 @@ class Cloud:
     def close(self) -> None:
         for agent, _, _ in list(self.agents):
             self.stop_agent(agent)
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        for api in self.apis:
+            api.close()
         self.client.close()
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -17,11 +18,13 @@ from nubes.api.routes import (
     console,
     flavors,
     gc,
+    groups,
     hosts,
     images,
     keypairs,
     networks,
     operations,
+    projects,
     servers,
 )
 from nubes.api.state import AppState
@@ -31,10 +34,9 @@ from nubes.db.engine import make_engine, migrate, session_factory
 log = logging.getLogger("nubes.api")
 
 
-def _expire_loop(state: AppState) -> None:
+def _expire_loop(state: AppState, stop: threading.Event) -> None:
     """No operation, and so no instance, stays in a transitional state past the bound."""
-    while True:
-        time.sleep(min(10.0, state.settings.operation_timeout / 4))
+    while not stop.wait(min(10.0, state.settings.operation_timeout / 4)):
         try:
             with state.sessions() as session:
                 if operation_log.expire(session, state.settings.operation_timeout):
@@ -61,19 +63,43 @@ def create_app(settings: Settings) -> FastAPI:
         url = settings.api_url or f"unix://{settings.api_socket}"
         write_client_config(settings.state_dir / "client.json", url, token)
         log.info("admin token written to %s", settings.state_dir / "client.json")
+    stoppers: list[Callable[[], object]] = []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # background loops end with the server (tests start many apps in one process)
+        for stop in stoppers:
+            stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="nubes",
         version="0.1.0",
         description="A small IaaS compute service on QEMU.",
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
-    routers = (images, flavors, keypairs, networks, servers, console, hosts, operations, gc, agent)
-    for module in routers:
+    for module in (
+        images,
+        flavors,
+        keypairs,
+        networks,
+        servers,
+        console,
+        groups,
+        hosts,
+        projects,
+        operations,
+        gc,
+        agent,
+    ):
         app.include_router(module.router)
 
-    threading.Thread(target=_expire_loop, args=(app.state.nubes,), daemon=True).start()
-    gateways.start_keeper(app.state.nubes)
+    expiring = threading.Event()
+    threading.Thread(target=_expire_loop, args=(app.state.nubes, expiring), daemon=True).start()
+    keeper = gateways.start_keeper(app.state.nubes)
+    stoppers.extend([expiring.set, keeper.set, engine.dispose])
 
     @app.get("/v1", tags=["meta"])
     def version() -> dict[str, str]:

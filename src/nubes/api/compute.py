@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -12,11 +14,24 @@ from sqlalchemy.orm import Session
 from nubes.api import lookup, operations
 from nubes.api.deps import Caller
 from nubes.api.state import AppState, bump_generation
+from nubes.conf import Settings
 from nubes.db.ipam import allocate_ip, allocate_mac
-from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Port, utcnow
+from nubes.db.models import (
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Keypair,
+    Network,
+    Port,
+    ServerGroup,
+    utcnow,
+)
 from nubes.errors import Conflict, Forbidden, InvalidInput
-from nubes.scheduler.filters import Request
-from nubes.scheduler.placement import claim, release
+from nubes.scheduler import placement
+from nubes.scheduler.filters import DEFAULT_FILTERS, HostState, Request
+from nubes.scheduler.placement import claim, group_state, release
+from nubes.scheduler.weighers import weighers_for
 from nubes.schemas import resources as s
 
 log = logging.getLogger("nubes.api")
@@ -24,7 +39,14 @@ GIB = 1024**3
 CLAIM_RETRIES = 5
 
 
-def to_wire(session: Session, inst: Instance) -> s.Server:
+def host_up(host: Host | None, down_after: float) -> bool:
+    if host is None or host.last_heartbeat is None:
+        return False
+    return host.last_heartbeat >= utcnow() - timedelta(seconds=down_after)
+
+
+def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
+    """`down_after`: the host timeout; servers on a down host are UNKNOWN (computed, not stored)."""
     ports = session.execute(
         select(Network.name, Port.ip)
         .join(Network, Network.id == Port.network_id)
@@ -36,14 +58,19 @@ def to_wire(session: Session, inst: Instance) -> s.Server:
     host = session.get(Host, inst.host_id) if inst.host_id else None
     image = session.get(Image, inst.image_id)
     flavor = session.get(Flavor, inst.flavor_id)
+    group = session.get(ServerGroup, inst.group_id) if inst.group_id else None
+    status = inst.status
+    if host is not None and status != "DELETED" and not host_up(host, down_after):
+        status = "UNKNOWN"
     return s.Server(
         id=inst.id,
         name=inst.name,
-        status=inst.status,
+        status=status,
         task_state=inst.task_state,
         host=host.name if host else None,
         image=image.name if image else inst.image_id,
         flavor=flavor.name if flavor else inst.flavor_id,
+        group=group.name if group else None,
         addresses=addresses,
         key_name=inst.key_name,
         fault=inst.fault,
@@ -53,9 +80,20 @@ def to_wire(session: Session, inst: Instance) -> s.Server:
     )
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What a create names, looked up within the caller's project."""
+
+    image: Image
+    flavor: Flavor
+    network: Network
+    key: Keypair | None
+    group: ServerGroup | None
+
+
 def _validate(
-    session: Session, body: s.ServerCreate, who: Caller
-) -> tuple[Image, Flavor, Network, Keypair | None]:
+    session: Session, body: s.ServerCreate, who: Caller, check_name: bool = True
+) -> Resolved:
     if body.host and not who.is_admin:
         raise Forbidden("host: only an admin may choose the host", field="host")
     image = lookup.owned(session, Image, body.image, who, "image")
@@ -64,6 +102,7 @@ def _validate(
     flavor = lookup.flavor(session, body.flavor)
     network = lookup.owned(session, Network, body.network, who, "network")
     key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
+    group = lookup.owned(session, ServerGroup, body.group, who, "group") if body.group else None
     if image.virtual_size > flavor.disk_gb * GIB:
         raise InvalidInput(
             f"flavor: {flavor.name} has {flavor.disk_gb} GiB of disk, the image needs "
@@ -75,9 +114,58 @@ def _validate(
         Instance.name == body.name,
         Instance.deleted_at.is_(None),
     )
-    if session.scalar(taken):
+    if check_name and session.scalar(taken):
         raise Conflict(f"server {body.name!r} already exists", field="name")
-    return image, flavor, network, key
+    return Resolved(image, flavor, network, key, group)
+
+
+def _request(session: Session, body: s.ServerCreate, r: Resolved, lock: bool) -> Request:
+    return Request(
+        r.flavor.vcpus,
+        r.flavor.ram_mb,
+        r.flavor.disk_gb,
+        force_host=body.host,
+        overlay=r.network.overlay,
+        group=group_state(session, r.group, lock=lock) if r.group else None,
+    )
+
+
+def _place(
+    session: Session, settings: Settings, body: s.ServerCreate, who: Caller
+) -> tuple[Instance, HostState]:
+    """Validate, claim a host, write the instance and its port (the caller commits)."""
+    r = _validate(session, body, who)
+    host = claim(session, _request(session, body, r, lock=True), settings)
+    # one create at a time allocates in a network: a row lock on PostgreSQL, so racing creates
+    # on other hosts do not pick the same address (SQLite's write lock already serialises)
+    session.execute(select(Network.id).where(Network.id == r.network.id).with_for_update())
+    inst = Instance(
+        project_id=who.project_id,
+        name=body.name,
+        image_id=r.image.id,
+        flavor_id=r.flavor.id,
+        host_id=host.id,
+        group_id=r.group.id if r.group else None,
+        vcpus=r.flavor.vcpus,
+        ram_mb=r.flavor.ram_mb,
+        disk_gb=r.flavor.disk_gb,
+        key_name=r.key.name if r.key else "",
+        public_key=r.key.public_key if r.key else "",
+        user_data=body.user_data or "",
+    )
+    session.add(inst)
+    session.flush()
+    session.add(
+        Port(
+            network_id=r.network.id,
+            instance_id=inst.id,
+            mac=allocate_mac(session),
+            ip=allocate_ip(session, r.network),
+        )
+    )
+    if r.network.dhcp_host_id is None:
+        r.network.dhcp_host_id = host.id
+    return inst, host
 
 
 def create(
@@ -90,40 +178,14 @@ def create(
     whatever `also` adds for the answer (the Idempotency-Key's): a crash keeps all or none."""
     for attempt in range(CLAIM_RETRIES):
         with state.sessions() as session:
-            image, flavor, network, key = _validate(session, body, who)
-            req = Request(flavor.vcpus, flavor.ram_mb, flavor.disk_gb, force_host=body.host)
-            host = claim(session, req, state.settings)
-            inst = Instance(
-                project_id=who.project_id,
-                name=body.name,
-                image_id=image.id,
-                flavor_id=flavor.id,
-                host_id=host.id,
-                vcpus=flavor.vcpus,
-                ram_mb=flavor.ram_mb,
-                disk_gb=flavor.disk_gb,
-                key_name=key.name if key else "",
-                public_key=key.public_key if key else "",
-                user_data=body.user_data or "",
-            )
-            session.add(inst)
-            session.flush()
-            session.add(
-                Port(
-                    network_id=network.id,
-                    instance_id=inst.id,
-                    mac=allocate_mac(session),
-                    ip=allocate_ip(session, network),
-                )
-            )
-            if network.dhcp_host_id is None:
-                network.dhcp_host_id = host.id
-            operations.begin(session, inst, "create", f"scheduled on {host.name}")
-            bump_generation(session)
             try:
+                inst, host = _place(session, state.settings, body, who)
+                operations.begin(session, inst, "create", f"scheduled on {host.name}")
+                bump_generation(session)
+                # the answer from inside the transaction: no second one (SQLite: write lock)
+                server = to_wire(session, inst, state.settings.host_down_after)
                 if also is not None:
-                    session.flush()
-                    also(session, to_wire(session, inst))
+                    also(session, server)
                 session.commit()
             except IntegrityError:
                 # a racing create took the same name, address or MAC: try again from the top
@@ -132,8 +194,36 @@ def create(
                     raise Conflict("too many concurrent creates; try again") from None
                 continue
             state.notifier.notify()
-            return to_wire(session, inst)
+            return server
     raise AssertionError("unreachable")
+
+
+def explain(state: AppState, body: s.ServerCreate, who: Caller) -> s.Explanation:
+    """The scheduler's whole table for this request, without claiming anything."""
+    settings = state.settings
+    with state.sessions() as session:
+        r = _validate(session, body, who, check_name=False)
+        req = _request(session, body, r, lock=False)
+        verdicts = placement.explain(placement.host_states(session, settings), req, settings)
+        session.rollback()
+    chosen = next((v.host for v in verdicts if v.weight is not None), None)
+    return s.Explanation(
+        chosen=chosen,
+        filters=[name for name, _ in DEFAULT_FILTERS],
+        weighers=[f"{name} x{mult:g}" for name, _, mult in weighers_for(req, settings)],
+        hosts=[
+            s.HostVerdict(
+                host=v.host,
+                passed=v.weight is not None,
+                weight=v.weight,
+                filters=[
+                    s.FilterResult(name=n, passed=why is None, reason=why or "")
+                    for n, why in v.checks
+                ],
+            )
+            for v in verdicts
+        ],
+    )
 
 
 def finish_delete(session: Session, inst: Instance) -> None:

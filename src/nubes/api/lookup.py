@@ -8,12 +8,18 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import Caller
-from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Project
+from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Project, ServerGroup
 from nubes.errors import NotFound
 
-T = TypeVar("T", Image, Keypair, Network, Instance)
+T = TypeVar("T", Image, Keypair, Network, Instance, ServerGroup)
 
-KIND = {Image: "image", Keypair: "keypair", Network: "network", Instance: "server"}
+KIND = {
+    Image: "image",
+    Keypair: "keypair",
+    Network: "network",
+    Instance: "server",
+    ServerGroup: "group",
+}
 
 
 def admin_project_id(session: Session) -> str | None:

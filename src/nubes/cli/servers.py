@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nubes.cli.common import Output, OutputOpt, client, console, fail, handle_errors, show
+from nubes.cli.tenancy import print_explanation
 from nubes.client import ApiError, NubesClient
 from nubes.schemas import resources as s
 
@@ -15,7 +16,7 @@ server_app = typer.Typer(help="Instances: create, inspect, power, delete.", no_a
 console_app = typer.Typer(
     help="Serial console of an instance.", invoke_without_command=True, no_args_is_help=True
 )
-COLS = ("name", "status", "task_state", "host", "image", "flavor", "addresses", "id")
+COLS = ("name", "status", "task_state", "host", "image", "flavor", "group", "addresses", "id")
 
 
 def wait_for(c: NubesClient, ref: str, timeout: float, ready: bool) -> s.Server:
@@ -47,6 +48,10 @@ def create(
     key: str = typer.Option(None, help="keypair name"),
     user_data: Path = typer.Option(None, help="cloud-init user-data file (passed through)"),
     host: str = typer.Option(None, help="place on this host (admin only)"),
+    group: str = typer.Option(None, help="server group (its policy guides the placement)"),
+    explain: bool = typer.Option(
+        False, help="show each host's verdict per filter and its weight; create nothing"
+    ),
     wait: bool = typer.Option(False, help="wait until the guest is ready"),
     timeout: float = typer.Option(600, help="seconds --wait waits"),
     output: Output = OutputOpt,
@@ -60,8 +65,16 @@ def create(
         key_name=key,
         user_data=user_data.read_text() if user_data else None,
         host=host,
+        group=group,
     )
     c = client()
+    if explain:
+        ex = c.explain_server(body)
+        if output is Output.json:
+            show(ex, (), output)
+        else:
+            print_explanation(ex)
+        return
     server = c.create_server(body)
     if wait:
         server = wait_for(c, server.id, timeout, ready=True)

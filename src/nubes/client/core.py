@@ -41,6 +41,7 @@ def load_config() -> tuple[str, str]:
 
 class NubesClient:
     def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        self._url = url
         if url.startswith("unix://"):
             transport = httpx.HTTPTransport(uds=url[len("unix://") :])
             self._http = httpx.Client(transport=transport, base_url="http://nubes", timeout=timeout)
@@ -128,6 +129,28 @@ class NubesClient:
 
     def console_log(self, ref: str, tail: int = 0) -> str:
         return self.request("GET", f"/v1/servers/{ref}/console-log", params={"tail": tail}).text
+
+    def explain_server(self, body: s.ServerCreate) -> s.Explanation:
+        return self._post("/v1/servers/explain", s.Explanation, body)
+
+    def groups(self) -> list[s.Group]:
+        return self._list("/v1/groups", s.Group)
+
+    def group(self, ref: str) -> s.Group:
+        return self._get(f"/v1/groups/{ref}", s.Group)
+
+    def create_group(self, body: s.GroupCreate) -> s.Group:
+        return self._post("/v1/groups", s.Group, body)
+
+    def projects(self) -> list[s.Project]:
+        return self._list("/v1/projects", s.Project)
+
+    def create_project(self, body: s.ProjectCreate) -> s.ProjectCreated:
+        return self._post("/v1/projects", s.ProjectCreated, body)
+
+    @property
+    def url(self) -> str:
+        return self._url
 
     def hosts(self) -> list[s.Host]:
         return self._list("/v1/hosts", s.Host)

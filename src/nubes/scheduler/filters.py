@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from nubes.conf import Settings
+
+POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,16 @@ class HostState:
     used_vcpus: int
     used_ram_mb: int
     used_disk_gb: int
+    overlays: frozenset[str] = frozenset({"vxlan"})  # what the host's kernel can carry
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A server group as the scheduler sees it: where its live members run."""
+
+    name: str
+    policy: str  # one of POLICIES
+    members: Mapping[str, int] = field(default_factory=dict)  # host name -> live members
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,8 @@ class Request:
     ram_mb: int
     disk_gb: int
     force_host: str | None = None  # admin-only --host
+    overlay: str | None = None  # the network's overlay type
+    group: GroupState | None = None
 
 
 Filter = Callable[[HostState, Request, Settings], str | None]
@@ -68,10 +82,34 @@ def disk_filter(host: HostState, req: Request, s: Settings) -> str | None:
     )
 
 
+def overlay_filter(host: HostState, req: Request, s: Settings) -> str | None:
+    if req.overlay and req.overlay not in host.overlays:
+        has = ", ".join(sorted(host.overlays)) or "none"
+        return f"overlay: the network needs {req.overlay}, this host has {has}"
+    return None
+
+
+def affinity_filter(host: HostState, req: Request, s: Settings) -> str | None:
+    g = req.group
+    if g is None or g.policy != "affinity" or not g.members or host.name in g.members:
+        return None
+    return f"group {g.name} (affinity): its servers are on {', '.join(sorted(g.members))}"
+
+
+def anti_affinity_filter(host: HostState, req: Request, s: Settings) -> str | None:
+    g = req.group
+    if g is None or g.policy != "anti-affinity" or not g.members.get(host.name):
+        return None
+    return f"group {g.name} (anti-affinity): already has a server on this host"
+
+
 DEFAULT_FILTERS: tuple[tuple[str, Filter], ...] = (
     ("status", status_filter),
-    ("host", forced_host_filter),
+    ("forced-host", forced_host_filter),
     ("ram", ram_filter),
     ("vcpu", vcpu_filter),
     ("disk", disk_filter),
+    ("overlay", overlay_filter),
+    ("affinity", affinity_filter),
+    ("anti-affinity", anti_affinity_filter),
 )

@@ -2,54 +2,167 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    DateTime,
+    Executable,
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
-from nubes.db.models import Host, utcnow
+from nubes.db.models import Host, Instance, ServerGroup, utcnow
 from nubes.errors import NoValidHost
-from nubes.scheduler.filters import DEFAULT_FILTERS, HostState, Request
+from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Request
 from nubes.scheduler.weighers import weigh
+
+# Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
+# looks at this many best candidates instead of loading every host (1,000 hosts: see the bench).
+SHORTLIST = 16
+MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
+
+COLUMNS = (
+    Host.id,
+    Host.name,
+    Host.last_heartbeat,
+    Host.enabled,
+    Host.vcpus,
+    Host.ram_mb,
+    Host.disk_gb,
+    Host.used_vcpus,
+    Host.used_ram_mb,
+    Host.used_disk_gb,
+    Host.overlays,
+)
 
 
 @dataclass(frozen=True)
 class Verdict:
     host: str
-    reasons: tuple[str, ...]  # empty: passed every filter
-    weight: float | None
+    checks: tuple[tuple[str, str | None], ...]  # (filter, why it failed or None), in order
+    weight: float | None  # None: failed a filter
+    host_id: str = ""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(r for _, r in self.checks if r is not None)
+
+
+def _cutoff(s: Settings) -> datetime:
+    return utcnow() - timedelta(seconds=s.host_down_after)
+
+
+@functools.lru_cache(maxsize=64)
+def _overlays(text: str) -> frozenset[str]:
+    return frozenset(o for o in re.split(r"[,\s]+", text) if o)
+
+
+def _state(row: Any, cutoff: datetime) -> HostState:
+    overlays = _overlays(row.overlays or "")
+    return HostState(
+        id=row.id,
+        name=row.name,
+        up=row.last_heartbeat is not None and row.last_heartbeat >= cutoff,
+        enabled=row.enabled,
+        vcpus=row.vcpus,
+        ram_mb=row.ram_mb,
+        disk_gb=row.disk_gb,
+        used_vcpus=row.used_vcpus,
+        used_ram_mb=row.used_ram_mb,
+        used_disk_gb=row.used_disk_gb,
+        overlays=overlays,
+    )
 
 
 def host_states(session: Session, s: Settings) -> list[HostState]:
-    cutoff = utcnow() - timedelta(seconds=s.host_down_after)
-    rows = session.scalars(select(Host).order_by(Host.name)).all()
-    return [
-        HostState(
-            id=h.id,
-            name=h.name,
-            up=h.last_heartbeat is not None and h.last_heartbeat >= cutoff,
-            enabled=h.enabled,
-            vcpus=h.vcpus,
-            ram_mb=h.ram_mb,
-            disk_gb=h.disk_gb,
-            used_vcpus=h.used_vcpus,
-            used_ram_mb=h.used_ram_mb,
-            used_disk_gb=h.used_disk_gb,
-        )
-        for h in rows
-    ]
+    """Every host (for --explain and "no valid host" messages)."""
+    cutoff = _cutoff(s)
+    return [_state(r, cutoff) for r in session.execute(select(*COLUMNS).order_by(Host.name))]
+
+
+# The statements are built once with bound parameters: at 1,000 hosts and thousands of
+# placements, building SQL expressions per call cost more than running them (bench/scheduler.py).
+_FITS = and_(
+    Host.used_vcpus + bindparam("need_vcpus", type_=Integer)
+    <= Host.vcpus * bindparam("cpu_ratio", type_=Float),
+    Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer)
+    <= Host.ram_mb * bindparam("ram_ratio", type_=Float),
+    Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer)
+    <= Host.disk_gb * bindparam("disk_ratio", type_=Float),
+)
+_TAKE = (
+    update(Host)
+    .where(Host.id == bindparam("host_id"), _FITS)
+    .values(
+        used_vcpus=Host.used_vcpus + bindparam("need_vcpus", type_=Integer),
+        used_ram_mb=Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer),
+        used_disk_gb=Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer),
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def _params(req: Request, s: Settings) -> dict[str, Any]:
+    return {
+        "need_vcpus": req.vcpus,
+        "need_ram_mb": req.ram_mb,
+        "need_disk_gb": req.disk_gb,
+        "cpu_ratio": s.cpu_allocation_ratio,
+        "ram_ratio": s.ram_allocation_ratio,
+        "disk_ratio": s.disk_allocation_ratio,
+    }
+
+
+@functools.cache
+def _candidates_query(forced: bool, limited: bool, pack: bool) -> Executable:
+    up = Host.last_heartbeat >= bindparam("cutoff", type_=DateTime)
+    query = select(*COLUMNS).where(Host.enabled.is_(True), up, _FITS)
+    if forced:
+        forced_host = bindparam("force_host", type_=String)
+        query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
+    if limited:
+        free = Host.ram_mb * bindparam("ram_ratio", type_=Float) - Host.used_ram_mb
+        query = query.order_by(free.asc() if pack else free.desc(), Host.name)
+        query = query.limit(bindparam("limit", type_=Integer))
+    return query
+
+
+def candidates(
+    session: Session, req: Request, s: Settings, limit: int | None = None
+) -> list[HostState]:
+    """Hosts that pass the filters SQL can check (up, enabled, room, forced host).
+
+    A pre-filter only: the filters in Python still decide. With `limit`, the best `limit` hosts
+    by free RAM in the direction the weigher wants.
+    """
+    cutoff = _cutoff(s)
+    query = _candidates_query(
+        bool(req.force_host), limit is not None, s.scheduler_weigher == "pack"
+    )
+    params = _params(req, s) | {"cutoff": cutoff, "force_host": req.force_host, "limit": limit}
+    # Core, not ORM, execution: these are plain columns, and this runs on every create
+    return [_state(r, cutoff) for r in session.connection().execute(query, params)]
 
 
 def explain(hosts: list[HostState], req: Request, s: Settings) -> list[Verdict]:
-    """Every host's verdict, best candidate first."""
-    reasons = {
-        h.id: tuple(r for _, f in DEFAULT_FILTERS if (r := f(h, req, s)) is not None) for h in hosts
-    }
-    passed = [h for h in hosts if not reasons[h.id]]
+    """Every host's verdict per filter and its weight, best candidate first."""
+    checks = {h.id: tuple((name, f(h, req, s)) for name, f in DEFAULT_FILTERS) for h in hosts}
+    passed = [h for h in hosts if all(r is None for _, r in checks[h.id])]
     weights = dict(zip([h.id for h in passed], weigh(passed, req, s), strict=True))
-    verdicts = [Verdict(h.name, reasons[h.id], weights.get(h.id)) for h in hosts]
+    verdicts = [Verdict(h.name, checks[h.id], weights.get(h.id), h.id) for h in hosts]
     return sorted(verdicts, key=lambda v: (v.weight is None, -(v.weight or 0.0), v.host))
 
 
@@ -57,41 +170,56 @@ def no_host_message(verdicts: list[Verdict]) -> str:
     if not verdicts:
         return "no valid host: no hosts are registered"
     parts = [
-        f"{v.host}: {'; '.join(v.reasons) or 'lost a race for its last room'}" for v in verdicts
+        f"{v.host}: {'; '.join(v.reasons) or 'lost a race for its last room'}"
+        for v in verdicts[:MAX_LISTED]
     ]
+    if len(verdicts) > MAX_LISTED:
+        parts.append(f"and {len(verdicts) - MAX_LISTED} more hosts (see --explain)")
     return "no valid host: " + " | ".join(parts)
 
 
-def claim(session: Session, req: Request, s: Settings) -> Host:
+def group_state(session: Session, group: ServerGroup, lock: bool = True) -> GroupState:
+    """Where the group's live members run.
+
+    `lock` takes the group's row first (SELECT ... FOR UPDATE on PostgreSQL), so creates in one
+    group are serialised and each sees the members the previous one placed. SQLite needs no
+    row lock: every transaction there begins IMMEDIATE and so holds the database's write lock.
+    """
+    if lock:
+        session.execute(select(ServerGroup.id).where(ServerGroup.id == group.id).with_for_update())
+    rows = session.execute(
+        select(Host.name, func.count(Instance.id))
+        .join(Host, Host.id == Instance.host_id)
+        .where(Instance.group_id == group.id, Instance.deleted_at.is_(None))
+        .group_by(Host.name)
+    ).all()
+    return GroupState(group.name, group.policy, {name: int(n) for name, n in rows})
+
+
+def _take(session: Session, host_id: str, req: Request, s: Settings) -> bool:
+    """Add the request to the host's usage if it still fits (re-checked inside the write)."""
+    result = session.connection().execute(_TAKE, _params(req, s) | {"host_id": host_id})
+    return result.rowcount == 1
+
+
+def claim(session: Session, req: Request, s: Settings) -> HostState:
     """Pick the best host and add the request to its usage, atomically.
 
     The conditional UPDATE re-checks capacity inside the write, so two racing creates can
-    never both take the last room on a host, on SQLite or PostgreSQL alike.
+    never both take the last room on a host, on SQLite or PostgreSQL alike (PostgreSQL
+    re-evaluates the WHERE on the row the other transaction committed).
     """
-    hosts = host_states(session, s)
-    verdicts = explain(hosts, req, s)
-    by_name = {h.name: h for h in hosts}
-    for v in verdicts:
-        if v.reasons:
-            continue
-        h = by_name[v.host]
-        result = session.execute(
-            update(Host)
-            .where(Host.id == h.id)
-            .where(Host.used_vcpus + req.vcpus <= Host.vcpus * s.cpu_allocation_ratio)
-            .where(Host.used_ram_mb + req.ram_mb <= Host.ram_mb * s.ram_allocation_ratio)
-            .where(Host.used_disk_gb + req.disk_gb <= Host.disk_gb * s.disk_allocation_ratio)
-            .values(
-                used_vcpus=Host.used_vcpus + req.vcpus,
-                used_ram_mb=Host.used_ram_mb + req.ram_mb,
-                used_disk_gb=Host.used_disk_gb + req.disk_gb,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            host = session.get(Host, h.id, populate_existing=True)
-            assert host is not None
-            return host
+    tried: set[str] = set()
+    for limit in (SHORTLIST, None) if req.group is None else (None,):
+        hosts = candidates(session, req, s, limit)
+        for v in explain(hosts, req, s):
+            if v.weight is None or v.host_id in tried:
+                continue
+            tried.add(v.host_id)
+            if _take(session, v.host_id, req, s):
+                return next(h for h in hosts if h.id == v.host_id)  # usage as before the claim
+        if limit is not None and len(hosts) < limit:
+            break  # the shortlist held every candidate
     # re-read after the failed claims so the message reflects the current usage
     raise NoValidHost(no_host_message(explain(host_states(session, s), req, s)), field="flavor")
 

@@ -9,9 +9,16 @@ from nubes.scheduler.filters import HostState, Request
 
 Weigher = Callable[[HostState, Request, Settings], float]
 
+# A soft policy is what the user asked for: it outweighs a host's free RAM (1.0).
+GROUP_MULTIPLIER = 2.0
+
 
 def free_ram(host: HostState, req: Request, s: Settings) -> float:
     return host.ram_mb * s.ram_allocation_ratio - host.used_ram_mb
+
+
+def group_members(host: HostState, req: Request, s: Settings) -> float:
+    return float(req.group.members.get(host.name, 0)) if req.group else 0.0
 
 
 def normalise(values: Sequence[float]) -> list[float]:
@@ -21,12 +28,22 @@ def normalise(values: Sequence[float]) -> list[float]:
     return [(v - lo) / (hi - lo) for v in values]
 
 
+def weighers_for(req: Request, s: Settings) -> list[tuple[str, Weigher, float]]:
+    """(name, weigher, multiplier). Spread (default) prefers free RAM; pack the least of it."""
+    chosen: list[tuple[str, Weigher, float]] = [
+        ("ram", free_ram, -1.0 if s.scheduler_weigher == "pack" else 1.0)
+    ]
+    policy = req.group.policy if req.group else ""
+    if policy == "soft-affinity":
+        chosen.append(("soft-affinity", group_members, GROUP_MULTIPLIER))
+    elif policy == "soft-anti-affinity":
+        chosen.append(("soft-anti-affinity", group_members, -GROUP_MULTIPLIER))
+    return chosen
+
+
 def weigh(hosts: Sequence[HostState], req: Request, s: Settings) -> list[float]:
-    """Spread (default) prefers the most free RAM; pack prefers the least."""
-    multiplier = -1.0 if s.scheduler_weigher == "pack" else 1.0
-    weighers: list[tuple[Weigher, float]] = [(free_ram, multiplier)]
     totals = [0.0] * len(hosts)
-    for weigher, mult in weighers:
+    for _, weigher, mult in weighers_for(req, s):
         for i, value in enumerate(normalise([weigher(h, req, s) for h in hosts])):
             totals[i] += mult * value
     return totals

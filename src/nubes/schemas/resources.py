@@ -99,16 +99,18 @@ class ServerCreate(Model):
     key_name: str | None = Field(default=None, max_length=64)
     user_data: str | None = Field(default=None, max_length=65536)
     host: str | None = Field(default=None, max_length=64, description="admin only")
+    group: str | None = Field(default=None, max_length=64, description="server group")
 
 
 class Server(Model):
     id: str
     name: str
-    status: str
+    status: str  # BUILD|ACTIVE|SHUTOFF|ERROR|DELETED, or UNKNOWN while its host is down
     task_state: str
     host: str | None
     image: str
     flavor: str
+    group: str | None = None
     addresses: dict[str, list[str]]
     key_name: str
     fault: str
@@ -162,3 +164,56 @@ class GcReport(Model):
     hosts: dict[str, list[str]]  # per host: what nubes made there that nothing wants
     database: list[str]  # records that disagree (orphan ports, usage != sum of instances)
     repaired: list[str] = []
+
+
+class ProjectCreate(Model):
+    name: Name
+
+
+class Project(Model):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ProjectCreated(Project):
+    token: str = Field(description="a member token, shown only in this answer")
+
+
+GroupPolicy = Literal["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
+
+
+class GroupCreate(Model):
+    name: Name
+    policy: GroupPolicy
+
+
+class Group(Model):
+    id: str
+    name: str
+    policy: str
+    members: list[str]  # live servers, by name
+    hosts: list[str]  # the hosts they run on
+    created_at: datetime
+
+
+class FilterResult(Model):
+    name: str
+    passed: bool
+    reason: str
+
+
+class HostVerdict(Model):
+    host: str
+    passed: bool
+    weight: float | None  # None: failed a filter
+    filters: list[FilterResult]
+
+
+class Explanation(Model):
+    """The scheduler's table for one create: every host, every filter, the weights."""
+
+    chosen: str | None  # the host a create would try first
+    filters: list[str]
+    weighers: list[str]  # "name xmultiplier"
+    hosts: list[HostVerdict]  # best first

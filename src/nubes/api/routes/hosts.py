@@ -13,12 +13,22 @@ from nubes.schemas import resources as s
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
 
-def to_wire(session: SessionDep, h: Host, down_after: float) -> s.Host:
-    count = session.scalar(
-        select(func.count(Instance.id)).where(
+def live_counts(session: SessionDep) -> dict[str, int]:
+    """Live instances per host id, in one query."""
+    rows = session.execute(
+        select(Instance.host_id, func.count(Instance.id))
+        .where(Instance.deleted_at.is_(None), Instance.host_id.is_not(None))
+        .group_by(Instance.host_id)
+    ).all()
+    return {str(host_id): int(n) for host_id, n in rows}
+
+
+def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None = None) -> s.Host:
+    if count is None:
+        live = select(func.count(Instance.id)).where(
             Instance.host_id == h.id, Instance.deleted_at.is_(None)
         )
-    )
+        count = session.scalar(live) or 0
     return s.Host(
         id=h.id,
         name=h.name,
@@ -33,7 +43,7 @@ def to_wire(session: SessionDep, h: Host, down_after: float) -> s.Host:
         used_vcpus=h.used_vcpus,
         used_ram_mb=h.used_ram_mb,
         used_disk_gb=h.used_disk_gb,
-        instances=count or 0,
+        instances=count,
         last_heartbeat=h.last_heartbeat,
     )
 
@@ -41,7 +51,8 @@ def to_wire(session: SessionDep, h: Host, down_after: float) -> s.Host:
 @router.get("")
 def list_hosts(session: SessionDep, _: CallerDep, state: StateDep) -> list[s.Host]:
     rows = session.scalars(select(Host).order_by(Host.name))
-    return [to_wire(session, h, state.settings.host_down_after) for h in rows]
+    counts = live_counts(session)
+    return [to_wire(session, h, state.settings.host_down_after, counts.get(h.id, 0)) for h in rows]
 
 
 @router.get("/{ref}")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
@@ -8,19 +7,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
 from nubes.api import compute, lookup, redact
+from nubes.api.compute import host_up
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
 from nubes.api.idempotency import run_once
-from nubes.db.models import Host, Instance, utcnow
+from nubes.db.models import Host, Instance
 from nubes.schemas import resources as s
 from nubes.storage import consolelog
 
 router = APIRouter(prefix="/v1/servers", tags=["servers"])
-
-
-def host_up(host: Host | None, down_after: float) -> bool:
-    if host is None or host.last_heartbeat is None:
-        return False
-    return host.last_heartbeat >= utcnow() - timedelta(seconds=down_after)
 
 
 def shown(server: s.Server, who: Caller) -> s.Server:
@@ -34,13 +28,13 @@ def instance_dir(host: Host, instance_id: str) -> Path:
 
 
 @router.get("")
-def list_servers(session: SessionDep, who: CallerDep) -> list[s.Server]:
+def list_servers(session: SessionDep, who: CallerDep, state: StateDep) -> list[s.Server]:
     rows = session.scalars(
         select(Instance)
         .where(Instance.project_id == who.project_id, Instance.deleted_at.is_(None))
         .order_by(Instance.name)
     )
-    return [shown(compute.to_wire(session, i), who) for i in rows]
+    return [shown(compute.to_wire(session, i, state.settings.host_down_after), who) for i in rows]
 
 
 @router.post("", status_code=202, response_model=s.Server)
@@ -53,10 +47,17 @@ def create_server(
     )
 
 
+@router.post("/explain")
+def explain_server(body: s.ServerCreate, who: CallerDep, state: StateDep) -> s.Explanation:
+    """Run the scheduler on a create's body without placing anything: every host's verdict
+    per filter and its weight (`nubes server create ... --explain`)."""
+    return compute.explain(state, body, who)
+
+
 @router.get("/{ref}")
-def show_server(ref: str, session: SessionDep, who: CallerDep) -> s.Server:
+def show_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> s.Server:
     inst = lookup.owned(session, Instance, ref, who, "server")
-    return shown(compute.to_wire(session, inst), who)
+    return shown(compute.to_wire(session, inst, state.settings.host_down_after), who)
 
 
 @router.delete("/{ref}", status_code=202)
@@ -64,7 +65,7 @@ def delete_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep
     inst = lookup.owned(session, Instance, ref, who, "server")
     host = session.get(Host, inst.host_id) if inst.host_id else None
     compute.request_delete(state, session, inst, host_up(host, state.settings.host_down_after))
-    return shown(compute.to_wire(session, inst), who)
+    return shown(compute.to_wire(session, inst, state.settings.host_down_after), who)
 
 
 @router.post("/{ref}/action", status_code=202)
@@ -73,7 +74,7 @@ def server_action(
 ) -> s.Server:
     inst = lookup.owned(session, Instance, ref, who, "server")
     compute.act(state, session, inst, body)
-    return shown(compute.to_wire(session, inst), who)
+    return shown(compute.to_wire(session, inst, state.settings.host_down_after), who)
 
 
 @router.get("/{ref}/console-log", response_class=PlainTextResponse)
