@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgcluster
 
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import event, insert, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from nubes.api import compute  # noqa: E402
@@ -81,12 +81,15 @@ class Timings:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def setup(url: str, hosts: int, placements: int) -> Fixture:
+def setup(url: str, hosts: int, placements: int, synchronous: str = "") -> Fixture:
     """Schema, the admin project, 1 image, 1 network big enough, `hosts` hosts with room for
     every placement of all three kinds."""
     migrate(url)
     settings = Settings(database_url=url, host_down_after=86400.0, state_dir=Path("/nonexistent"))
     engine = make_engine(url)
+    if synchronous and engine.dialect.name == "sqlite":
+        # after nubes' own connect hook: bare and nubes share the engine, so both get it
+        event.listen(engine, "connect", lambda c, _: c.execute(f"PRAGMA synchronous={synchronous}"))
     sessions = session_factory(engine)
     with sessions() as session:
         seed_database(session)
@@ -185,18 +188,18 @@ RUNNERS: dict[str, Callable[[Fixture, int, Iterator[int], Timings], None]] = {
 }
 
 
-def run(url: str, hosts: int, placements: int, kinds: tuple[str, ...] = KINDS,
-        block: int = 200) -> dict[str, Timings]:  # fmt: skip
-    fx = setup(url, hosts, placements)
+def run(url: str, hosts: int, placements: int, creates: int, kinds: tuple[str, ...] = KINDS,
+        synchronous: str = "", rounds: int = 50) -> dict[str, Timings]:  # fmt: skip
+    """Each kind's count split into `rounds` interleaved blocks."""
+    fx = setup(url, hosts, max(placements, creates), synchronous)
     timings = {k: Timings() for k in kinds}
     names = {k: itertools.count() for k in kinds}
+    total = {k: creates if k == "create" else placements for k in kinds}
     try:
-        done = 0
-        while done < placements:
-            n = min(block, placements - done)
+        for r in range(rounds):
             for kind in kinds:
+                n = total[kind] * (r + 1) // rounds - total[kind] * r // rounds
                 RUNNERS[kind](fx, n, names[kind], timings[kind])
-            done += n
         check_usage(fx)
     finally:
         fx.state.engine.dispose()
@@ -217,9 +220,9 @@ def check_usage(fx: Fixture) -> None:
             assert host.used_ram_mb == (sums.get(host.id) or 0), host.name
 
 
-def report(db: str, hosts: int, timings: dict[str, Timings]) -> list[str]:
+def report(db: str, hosts: int, timings: dict[str, Timings], note: str = "") -> list[str]:
     base = timings["bare"].rate if "bare" in timings else 0.0
-    lines = [f"{db}, {hosts} hosts:"]
+    lines = [f"{db}{note}, {hosts} hosts:"]
     for kind, t in timings.items():
         ratio = f"{t.rate / base:6.1%} of bare" if base and kind != "bare" else ""
         lines.append(
@@ -251,7 +254,13 @@ def databases(which: list[str], cleanup: list[Callable[[], None]]) -> Iterator[t
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=1000)
-    ap.add_argument("--placements", type=int, default=10000)
+    ap.add_argument("--placements", type=int, default=10000, help="bare and placement runs")
+    ap.add_argument("--creates", type=int, default=1000, help="full compute.create runs")
+    ap.add_argument(
+        "--sqlite-synchronous",
+        default="",
+        help="e.g. FULL: an fsync per commit (nubes runs SQLite with NORMAL, WAL)",
+    )
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
     ap.add_argument("--kinds", default=",".join(KINDS), help="bare,placement,create")
     args = ap.parse_args(argv)
@@ -259,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     cleanup: list[Callable[[], None]] = []
     try:
         for db, url in databases(args.db.split(","), cleanup):
-            timings = run(url, args.hosts, args.placements, kinds)
-            print("\n".join(report(db, args.hosts, timings)), flush=True)
+            sync = args.sqlite_synchronous if db == "sqlite" else ""
+            timings = run(url, args.hosts, args.placements, args.creates, kinds, sync)
+            note = f" (synchronous={sync})" if sync else ""
+            print("\n".join(report(db, args.hosts, timings, note)), flush=True)
     finally:
         for fn in reversed(cleanup):
             fn()

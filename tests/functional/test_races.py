@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 
+from nubes.api import compute
 from nubes.client import NubesClient
+from nubes.db.models import Instance
 from nubes.schemas import resources as s
 from tests.cloud import Cloud
 from tests.functional.conftest import usage_mismatches
@@ -122,3 +124,27 @@ def test_an_agent_sees_what_another_api_server_did(make_cloud: MakeCloud) -> Non
         cloud.wait(lambda: not cloud.client.servers(), timeout=4, what="the delete")
     finally:
         other.close()
+
+
+def test_a_delete_finished_twice_releases_its_claim_once(ready: Cloud) -> None:
+    """Two finishers with the same view (a report and a delete on another API server)."""
+    server = ready.client.create_server(
+        s.ServerCreate(name="x", image="img", flavor="m1.tiny", network="net")
+    )
+    sessions = ready.app.state.nubes.sessions
+    with sessions() as session:  # the second finisher read the instance before the first ends
+        stale = session.get(Instance, server.id)
+        assert stale is not None
+        session.expunge(stale)
+    for inst in (None, stale):
+        with sessions() as session:
+            if inst is None:
+                inst = session.get(Instance, server.id)
+            else:
+                session.add(inst)
+            assert inst is not None
+            compute.finish_delete(session, inst)
+            session.commit()
+    host = ready.client.hosts()[0]
+    assert (host.used_vcpus, host.used_ram_mb, host.used_disk_gb) == (0, 0, 0)
+    assert usage_mismatches(ready) == []

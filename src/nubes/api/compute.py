@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.api import lookup, operations
 from nubes.api.deps import Caller
@@ -138,7 +139,8 @@ def _place(
     host = claim(session, _request(session, body, r, lock=True), settings)
     # one create at a time allocates in a network: a row lock on PostgreSQL, so racing creates
     # on other hosts do not pick the same address (SQLite's write lock already serialises)
-    session.execute(select(Network.id).where(Network.id == r.network.id).with_for_update())
+    if placement.row_locks(session):
+        session.execute(select(Network.id).where(Network.id == r.network.id).with_for_update())
     inst = Instance(
         project_id=who.project_id,
         name=body.name,
@@ -227,14 +229,28 @@ def explain(state: AppState, body: s.ServerCreate, who: Caller) -> s.Explanation
 
 
 def finish_delete(session: Session, inst: Instance) -> None:
-    """The host has let go of everything: free the port, the claim and the name."""
+    """The host has let go of everything: free the port, the claim and the name, once.
+
+    A conditional UPDATE marks the instance deleted only if nobody has yet, so two racing
+    finishers (an agent's report and a delete on another API server, say) never release its
+    claim twice: host usage stays the sum of its live instances.
+    """
+    now = utcnow()
+    marked = session.execute(
+        update(Instance)
+        .where(Instance.id == inst.id, Instance.deleted_at.is_(None))
+        .values(status="DELETED", task_state="", deleted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if marked.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(inst)  # another transaction finished it
+        return
+    for key, value in (("status", "DELETED"), ("task_state", ""), ("deleted_at", now)):
+        set_committed_value(inst, key, value)
     for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
         session.delete(port)
     if inst.host_id:
         release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
-    inst.status = "DELETED"
-    inst.task_state = ""
-    inst.deleted_at = utcnow()
     operations.finish(session, inst.id, "delete")
     bump_generation(session)
 

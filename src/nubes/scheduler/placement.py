@@ -178,6 +178,12 @@ def no_host_message(verdicts: list[Verdict]) -> str:
     return "no valid host: " + " | ".join(parts)
 
 
+def row_locks(session: Session) -> bool:
+    """Whether SELECT ... FOR UPDATE means anything: not on SQLite, whose transactions all
+    begin IMMEDIATE and so already hold the database's one write lock."""
+    return session.get_bind().dialect.name != "sqlite"
+
+
 def group_state(session: Session, group: ServerGroup, lock: bool = True) -> GroupState:
     """Where the group's live members run.
 
@@ -185,7 +191,7 @@ def group_state(session: Session, group: ServerGroup, lock: bool = True) -> Grou
     group are serialised and each sees the members the previous one placed. SQLite needs no
     row lock: every transaction there begins IMMEDIATE and so holds the database's write lock.
     """
-    if lock:
+    if lock and row_locks(session):
         session.execute(select(ServerGroup.id).where(ServerGroup.id == group.id).with_for_update())
     rows = session.execute(
         select(Host.name, func.count(Instance.id))
