@@ -19,7 +19,7 @@ from tests.integration.conftest import CACHE, LabCloud, start_lab, stop_lab
 from bench._common import median, row
 from nubes.hypervisor.base import InstanceSpec, NicSpec
 from nubes.hypervisor.qemu.accel import host_accel
-from nubes.hypervisor.qemu.cmdline import build_argv
+from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv
 from nubes.imagebuild.debian import DEFAULT_USER, build_debian
 from nubes.schemas import resources as s
 from nubes.storage import disks
@@ -28,7 +28,13 @@ from nubes.storage.seed import SeedData, SeedNic, write_seed
 NET = "10.79.0"
 
 
-def wait_ssh(cloud: LabCloud, ip: str, key: Path, timeout: float = 900) -> float:
+def wait_ssh(
+    cloud: LabCloud,
+    ip: str,
+    key: Path,
+    timeout: float = 900,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> float:
     start = time.perf_counter()
     argv = [
         "ip", "netns", "exec", cloud.host_ns(), "ssh", "-i", str(key),
@@ -37,6 +43,8 @@ def wait_ssh(cloud: LabCloud, ip: str, key: Path, timeout: float = 900) -> float
         "-o", "LogLevel=ERROR", f"{DEFAULT_USER}@{ip}", "true",
     ]  # fmt: skip
     while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited ({proc.returncode}) before SSH answered")
         if subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0:
             return time.perf_counter() - start
         time.sleep(0.5)
@@ -93,9 +101,11 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
         nics=(NicSpec(tap=tap, mac=mac, mtu=1450),),
     )
     argv = build_argv(spec, host_accel().name, "qemu-system-x86_64")
-    proc = subprocess.Popen([*ns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    RuntimePaths(inst).socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (inst / "qemu.log").open("wb") as err:
+        proc = subprocess.Popen([*ns, *argv], stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_ssh(cloud, ip, key)
+        wait_ssh(cloud, ip, key, proc=proc)
         return time.perf_counter() - start
     finally:
         proc.kill()
