@@ -183,3 +183,19 @@ def test_tenants_see_no_host_paths(cloud: Cloud, tmp_path: Path) -> None:
     assert str(cloud.settings.images_dir) in details["admin"], details
     assert str(cloud.settings.state_dir) not in details["tenant"], details
     tenant.close()
+
+
+def test_nul_characters_are_refused_everywhere(cloud: Cloud) -> None:
+    """PostgreSQL cannot hold NUL: refused as input on every database, never a 500."""
+    http = cloud.client
+    for method, path, body in (
+        ("GET", "/v1/servers/a%00b", None),
+        ("GET", "/v1/operations?server=a%00", None),
+        ("POST", "/v1/servers", {"name": "x", "image": "i", "flavor": "f", "network": "n",
+                                 "user_data": "#!/bin/sh\n\0"}),
+        ("POST", "/v1/keypairs", {"name": "k", "public_key": "ssh-ed25519 AAAA\0"}),
+    ):  # fmt: skip
+        with pytest.raises(ApiError) as err:
+            http.request(method, path, json=body)
+        assert err.value.status == 422, (path, err.value.detail)
+        assert "NUL" in err.value.detail

@@ -219,4 +219,4 @@ class InstanceReconciler:
             fault = info.reason or "the guest stopped on its own"
             state.running_expected = False
             self.layout.save_state(want.id, state)
-        return ObservedInstance(id=want.id, status="SHUTOFF", fault=fault)
+        return ObservedInstance(id=want.id, status="SHUTOFF", fault=fault[:1000])

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nubes.api import redact
 from nubes.errors import NubesError
@@ -30,7 +31,26 @@ def _field_of(loc: tuple[object, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+class RejectNul:
+    """ASGI middleware: a NUL in the path or query string gets a 422 before any route runs
+    (PostgreSQL's driver refuses NUL even as a query parameter: it would be a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query: bytes = scope.get("query_string", b"")
+            if "\0" in scope["path"] or b"%00" in query or b"\0" in query:
+                answer = problem(422, "Invalid input", "url: NUL characters are not allowed", "url")
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(RejectNul)
+
     @app.exception_handler(NubesError)
     async def _nubes(request: Request, exc: NubesError) -> JSONResponse:
         if exc.status >= 500:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from nubes.schemas.common import Name, NoNul
+
+# what fits the database's columns (32-bit integers, bounded strings): a 422, never a 500
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
-class HostRegister(BaseModel):
-    name: str
-    address: str = ""
-    accel: str
-    accel_note: str = ""
-    state_dir: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
-    overlays: str = "vxlan"  # comma-separated overlay kinds the host's kernel has
+class HostRegister(NoNul):
+    name: Name
+    address: str = Field(default="", max_length=64)
+    accel: str = Field(max_length=16)
+    accel_note: str = Field(default="", max_length=255)
+    state_dir: str = Field(max_length=1024)
+    vcpus: Count
+    ram_mb: Count
+    disk_gb: Count
+    # comma-separated overlay kinds the host's kernel has
+    overlays: str = Field(default="vxlan", max_length=64)
 
 
 class DesiredPort(BaseModel):
@@ -98,15 +106,17 @@ class DesiredState(BaseModel):
     networks: list[DesiredNetwork]
 
 
-class ObservedInstance(BaseModel):
-    id: str
-    status: str  # ACTIVE | SHUTOFF | ERROR | DELETED
-    fault: str = ""
+class ObservedInstance(NoNul):
+    id: str = Field(max_length=64)
+    status: Literal["ACTIVE", "SHUTOFF", "ERROR", "DELETED"]
+    fault: str = Field(default="", max_length=65536)
     ready: bool = False
-    reboot_gen: int = 0
-    steps: list[str] = []  # build steps finished in this pass (for the operation log)
+    reboot_gen: Count = 0
+    # build steps finished in this pass (for the operation log)
+    steps: list[Annotated[str, Field(max_length=64)]] = Field(default=[], max_length=64)
 
 
-class Report(BaseModel):
+class Report(NoNul):
     instances: list[ObservedInstance]
-    leftovers: list[str] = []  # what nubes made on the host that nothing wants, still there
+    # what nubes made on the host that nothing wants, still there
+    leftovers: list[Annotated[str, Field(max_length=255)]] = []

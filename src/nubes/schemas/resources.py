@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from nubes.schemas.common import Hostname, Name
+from nubes.schemas.common import Hostname, Name, NoNul
 
 
-class Model(BaseModel):
+class Model(NoNul):
     model_config = ConfigDict(extra="forbid")
 
 

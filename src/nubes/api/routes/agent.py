@@ -60,6 +60,7 @@ def desired(
     """Long-poll: answers when the generation differs from `since`, or after `wait` seconds."""
     deadline = time.monotonic() + wait
     local = state.notifier.local
+    _host(session, host_id)  # an unknown host is told at once, not after the wait
     while True:
         generation = read_generation(session)
         left = deadline - time.monotonic()
