@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Executable,
     Float,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    cast,
     func,
     or_,
     select,
@@ -26,11 +28,13 @@ from sqlalchemy.orm import Session
 from nubes.conf import Settings
 from nubes.db.models import Host, Instance, ServerGroup, utcnow
 from nubes.errors import NoValidHost
+from nubes.scheduler import shortlist
 from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Request
 from nubes.scheduler.weighers import weigh
 
 # Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
-# looks at this many best candidates instead of loading every host (1,000 hosts: see the bench).
+# looks at this many best candidates instead of loading every host (1,000 hosts: see the bench),
+# and remembers them for the next placements (shortlist.py).
 SHORTLIST = 16
 MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
 
@@ -95,17 +99,26 @@ def host_states(session: Session, s: Settings) -> list[HostState]:
 
 # The statements are built once with bound parameters: at 1,000 hosts and thousands of
 # placements, building SQL expressions per call cost more than running them (bench/scheduler.py).
+# Ratios are cast to double precision: psycopg2 sends a float as a numeric literal, and numeric
+# arithmetic over every host made PostgreSQL's scan several times slower.
+def _ratio(name: str) -> ColumnElement[float]:
+    return cast(bindparam(name, type_=Float), Float)
+
+
 _FITS = and_(
-    Host.used_vcpus + bindparam("need_vcpus", type_=Integer)
-    <= Host.vcpus * bindparam("cpu_ratio", type_=Float),
-    Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer)
-    <= Host.ram_mb * bindparam("ram_ratio", type_=Float),
+    Host.used_vcpus + bindparam("need_vcpus", type_=Integer) <= Host.vcpus * _ratio("cpu_ratio"),
+    Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer) <= Host.ram_mb * _ratio("ram_ratio"),
     Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer)
-    <= Host.disk_gb * bindparam("disk_ratio", type_=Float),
+    <= Host.disk_gb * _ratio("disk_ratio"),
 )
 _TAKE = (
     update(Host)
-    .where(Host.id == bindparam("host_id"), _FITS)
+    .where(
+        Host.id == bindparam("host_id"),
+        Host.enabled.is_(True),
+        Host.last_heartbeat >= bindparam("cutoff", type_=DateTime),
+        _FITS,
+    )
     .values(
         used_vcpus=Host.used_vcpus + bindparam("need_vcpus", type_=Integer),
         used_ram_mb=Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer),
@@ -134,7 +147,7 @@ def _candidates_query(forced: bool, limited: bool, pack: bool) -> Executable:
         forced_host = bindparam("force_host", type_=String)
         query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
     if limited:
-        free = Host.ram_mb * bindparam("ram_ratio", type_=Float) - Host.used_ram_mb
+        free = Host.ram_mb * _ratio("ram_ratio") - Host.used_ram_mb
         query = query.order_by(free.asc() if pack else free.desc(), Host.name)
         query = query.limit(bindparam("limit", type_=Integer))
     return query
@@ -204,8 +217,44 @@ def group_state(session: Session, group: ServerGroup, lock: bool = True) -> Grou
 
 def _take(session: Session, host_id: str, req: Request, s: Settings) -> bool:
     """Add the request to the host's usage if it still fits (re-checked inside the write)."""
-    result = session.connection().execute(_TAKE, _params(req, s) | {"host_id": host_id})
+    params = _params(req, s) | {"host_id": host_id, "cutoff": _cutoff(s)}
+    result = session.connection().execute(_TAKE, params)
     return result.rowcount == 1
+
+
+def _ranked(hosts: list[HostState], req: Request, s: Settings) -> list[HostState]:
+    """The hosts that pass every filter, best first."""
+    by_id = {h.id: h for h in hosts}
+    return [by_id[v.host_id] for v in explain(hosts, req, s) if v.weight is not None]
+
+
+def _claim_shortlisted(
+    session: Session, req: Request, s: Settings, tried: set[str]
+) -> HostState | None:
+    """Without a group: claim the best of a shortlist, remembered between placements while it
+    provably still holds the best host (see shortlist.py). None: let the full path decide."""
+    lists = shortlist.for_engine(session.get_bind())
+    key = lists.key(req, s)
+    for _ in range(3):
+
+        def untried(hosts: list[HostState]) -> list[HostState]:
+            return [h for h in _ranked(hosts, req, s) if h.id not in tried]
+
+        best = lists.best(key, untried, s)
+        if best is None:
+            hosts = candidates(session, req, s, SHORTLIST)
+            lists.remember(key, hosts, SHORTLIST, s)
+            ranked = untried(hosts)
+            if not ranked:
+                lists.forget(key)
+                return None
+            best = ranked[0]
+        tried.add(best.id)
+        if _take(session, best.id, req, s):
+            lists.placed(key, best, req)
+            return best
+        lists.forget(key)  # lost a race for it: read the hosts again
+    return None
 
 
 def claim(session: Session, req: Request, s: Settings) -> HostState:
@@ -216,16 +265,15 @@ def claim(session: Session, req: Request, s: Settings) -> HostState:
     re-evaluates the WHERE on the row the other transaction committed).
     """
     tried: set[str] = set()
-    for limit in (SHORTLIST, None) if req.group is None else (None,):
-        hosts = candidates(session, req, s, limit)
-        for v in explain(hosts, req, s):
-            if v.weight is None or v.host_id in tried:
-                continue
-            tried.add(v.host_id)
-            if _take(session, v.host_id, req, s):
-                return next(h for h in hosts if h.id == v.host_id)  # usage as before the claim
-        if limit is not None and len(hosts) < limit:
-            break  # the shortlist held every candidate
+    if req.group is None and not req.force_host:
+        host = _claim_shortlisted(session, req, s, tried)
+        if host is not None:
+            return host
+    hosts = candidates(session, req, s)
+    for h in _ranked(hosts, req, s):
+        if h.id not in tried and _take(session, h.id, req, s):
+            return h  # its usage as before the claim
+        tried.add(h.id)
     # re-read after the failed claims so the message reflects the current usage
     raise NoValidHost(no_host_message(explain(host_states(session, s), req, s)), field="flavor")
 
