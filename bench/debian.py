@@ -80,15 +80,19 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
         hostname=f"bare{index}",
         public_keys=(key.with_suffix(".pub").read_text().strip(),),
         default_user=DEFAULT_USER,
-        network=(SeedNic(mac=mac, address_cidr=f"{ip}/24", gateway=f"{NET}.1", dns=(f"{NET}.1",)),),
+        network=(
+            SeedNic(
+                mac=mac, address_cidr=f"{ip}/24", gateway=f"{NET}.1", dns=(f"{NET}.1",), mtu=1450
+            ),
+        ),
     )
     write_seed(seed, inst / "seed.iso")
-    bridge = next(
-        line.split(":")[1].strip().split("@")[0]
-        for line in cloud.in_host(["ip", "-o", "link"]).splitlines()
-        if ": nbr" in line
-    )
+    # nubes removed its bridge with its last instance: the bare guest gets its own
+    bridge = "brbare" + secrets.token_hex(2)
     ns = ["ip", "netns", "exec", cloud.host_ns()]
+    subprocess.run([*ns, "ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run([*ns, "ip", "addr", "add", f"{NET}.1/24", "dev", bridge], check=True)
+    subprocess.run([*ns, "ip", "link", "set", bridge, "up"], check=True)
     subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
     subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
     spec = InstanceSpec(
@@ -111,6 +115,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
         proc.kill()
         proc.wait()
         subprocess.run([*ns, "ip", "link", "del", tap], check=False)
+        subprocess.run([*ns, "ip", "link", "del", bridge], check=False)
         subprocess.run(["rm", "-rf", f"/run/nubes/{inst.name}"], check=False)
 
 
@@ -151,7 +156,9 @@ def bench_debian(rounds: int, build: bool) -> None:
             ours, bare = [], []
             for i in range(rounds):  # alternate, so drift on a noisy machine hits both
                 ours.append(nubes_boot(cloud, f"d{i}", key))
+                print(f"  nubes boot {i}: {ours[-1]:.1f} s", flush=True)
                 bare.append(bare_boot(cloud, Path(tmp), i, key))
+                print(f"  bare boot {i}: {bare[-1]:.1f} s", flush=True)
             print(row("debian: create -> SSH ready (median)", median(ours), median(bare)))
             print(f"{'':<44} goal: ratio <= 1.05")
         finally:
