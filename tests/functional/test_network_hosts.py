@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nubes.client import ApiError
+from nubes.client import ApiError, NubesClient
 from nubes.network.fake import FakeNetworkDriver
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
@@ -28,10 +28,13 @@ def cloud3(tmp_path: Path) -> Iterator[Cloud]:
         c.close()
 
 
+WAIT = 60  # seconds; generous: CI machines are shared and slow
+
+
 def create_on(cloud: Cloud, name: str, host: str) -> s.Server:
     body = s.ServerCreate(name=name, image="img", flavor="m1.tiny", network="net", host=host)
     server = cloud.client.create_server(body)
-    return cloud.wait_status(server.id, "ACTIVE")
+    return cloud.wait_status(server.id, "ACTIVE", WAIT)
 
 
 def desired_net(cloud: Cloud, host: str) -> a.DesiredNetwork | None:
@@ -69,13 +72,13 @@ def test_each_host_is_told_its_peers_and_where_every_port_is(cloud3: Cloud) -> N
             (macs["a2"], "10.255.0.12")
         ]
 
-    cloud3.wait(agent_spec_has_a2, what="host1's driver to get a2's forwarding entry")
+    cloud3.wait(agent_spec_has_a2, WAIT, what="host1's driver to get a2's forwarding entry")
     spec2 = spec_on(cloud3, "host2").state.networks[d2.id]
     assert spec2.gateway_underlay_ip == "10.255.0.11" and not spec2.serve_dhcp
 
     # a2 leaves host2: host2 drops the network, host1 its peer
     cloud3.client.delete_server("a2")
-    cloud3.wait(lambda: not spec_on(cloud3, "host2").list_networks(), what="host2 to let go")
+    cloud3.wait(lambda: not spec_on(cloud3, "host2").list_networks(), WAIT, what="host2 to let go")
     d1 = desired_net(cloud3, "host1")
     assert d1 is not None and (d1.peers, d1.remote_ports) == ([], [])
 
@@ -85,12 +88,15 @@ def test_gateway_moves_off_a_disabled_host_and_stays(cloud3: Cloud) -> None:
     create_on(cloud3, "a2", "host2")
     net_id = cloud3.client.network("net").id
     cloud3.client.set_host_enabled("host1", False)
-    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host2", what="move")
+    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host2", WAIT, what="move")
     cloud3.wait(
-        lambda: spec_on(cloud3, "host2").state.networks[net_id].serve_dhcp, what="host2 serving"
+        lambda: spec_on(cloud3, "host2").state.networks[net_id].serve_dhcp,
+        WAIT,
+        what="host2 serving",
     )
     cloud3.wait(
         lambda: not spec_on(cloud3, "host1").state.networks[net_id].serve_dhcp,
+        WAIT,
         what="host1 to stop serving",
     )
     assert spec_on(cloud3, "host1").state.networks[net_id].gateway_underlay_ip == "10.255.0.12"
@@ -103,7 +109,7 @@ def test_gateway_moves_off_a_down_host(cloud3: Cloud) -> None:
     create_on(cloud3, "a3", "host3")
     agent1 = next(ag for ag, _, _ in cloud3.agents if ag.host_name == "host1")
     cloud3.stop_agent(agent1)
-    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host3", 15, "move")
+    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host3", WAIT, "move")
     assert {h.name: h.state for h in cloud3.client.hosts()}["host1"] == "down"
     assert {x.name for x in cloud3.client.servers()} == {"a1", "a3"}  # nothing was deleted
     with pytest.raises(ApiError, match="host is down"):
@@ -115,8 +121,8 @@ def test_gateway_follows_the_ports_when_its_host_has_none_left(cloud3: Cloud) ->
     create_on(cloud3, "a1", "host1")
     create_on(cloud3, "a2", "host2")
     cloud3.client.delete_server("a1")
-    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host2", what="move")
-    cloud3.wait(lambda: not spec_on(cloud3, "host1").list_networks(), what="host1 to let go")
+    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host2", WAIT, what="move")
+    cloud3.wait(lambda: not spec_on(cloud3, "host1").list_networks(), WAIT, what="host1 to let go")
 
 
 def test_geneve_only_where_every_host_has_it(cloud3: Cloud) -> None:
@@ -152,3 +158,27 @@ def test_geneve_by_default_when_every_host_has_it(tmp_path: Path) -> None:
         assert (net.type, net.note) == ("geneve", "")
     finally:
         c.close()
+
+
+def test_no_host_serves_two_networks_of_overlapping_addresses(cloud3: Cloud) -> None:
+    create_on(cloud3, "a1", "host1")
+    assert cloud3.client.network("net").gateway_host == "host1"
+    created = cloud3.client.create_project(s.ProjectCreate(name="other"))
+    b = NubesClient(cloud3.url, created.token)
+    try:
+        b.create_network(s.NetworkCreate(name="net", cidr="10.20.0.0/24"))  # the same range
+        upload(b, "img", make_image(cloud3.root / "b.qcow2"))
+        # tenant B's first guest lands on host1 too: its gateway must live elsewhere
+        cloud3.client.set_host_enabled("host2", False)
+        cloud3.client.set_host_enabled("host3", False)
+        body = s.ServerCreate(name="b1", image="img", flavor="m1.tiny", network="net")
+        assert b.create_server(body).host == "host1"
+        assert b.network("net").gateway_host is None  # nowhere to put it yet
+        cloud3.client.set_host_enabled("host3", True)
+        cloud3.wait(lambda: b.network("net").gateway_host == "host3", WAIT, what="B's gateway")
+        assert cloud3.client.network("net").gateway_host == "host1"
+        spec = spec_on(cloud3, "host1").state.networks
+        cloud3.wait(lambda: len(spec) == 2, WAIT, what="host1 to carry both networks")
+        assert sorted(n.serve_dhcp for n in spec.values()) == [False, True]
+    finally:
+        b.close()

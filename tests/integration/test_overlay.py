@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nubes.lab import Lab, LabHost, netns
+from nubes.network import firewall
 from nubes.network.base import NetworkSpec, OverlayPeer, RemotePort
 from nubes.network.linuxbridge import LinuxBridgeDriver, gateway_mac, vxlan_name
 from nubes.network.netlink import ZERO_MAC, Netlink
@@ -228,3 +229,56 @@ def test_overlay_packets_only_from_peer_hosts(
         with netns.inside(h.netns):
             drivers[h.name].delete_network("net-ov")
             assert "inet" not in nft(["list", "tables"])
+
+
+def test_a_host_never_joins_up_two_tenants_with_the_same_addresses(
+    make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    """Host h serves tenant A's 10.20.0.0/24 and carries tenant B's bridge of the same range
+    (served elsewhere): B's guests get no ARP answer nor IP service from h's stack."""
+    host = make_ns("h")
+    served = net_spec("net-ta", dhcp_hosts=())
+    other = net_spec("net-tb", dhcp_hosts=(), serve_dhcp=False, gateway_underlay_ip=None)
+    with netns.inside(host):
+        driver = LinuxBridgeDriver(state_dir)
+        driver.ensure_network(served)
+        driver.ensure_network(other)
+        with Netlink() as nl:
+            b_mac = nl.get_link(other.bridge).mac  # type: ignore[union-attr]
+    guest = make_ns("g")
+    netns.attach_endpoint(host, other.bridge, guest, f"vt{_uid()}", "10.20.0.9/24", None, 1450)
+    a_guest = make_ns("a")  # tenant A has a guest here too (its bridge has carrier)
+    netns.attach_endpoint(host, served.bridge, a_guest, f"va{_uid()}", "10.20.0.7/24", None, 1450)
+
+    def arp_answered() -> bool:
+        argv = ["ip", "netns", "exec", guest, "busybox", "arping", "-c", "2", "-w", "3"]
+        argv += ["-I", "eth0", "10.20.0.1"]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+    def leaks_into_a() -> bool:
+        """Does a ping from B's guest to A's gateway address, sent to the host's MAC on B's
+        bridge, make the host send anything about B's guest into A's bridge?"""
+        cap = Capture(host, served.bridge, promisc=True)
+        try:
+            _ping(guest, "10.20.0.1", count=2)
+        finally:
+            frames = cap.close()
+        return any(socket.inet_aton("10.20.0.9") in f for f in frames)
+
+    assert not arp_answered()
+    subprocess.run(
+        ["ip", "-n", guest, "neigh", "replace", "10.20.0.1", "lladdr", b_mac, "dev", "eth0"],
+        check=True,
+    )
+    assert not leaks_into_a()
+    # the control: the host's defaults (weak host model) answer, and reply into A's bridge
+    sysctl = f"net.ipv4.conf.{other.bridge}.arp_ignore=0"
+    subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw", sysctl], check=True)
+    assert arp_answered()
+    with netns.inside(host):
+        firewall.apply(firewall.guard_remove_script(other.bridge))
+        nft(["flush", "chain", "inet", "nubes", "input"])
+    assert leaks_into_a()
+    with netns.inside(host):
+        driver.delete_network(served.id)
+        driver.delete_network(other.id)

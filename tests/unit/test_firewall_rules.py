@@ -67,6 +67,8 @@ def test_guard_lets_guests_reach_dhcp_icmp_and_metadata_only() -> None:
     script = firewall.guard_script("nbrx")
     rules = [ln for ln in script.splitlines() if ln.startswith("add rule inet nubes input")]
     assert rules == [
+        'add rule inet nubes input iifname "nbr*" fib daddr . iif type != '
+        "{ local, broadcast, multicast } drop",
         'add rule inet nubes input iifname "nbr*" ct state established,related accept',
         'add rule inet nubes input iifname "nbr*" udp dport 67 accept',
         'add rule inet nubes input iifname "nbr*" meta l4proto { icmp, ipv6-icmp } accept',

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from nubes.api import lookup, operations
+from nubes.api import gateways, lookup, operations
 from nubes.api.deps import Caller
 from nubes.api.state import AppState, bump_generation
 from nubes.conf import Settings
@@ -166,7 +166,9 @@ def _place(
         )
     )
     if r.network.dhcp_host_id is None:
-        r.network.dhcp_host_id = host.id
+        r.network.dhcp_host_id = gateways.first_host(
+            session, r.network, host.id, settings.host_down_after
+        )
     return inst, host
 
 

@@ -1,6 +1,7 @@
 """Where each network's gateway, DHCP and NAT are served: one host per network
 (`networks.dhcp_host_id`), moved when that host is down, disabled, or has no port left on the
-network while another host has some.
+network while another host has some. A host never serves two networks whose addresses
+overlap (two tenants may both pick 10.0.0.0/24): their gateways would share one routing table.
 
 A periodic pass in every API process; the conditional UPDATE makes racing passes (several API
 servers on one PostgreSQL) harmless: only one of them moves a given network.
@@ -8,9 +9,11 @@ servers on one PostgreSQL) harmless: only one of them moves a given network.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -22,32 +25,38 @@ from nubes.db.models import Host, Instance, Network, Port, utcnow
 log = logging.getLogger("nubes.api")
 
 
-def _choose(
-    current: str | None, with_ports: Counter[str], up: set[str], usable: set[str],
-    served: Counter[str], names: dict[str, str],
-) -> str | None:  # fmt: skip
-    """The host that should serve a network, or None to leave it where it is."""
-    if not any(h in up for h in with_ports):
-        return None  # no live instance on the network: nothing to serve
-    if current in usable and with_ports[current]:
-        return None
-    candidates = [h for h in usable if with_ports[h]] or (
-        [] if current in usable else sorted(usable)
-    )
-    if not candidates:
-        return None  # keep a disabled or down host rather than serve from nowhere
-    # the host with the fewest networks to serve, then the most ports of this one
-    return min(candidates, key=lambda h: (served[h], -with_ports[h], names[h]))
+@dataclass
+class _View:
+    """What placing gateways needs to know, read once per pass."""
+
+    names: dict[str, str]  # host id -> name
+    up: set[str]
+    usable: set[str]  # up and enabled
+    ports: dict[str, Counter[str]]  # network id -> host id -> ports
+    served: dict[str, list[Network]]  # host id -> the networks it serves (kept current)
+
+    def clashes(self, host: str, net: Network) -> bool:
+        """Does the host serve another network of overlapping addresses? Its stack would
+        hold both gateways in one routing table (no VRF in this kernel)."""
+        mine = ipaddress.ip_network(net.cidr)
+        return any(
+            o.id != net.id and ipaddress.ip_network(o.cidr).overlaps(mine)
+            for o in self.served.get(host, [])
+        )
+
+    def load(self, host: str) -> int:
+        return len(self.served.get(host, []))
+
+    def move(self, net: Network, old: str | None, new: str) -> None:
+        if old in self.served:
+            self.served[old] = [n for n in self.served[old] if n.id != net.id]
+        self.served.setdefault(new, []).append(net)
 
 
-def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, str]]:
-    """Move the gateways that need it; (network id, old host id, new host id) for each. The
-    caller commits."""
+def _view(session: Session, down_after: float) -> tuple[_View, list[Network]]:
     cutoff = utcnow() - timedelta(seconds=down_after)
     hosts = session.scalars(select(Host)).all()
-    names = {h.id: h.name for h in hosts}
     up = {h.id for h in hosts if h.last_heartbeat is not None and h.last_heartbeat >= cutoff}
-    usable = {h.id for h in hosts if h.id in up and h.enabled}
     ports: dict[str, Counter[str]] = defaultdict(Counter)
     rows = session.execute(
         select(Port.network_id, Instance.host_id)
@@ -58,11 +67,56 @@ def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, s
         if host_id is not None:
             ports[net_id][host_id] += 1
     nets = session.scalars(select(Network).order_by(Network.created_at)).all()
-    served = Counter(n.dhcp_host_id for n in nets if n.dhcp_host_id)
+    served: dict[str, list[Network]] = defaultdict(list)
+    for n in nets:
+        if n.dhcp_host_id:
+            served[n.dhcp_host_id].append(n)
+    view = _View(
+        names={h.id: h.name for h in hosts},
+        up=up,
+        usable={h.id for h in hosts if h.id in up and h.enabled},
+        ports=ports,
+        served=served,
+    )
+    return view, list(nets)
+
+
+def _choose(view: _View, net: Network) -> str | None:
+    """The host that should serve a network, or None to leave it where it is."""
+    with_ports = view.ports[net.id]
+    current = net.dhcp_host_id
+    if not any(h in view.up for h in with_ports):
+        return None  # no live instance on the network: nothing to serve
+    fits = {h for h in view.usable if not view.clashes(h, net)}
+    if current in fits and with_ports[current]:
+        return None
+    candidates = [h for h in fits if with_ports[h]] or (
+        [] if current in fits else sorted(fits)  # one that gets the network just for this
+    )
+    if not candidates:
+        return None  # keep a disabled or down host rather than serve from nowhere
+    # the host with the fewest networks to serve, then the most ports of this one
+    return min(candidates, key=lambda h: (view.load(h), -with_ports[h], view.names[h]))
+
+
+def first_host(session: Session, net: Network, host_id: str, down_after: float) -> str | None:
+    """Who serves a network that gets its first port (on host_id): that host, unless it
+    already serves a network of overlapping addresses; then the keeper's choice."""
+    view, _ = _view(session, down_after)
+    if not view.clashes(host_id, net):
+        return host_id
+    view.ports[net.id][host_id] += 1
+    return _choose(view, net)
+
+
+def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, str]]:
+    """Move the gateways that need it; (network id, old host id, new host id) for each. The
+    caller commits."""
+    view, nets = _view(session, down_after)
     moved = []
     for net in nets:
         old = net.dhcp_host_id
-        new = _choose(old, ports[net.id], up, usable, served, names)
+        new = _choose(view, net)
         if new is None or new == old:
             continue
         same = Network.dhcp_host_id.is_(None) if old is None else Network.dhcp_host_id == old
@@ -73,13 +127,11 @@ def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, s
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
-            served[new] += 1
-            if old:
-                served[old] -= 1
+            view.move(net, old, new)
             moved.append((net.id, old, new))
             log.info(
                 "network %s: gateway and DHCP move from %s to %s",
-                net.name, names.get(old or "", "nowhere"), names[new],
+                net.name, view.names.get(old or "", "nowhere"), view.names[new],
             )  # fmt: skip
     if moved:
         bump_generation(session)

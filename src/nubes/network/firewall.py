@@ -80,6 +80,9 @@ def _unjump(family: str, vmap: str, chain: str, key: str) -> str:
 
 
 _GUARD_INPUT = [
+    # Only to addresses of the bridge it came in on: one host may carry networks of several
+    # tenants with the same addresses, and the host's own stack must never join them up.
+    "fib daddr . iif type != { local, broadcast, multicast } drop",
     "ct state established,related accept",
     "udp dport 67 accept",  # DHCP
     "meta l4proto { icmp, ipv6-icmp } accept",  # ping the gateway, path MTU, neighbours

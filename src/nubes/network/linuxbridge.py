@@ -158,6 +158,9 @@ class LinuxBridgeDriver(NetworkDriver):
     def _ensure_network(self, nl: Netlink, spec: NetworkSpec) -> None:
         nl.ensure_bridge(spec.bridge, spec.mtu)
         set_sysctl(spec.bridge, "accept_ra", "0")  # never take a route from a guest's RA
+        # ARP answers only for the bridge's own addresses, from them: tenants' ranges overlap
+        set_sysctl(spec.bridge, "arp_ignore", "1", "ipv4")
+        set_sysctl(spec.bridge, "arp_announce", "2", "ipv4")
         # one request: alias, MAC, up
         nl.set_link(
             spec.bridge, ifalias=NET_ALIAS + spec.id, state="up", **self._bridge_mac(nl, spec)
