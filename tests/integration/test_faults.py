@@ -156,7 +156,7 @@ def test_qemu_killed_from_outside_shows_shutoff(lab: LabCloud) -> None:
     now = wait_for(shutoff, 30, "SHUTOFF", every=0.05)
     elapsed = time.monotonic() - started
     print(f"QEMU killed: SHUTOFF after {elapsed:.2f} s (sync interval {SYNC} s)")
-    assert elapsed < SYNC + 1.0
+    assert elapsed < SYNC + 0.5  # the period, plus the converging pass and the report
     assert "QEMU process exited (killed by SIGKILL)" in now.fault
     # stopped through the normal path: a start brings it back
     wait_status(cloud, server.id, "SHUTOFF")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,9 +104,14 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         since = -1
+        passed = time.monotonic()
         while not stop.is_set():
+            # a pass starts at most sync_interval after the previous one did (converging and
+            # reporting take part of it): a guest that dies is reported within one period
+            wait = max(0.0, self.settings.sync_interval - (time.monotonic() - passed))
             try:
-                desired = self.client.desired(self.host_id, since, self.settings.sync_interval)
+                desired = self.client.desired(self.host_id, since, wait)
+                passed = time.monotonic()
             except ApiError as exc:
                 log.warning("cannot read desired state: %s", exc.detail)
                 stop.wait(self.settings.sync_interval)
