@@ -24,14 +24,15 @@ RANDOM = bool(os.environ.get("NUBES_FUZZ_RANDOM"))  # explore new cases instead 
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+def cloud(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    """On SQLite and PostgreSQL (tests/functional/conftest.py): they refuse different things."""
     # Generated image URLs must never reach a real resolver or the network: every name
     # resolves to a documentation address, which the SSRF check refuses.
     def fake_getaddrinfo(host: str, port: Any, *args: Any, **kw: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 80))]
 
     monkeypatch.setattr("nubes.api.routes.images.socket.getaddrinfo", fake_getaddrinfo)
-    c = Cloud(tmp_path, hosts=1, database_url=os.environ.get("NUBES_FUZZ_DATABASE_URL", ""))
+    c = Cloud(tmp_path, hosts=1, database_url=database_url)
     try:
         image = c.client.create_image(s.ImageCreate(name="img", disk_format="qcow2"))
         data = make_image(tmp_path / "img.qcow2").read_bytes()
