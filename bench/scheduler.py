@@ -225,6 +225,8 @@ def report(db: str, hosts: int, timings: dict[str, Timings], note: str = "") -> 
     lines = [f"{db}{note}, {hosts} hosts:"]
     for kind, t in timings.items():
         ratio = f"{t.rate / base:6.1%} of bare" if base and kind != "bare" else ""
+        if ratio and kind == "placement":
+            ratio += " (goal >= 50%: " + ("met)" if t.rate >= base / 2 else "not met)")
         lines.append(
             f"  {kind:<10} {len(t.latencies):>6} in {sum(t.latencies):6.2f} s"
             f"  {t.rate:8.0f}/s  p50 {t.pct(0.5):6.2f} ms  p99 {t.pct(0.99):6.2f} ms  {ratio}"

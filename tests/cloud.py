@@ -67,9 +67,12 @@ class Cloud:
         for i in range(hosts):
             self.start_agent(f"host{i + 1}", f"10.255.0.{11 + i}")
 
-    def start_agent(self, name: str, address: str = "") -> Agent:
+    def start_agent(self, name: str, address: str = "", hypervisor: Any = None) -> Agent:
+        """`hypervisor`: an earlier agent's, for the same host coming back with its guests."""
         settings = self.settings.model_copy(update={"host_name": name, "host_address": address})
         agent = build_agent(settings, NubesClient(self.url, self.token))
+        if hypervisor is not None:
+            agent.hypervisor = agent.instances.hypervisor = hypervisor
         agent.register()
         stop = threading.Event()
         threads = [

@@ -138,7 +138,7 @@ def test_down_host_is_skipped_and_its_servers_are_unknown_not_deleted(
     server = create(cloud, "web1", host="host2")
     cloud.wait_status(server.id, "ACTIVE")
     agent2 = cloud.agents[1][0]
-    cloud.stop_agent(agent2)
+    cloud.stop_agent(agent2)  # the agent stops; its guests live on (the fake hypervisor)
     cloud.wait(lambda: {h.name: h.state for h in c.hosts()}["host2"] == "down", what="host2 down")
     assert c.server("web1").status == "UNKNOWN"
     assert [x.status for x in c.servers()] == ["UNKNOWN"]
@@ -149,7 +149,8 @@ def test_down_host_is_skipped_and_its_servers_are_unknown_not_deleted(
     host2 = {h.name: h for h in c.hosts()}["host2"]
     assert host2.instances == 1 and host2.used_ram_mb == 256  # still held, not deleted
     assert usage_mismatches(cloud) == []
-    cloud.start_agent("host2", "10.255.0.12")  # it comes back: the server is reported again
+    # the agent comes back to its guests: the server is reported again
+    cloud.start_agent("host2", "10.255.0.12", hypervisor=agent2.hypervisor)
     cloud.wait_status("web1", "ACTIVE")
 
 
