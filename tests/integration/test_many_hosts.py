@@ -378,7 +378,7 @@ def test_killed_host_is_marked_down_and_its_gateway_moves(world: World) -> None:
     on_dead = {x.name for x in world.a_servers.values() if x.host == dead}
     listed = {x.name: x for x in cloud.client.servers()}
     assert on_dead and on_dead <= set(listed)
-    assert all(listed[n].host == dead for n in on_dead)
+    assert all(listed[n].host == dead and listed[n].status == "UNKNOWN" for n in on_dead)
 
     peer = next(x for x in world.a_servers.values() if x.host == survivor)
     script = LATE_SCRIPT.replace("GW", GW).replace("PEER", peer.addresses["blue"][0])
