@@ -62,7 +62,8 @@ class LabCloud:
         ).stdout
 
 
-def start_lab(tmp_path: Path, hosts: int) -> LabCloud:
+def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
+    """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL."""
     needs_root()
     prefix = "t" + secrets.token_hex(2)
     state = tmp_path / "state"
@@ -74,6 +75,7 @@ def start_lab(tmp_path: Path, hosts: int) -> LabCloud:
         NUBES_API_PORT=str(20000 + secrets.randbelow(20000)),
         NUBES_HOST_DOWN_AFTER="6",
     )
+    env.update(extra_env)
     env.pop("NUBES_URL", None)
     env.pop("NUBES_TOKEN", None)
     cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from tests.integration.hostcheck import (
     wait_gone,
     wait_status,
 )
+from tests.pgcluster import PgCluster, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,57 @@ def test_database_locked_answers_503_and_guests_keep_running(lab: LabCloud) -> N
     wait_status(cloud, server.id, "SHUTOFF")
     delete_all(cloud)
     restart_api(cloud)
+
+
+@pytest.fixture
+def pg_lab(tmp_path: Path) -> Iterator[tuple[LabCloud, PgCluster]]:
+    """A 1-host lab whose API keeps its state in a PostgreSQL server of its own."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = PgCluster().start()
+    try:
+        url = cluster.create_database("lab")
+        cloud = start_lab(tmp_path, 1, NUBES_DATABASE_URL=url, NUBES_DB_TIMEOUT="2")
+        try:
+            yield cloud, cluster
+        finally:
+            stop_lab(cloud)
+    finally:
+        cluster.stop()
+
+
+def pg_ctl(cluster: PgCluster, *args: str) -> None:
+    runuser = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    argv = [*runuser, str(cluster.bin / "pg_ctl"), "-D", str(cluster.data), *args]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+
+def test_postgresql_down_answers_503_and_guests_keep_running(
+    pg_lab: tuple[LabCloud, PgCluster],
+) -> None:
+    cloud, cluster = pg_lab
+    cloud.nubes("image", "build", "tiny")
+    cloud.client.create_network(s.NetworkCreate(name="net1", cidr="10.41.0.0/24"))
+    server = create(cloud, "pgwait")
+    wait_status(cloud, server.id, "ACTIVE")
+    pid, agent = qemu_pids(cloud)[server.id], agent_pid(cloud)
+    pg_ctl(cluster, "-m", "fast", "stop")  # the server goes away, connections and all
+    try:
+        for _ in range(2):  # at once, and after a while (longer than host_down_after)
+            with pytest.raises(ApiError) as err:
+                cloud.client.server(server.id)
+            assert err.value.status == 503, err.value.detail
+            assert "database" in err.value.detail
+            time.sleep(8)
+    finally:
+        pg_ctl(cluster, "-l", str(cluster.root / "server.log"), "-w", "-t", "60", "start")
+    assert qemu_pids(cloud) == {server.id: pid} and agent_pid(cloud) == agent
+    hosts_up(cloud)
+    wait_status(cloud, server.id, "ACTIVE")
+    cloud.client.server_action(server.id, "stop")  # and changes converge again
+    wait_status(cloud, server.id, "SHUTOFF")
+    delete_all(cloud)
 
 
 def test_disk_full_during_create(lab: LabCloud, tmp_path: Path) -> None:
