@@ -121,7 +121,8 @@ def test_network_lifecycle_and_dnsmasq(make_ns: Callable[[str], str], state_dir:
             bridge = nl.get_link(net.bridge)
             assert bridge is not None and bridge.kind == "bridge" and bridge.up
             assert bridge.mtu == 1450 and bridge.alias == "nubes network net-1"
-            assert nl.addresses(net.bridge) == ["10.20.0.1/24"]
+            # the gateway, and the metadata service the serving host answers at
+            assert nl.addresses(net.bridge) == ["10.20.0.1/24", "169.254.169.254/32"]
 
         # dnsmasq lives in our namespace, unprivileged, with the reservation on file
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns.current_inode()
