@@ -19,6 +19,7 @@ import pytest
 from nubes.errors import DriverError
 from nubes.hypervisor.base import BootSpec, InstanceSpec, PowerState
 from nubes.hypervisor.qemu.accel import Accel
+from nubes.hypervisor.qemu.cmdline import RuntimePaths
 from nubes.hypervisor.qemu.driver import QemuDriver
 from nubes.hypervisor.qemu.monitor import Monitor
 
@@ -108,8 +109,9 @@ def test_lifecycle_adopt_reboot_power_off_destroy(
     assert info.state is PowerState.RUNNING and info.pid
     assert guest_pids(spec.id) == [info.pid]
     assert driver.info(spec.id) == info
-    for sock in ("qmp.sock", "serial.sock", "vnc.sock"):
-        assert (spec.instance_dir / sock).stat().st_mode & 0o077 == 0, sock
+    paths = RuntimePaths(spec.instance_dir)
+    for sock in (paths.qmp_sock, paths.serial_sock, paths.vnc_sock):
+        assert sock.stat().st_mode & 0o777 == 0o600, sock
     wait_for(lambda: console_count(spec, "Linux version") == 1, 60, "kernel banner")
 
     # A restarted agent: a new driver object finds the guest and leaves it alone.
@@ -156,7 +158,7 @@ def test_soft_reboot_starts_a_fresh_qemu_once_the_guest_is_off(
     spec = make_spec()
     first = driver.spawn(spec).pid
     # Stand in for a guest that honours ACPI: end QEMU while reboot() waits for it.
-    timer = threading.Timer(1.0, Monitor(spec.instance_dir / "qmp.sock").quit)
+    timer = threading.Timer(1.0, Monitor(RuntimePaths(spec.instance_dir).qmp_sock).quit)
     timer.start()
     try:
         driver.reboot(spec.id)
@@ -193,7 +195,7 @@ def test_spawn_with_bad_disk_leaves_nothing(
     assert "QEMU failed to start" in str(excinfo.value)
     assert guest_pids(spec.id) == []
     assert not (spec.instance_dir / "qemu.pid").exists()
-    assert not (spec.instance_dir / "qmp.sock").exists()
+    assert not RuntimePaths(spec.instance_dir).qmp_sock.exists()
     assert driver.list_instances() == []
 
 

@@ -297,6 +297,9 @@ class QemuDriver(HypervisorDriver):
         self._wait_ready(spec, child)
         if process.read_pidfile(paths.pidfile) != child.pid:
             raise DriverError(f"QEMU for instance {spec.id} wrote no valid pidfile")
+        for sock in (paths.qmp_sock, paths.serial_sock, paths.vnc_sock):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(sock, 0o600)  # umask 077 made them 0700; a socket needs no x bit
         return child.pid
 
     def _wait_ready(self, spec: InstanceSpec, child: subprocess.Popen[bytes]) -> None:
