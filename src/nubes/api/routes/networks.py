@@ -5,6 +5,7 @@ import logging
 
 from fastapi import APIRouter
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api import lookup
@@ -129,7 +130,12 @@ def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -
         mtu=VXLAN_MTU,
     )
     session.add(row)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # a racing create took the same name or VNI (PostgreSQL lets both read the same max)
+        session.rollback()
+        raise Conflict("another network was created at the same time; try again") from None
     if note:
         log.info("network %s: %s", row.name, note)
     return to_wire(session, row, note)
