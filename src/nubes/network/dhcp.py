@@ -164,6 +164,7 @@ class Dnsmasq:
         self.state_dir = state_dir
         self.binary = binary
         self.user = user
+        self._warned: set[Path] = set()
 
     def paths(self, network_id: str) -> DhcpPaths:
         return paths_for(self.state_dir, network_id)
@@ -174,7 +175,9 @@ class Dnsmasq:
         if world_traversable(d):
             return DEFAULT_USER
         # dnsmasq re-reads the hostsfile after dropping privileges: it must be able to reach it.
-        log.warning("%s is not world-traversable: dnsmasq keeps running as root", d)
+        if d not in self._warned:  # once per network, not on every converge pass
+            self._warned.add(d)
+            log.warning("%s is not world-traversable: dnsmasq keeps running as root", d)
         return "root"
 
     def pid(self, network_id: str) -> int | None:
