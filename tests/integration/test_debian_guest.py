@@ -113,6 +113,7 @@ def test_debian_guest_cloud_init_ssh_metadata_reboot(lab: LabCloud, tmp_path: Pa
     )
     addrs = ssh(cloud, "web1", "ip", "-4", "-o", "addr", "show")
     assert f"inet {ip1}/24" in addrs, addrs
+    assert "mtu 1450" in ssh(cloud, "web1", "ip", "-o", "link", "show", "eth0")  # the network's
     assert ssh(cloud, "web1", "cat", "/var/lib/cloud/data/instance-id") == web1.id
 
     # the metadata service knows each instance by where its request came from
