@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from tests.integration.conftest import LabCloud, start_lab, stop_lab  # noqa: E4
 from bench._common import median, row, timed, wait_for_text  # noqa: E402
 from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec  # noqa: E402
 from nubes.hypervisor.qemu.accel import host_accel  # noqa: E402
-from nubes.hypervisor.qemu.cmdline import build_argv  # noqa: E402
+from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv  # noqa: E402
 from nubes.imagebuild.tiny import READY_LINE  # noqa: E402
 from nubes.schemas import resources as s  # noqa: E402
 from nubes.storage import disks  # noqa: E402
@@ -89,6 +90,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
         ),
     )
     argv = build_argv(spec, host_accel().name, "qemu-system-x86_64")
+    RuntimePaths(inst).socket_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([*ns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_text(inst / "console.log", READY_LINE, 180)
@@ -97,7 +99,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
         proc.kill()
         proc.wait()
         subprocess.run([*ns, "ip", "link", "del", tap], check=False)
-        subprocess.run(["rm", "-rf", f"/run/nubes/{inst.name}"], check=False)
+        shutil.rmtree(RuntimePaths(inst).socket_dir, ignore_errors=True)
 
 
 def bench_boot(rounds: int) -> None:
