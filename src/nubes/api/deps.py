@@ -40,9 +40,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Caller:
-    """Its own short session: a request's main transaction must not start before it needs to."""
-    header = request.headers.get("authorization", "")
+def authenticate(state: AppState, header: str) -> Caller:
+    """The caller behind an `Authorization: Bearer` header (HTTP requests and websockets).
+
+    Its own short session: a request's main transaction must not start before it needs to."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
@@ -50,7 +51,11 @@ def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> 
         row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
         if row is None:
             raise Unauthorized("invalid token")
-        who = Caller(project_id=row.project_id, role=row.role)
+        return Caller(project_id=row.project_id, role=row.role)
+
+
+def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Caller:
+    who = authenticate(state, request.headers.get("authorization", ""))
     request.state.caller = who  # error answers are redacted for non-admins (api/errors.py)
     return who
 

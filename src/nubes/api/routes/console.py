@@ -16,14 +16,13 @@ import secrets
 from pathlib import Path
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api import lookup
-from nubes.api.deps import Caller, CallerDep, SessionDep, hash_token
+from nubes.api.deps import CallerDep, SessionDep, authenticate
 from nubes.api.state import AppState
-from nubes.db.models import Instance, Token
-from nubes.errors import Conflict, NubesError, Unauthorized
+from nubes.db.models import Instance
+from nubes.errors import Conflict, NubesError
 from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
 from nubes.schemas.console import VncAccess
@@ -38,19 +37,8 @@ def socket_path(instance_id: str, kind: str) -> Path:
     return SOCKET_ROOT / instance_id / f"{kind}.sock"
 
 
-def _authenticate(state: AppState, header: str) -> Caller:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    with state.sessions() as session:
-        row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
-        if row is None:
-            raise Unauthorized("invalid token")
-        return Caller(project_id=row.project_id, role=row.role)
-
-
 def _instance_id(state: AppState, header: str, ref: str) -> str:
-    who = _authenticate(state, header)
+    who = authenticate(state, header)
     with state.sessions() as session:
         return lookup.owned(session, Instance, ref, who, "server").id
 
