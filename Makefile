@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .cache/stamps
 APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base nftables iproute2 busybox-static \
-	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump \
+	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump iputils-ping \
 	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
 
 .PHONY: deps venv demo test lint unit functional integration clean-lab help
