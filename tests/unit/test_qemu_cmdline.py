@@ -21,6 +21,7 @@ COMMON_HEAD = [
     f"logfile={D}/console.log,logappend=on",
     "-serial", "chardev:serial0",
     "-vnc", f"unix:{D}/vnc.sock,password=on",
+    "-device", "VGA",
     "-drive", f"file={D}/disk.qcow2,format=qcow2,if=none,id=disk0,cache=writeback,discard=unmap",
     "-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1",
 ]  # fmt: skip

@@ -132,6 +132,8 @@ def _control(paths: RuntimePaths) -> list[str]:
         "-chardev", serial,
         "-serial", "chardev:serial0",
         "-vnc", f"unix:{_esc(paths.vnc_sock)},password=on",
+        # a display for VNC to show (-nodefaults removed the default one)
+        "-device", "VGA",
     ]  # fmt: skip
 
 
