@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +39,10 @@ def row(label: str, ours: float, theirs: float, unit: str = "s") -> str:
         f"{label:<44} nubes {ours:8.3f}{unit}   reference {theirs:8.3f}{unit}   "
         f"ratio {ours / theirs:6.2f}"
     )
+
+
+def plug_bare_tap(netns: str, tap: str, bridge: str) -> None:
+    """The hand-made way, for the bare-QEMU side of a comparison: a tap on a bridge."""
+    ns = ["ip", "netns", "exec", netns]
+    subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+    subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.cloud import Cloud  # noqa: E402
 from tests.integration.conftest import LabCloud, start_lab, stop_lab  # noqa: E402
 
-from bench._common import median, row, timed, wait_for_text  # noqa: E402
+from bench._common import median, plug_bare_tap, row, timed, wait_for_text  # noqa: E402
 from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec  # noqa: E402
 from nubes.hypervisor.qemu.accel import host_accel  # noqa: E402
 from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv  # noqa: E402
@@ -73,8 +73,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
         if ": nbr" in line
     )
     ns = ["ip", "netns", "exec", cloud.host_ns()]
-    subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
-    subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
+    plug_bare_tap(cloud.host_ns(), tap, bridge)
     spec = InstanceSpec(
         id=instance_id,
         vcpus=1,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.integration.conftest import CACHE, LabCloud, start_lab, stop_lab
 
-from bench._common import median, row
+from bench._common import median, plug_bare_tap, row
 from nubes.hypervisor.base import InstanceSpec, NicSpec
 from nubes.hypervisor.qemu.accel import host_accel
 from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv
@@ -93,8 +93,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
     subprocess.run([*ns, "ip", "link", "add", bridge, "type", "bridge"], check=True)
     subprocess.run([*ns, "ip", "addr", "add", f"{NET}.1/24", "dev", bridge], check=True)
     subprocess.run([*ns, "ip", "link", "set", bridge, "up"], check=True)
-    subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
-    subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
+    plug_bare_tap(cloud.host_ns(), tap, bridge)
     spec = InstanceSpec(
         id=instance_id,
         vcpus=1,
