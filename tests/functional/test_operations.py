@@ -32,6 +32,9 @@ def test_create_operation_lists_its_steps(ready: Cloud) -> None:
         "qemu",
         "active",
     ]
+    # the host's steps carry the host's own clock: in order, between accepted and active
+    times = [step.at for step in op.steps]
+    assert times == sorted(times) and len(set(times[2:7])) > 1
     ready.client.server_action("web1", "stop")
     ready.wait_status("web1", "SHUTOFF")
     kinds = [(o.kind, o.status) for o in ready.client.operations("web1")]

@@ -6,6 +6,7 @@ import logging
 import secrets
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 
 from nubes import faults
@@ -22,7 +23,7 @@ from nubes.hypervisor.base import (
     PowerState,
 )
 from nubes.network.base import NetworkDriver, PortSpec, bridge_name, tap_name
-from nubes.schemas.agent import DesiredInstance, ObservedInstance
+from nubes.schemas.agent import DesiredInstance, ObservedInstance, StepDone
 from nubes.storage import consolelog, disks
 from nubes.storage.seed import SeedData, SeedNic, write_seed
 
@@ -37,10 +38,10 @@ class InstanceReconciler:
     images: ImageCache
     guest: GuestUser = field(default_factory=GuestUser)  # who QEMU runs as
     # build steps finished per instance since the last report (the API's operation log)
-    steps: dict[str, list[str]] = field(default_factory=dict)
+    steps: dict[str, list[StepDone]] = field(default_factory=dict)
     crash_after: str = ""  # TEST ONLY: settings.fault_crash_after (nubes/faults.py)
 
-    def take_steps(self, instance_id: str) -> list[str]:
+    def take_steps(self, instance_id: str) -> list[StepDone]:
         return self.steps.pop(instance_id, [])
 
     # -- specs ---------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class InstanceReconciler:
         try:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
             self.guest.share(base, 0o640)  # read-only for guests: shared by all their overlays
-            done.append("image")
+            done.append(_stamp("image"))
             disks.create_overlay(
                 base,
                 want.image_format,
@@ -142,12 +143,12 @@ class InstanceReconciler:
         except Exception:
             revert.fail()
             shutil.rmtree(inst_dir, ignore_errors=True)
-            done.append("rolled back")
+            done.append(_stamp("rolled back"))
             raise
         revert.success()
 
-    def _step(self, done: list[str], step: str) -> None:
-        done.append(step)
+    def _step(self, done: list[StepDone], step: str) -> None:
+        done.append(_stamp(step))
         faults.crash_if(self.crash_after, step)
 
     def _start(self, want: DesiredInstance, state: LocalState) -> None:
@@ -220,3 +221,7 @@ class InstanceReconciler:
             state.running_expected = False
             self.layout.save_state(want.id, state)
         return ObservedInstance(id=want.id, status="SHUTOFF", fault=fault[:1000])
+
+
+def _stamp(step: str) -> StepDone:
+    return StepDone(name=step, at=datetime.now(UTC))

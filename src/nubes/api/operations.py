@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,8 +21,13 @@ DONE_WHEN = {
 }
 
 
-def _step(name: str, state: str = "done") -> dict[str, str]:
-    return {"step": name, "state": state, "at": utcnow().isoformat(timespec="milliseconds")}
+def _step(name: str, state: str = "done", at: datetime | None = None) -> dict[str, str]:
+    """`at`: when the host says the step ended (its clock); else now, on the API's."""
+    if at is None:
+        when = utcnow()
+    else:  # naive times are taken as UTC, like every time nubes stores
+        when = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+    return {"step": name, "state": state, "at": when.isoformat(timespec="milliseconds")}
 
 
 def begin(session: Session, inst: Instance, kind: str, *steps: str) -> Operation:
@@ -56,7 +61,7 @@ def observe(session: Session, inst: Instance, obs: ObservedInstance, host_name: 
     for op in running(session, inst.id):
         before = (op.steps, op.status, op.holder)
         steps = json.loads(op.steps)
-        steps += [_step(s) for s in obs.steps]
+        steps += [_step(s.name, at=s.at) for s in obs.steps]
         op.holder = host_name
         if obs.status == "ERROR":
             op.status, op.error = "failed", obs.fault

@@ -188,7 +188,7 @@ class NubesClient:
         )
 
     def report(self, host_id: str, body: a.Report) -> None:
-        self.request("POST", f"/v1/agent/hosts/{host_id}/report", json=body.model_dump())
+        self.request("POST", f"/v1/agent/hosts/{host_id}/report", json=body.model_dump(mode="json"))
 
     def download_image_part(self, image_id: str, part: str, dest: Path) -> None:
         with self._http.stream("GET", f"/v1/images/{image_id}/{part}", timeout=None) as resp:

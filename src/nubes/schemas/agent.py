@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
@@ -106,6 +107,13 @@ class DesiredState(BaseModel):
     networks: list[DesiredNetwork]
 
 
+class StepDone(NoNul):
+    """A build step as the host saw it end: the operation log shows the host's own clock."""
+
+    name: str = Field(max_length=64)
+    at: datetime
+
+
 class ObservedInstance(NoNul):
     id: str = Field(max_length=64)
     status: Literal["ACTIVE", "SHUTOFF", "ERROR", "DELETED"]
@@ -113,7 +121,7 @@ class ObservedInstance(NoNul):
     ready: bool = False
     reboot_gen: Count = 0
     # build steps finished in this pass (for the operation log)
-    steps: list[Annotated[str, Field(max_length=64)]] = Field(default=[], max_length=64)
+    steps: list[StepDone] = Field(default=[], max_length=64)
 
 
 class Report(NoNul):
