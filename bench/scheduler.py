@@ -42,10 +42,9 @@ from nubes.conf import Settings  # noqa: E402
 from nubes.db.engine import make_engine, migrate, session_factory  # noqa: E402
 from nubes.db.models import Flavor, Host, Image, Instance, Network, Project, new_id, utcnow  # noqa: E402
 from nubes.scheduler.filters import Request  # noqa: E402
-from nubes.scheduler.placement import claim  # noqa: E402
 from nubes.schemas import resources as s  # noqa: E402
 
-KINDS = ("bare", "placement", "create")
+KINDS = ("bare", "placement", "in-session", "create")
 BARE_INSERT = (
     "INSERT INTO instances (id, project_id, name, image_id, flavor_id, host_id, vcpus, ram_mb,"
     " disk_gb, status, task_state, desired_state, reboot_gen, hard_reboot, fault, key_name,"
@@ -151,25 +150,34 @@ def bare(fx: Fixture, n: int, names: Iterator[int], out: Timings) -> None:
         conn.close()
 
 
-def place(fx: Fixture, n: int, names: Iterator[int], out: Timings) -> None:
-    """The scheduling path of compute.create: claim() and the instance row, one transaction."""
+def place(fx: Fixture, n: int, names: Iterator[int], out: Timings, session: bool = False) -> None:
+    """compute.schedule, the scheduling path of compute.create (choose and claim a host, write
+    the instance row), each in a transaction of its own: on a pooled connection, or with
+    `session` inside an ORM session as the API's request holds one."""
     f = fx.flavor
+    engine = fx.state.engine
     sessions: sessionmaker[Session] = fx.state.sessions
     for _ in range(n):
         i = next(names)
         begin = time.perf_counter()
-        with sessions() as session:
-            req = Request(f.vcpus, f.ram_mb, f.disk_gb, overlay="vxlan")
-            host = claim(session, req, fx.state.settings)
-            session.add(
-                Instance(
-                    project_id=fx.who.project_id, name=f"p{i}", image_id=fx.image_id,
-                    flavor_id=f.id, host_id=host.id, vcpus=f.vcpus, ram_mb=f.ram_mb,
-                    disk_gb=f.disk_gb,
-                )
-            )  # fmt: skip
-            session.commit()
+        req = Request(f.vcpus, f.ram_mb, f.disk_gb, overlay="vxlan")
+        row = compute.instance_row(
+            project_id=fx.who.project_id, name=f"{'s' if session else 'p'}{i}",
+            image_id=fx.image_id, flavor_id=f.id,
+            vcpus=f.vcpus, ram_mb=f.ram_mb, disk_gb=f.disk_gb,
+        )  # fmt: skip
+        if session:
+            with sessions() as s:
+                compute.schedule(s.connection(), req, fx.state.settings, row)
+                s.commit()
+        else:
+            with engine.begin() as conn:
+                compute.schedule(conn, req, fx.state.settings, row)
         out.latencies.append(time.perf_counter() - begin)
+
+
+def place_in_session(fx: Fixture, n: int, names: Iterator[int], out: Timings) -> None:
+    place(fx, n, names, out, session=True)
 
 
 def create(fx: Fixture, n: int, names: Iterator[int], out: Timings) -> None:
@@ -184,6 +192,7 @@ def create(fx: Fixture, n: int, names: Iterator[int], out: Timings) -> None:
 RUNNERS: dict[str, Callable[[Fixture, int, Iterator[int], Timings], None]] = {
     "bare": bare,
     "placement": place,
+    "in-session": place_in_session,
     "create": create,
 }
 

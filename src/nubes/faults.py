@@ -3,7 +3,7 @@
 A crash point ends the process at once with `os._exit(137)`, exactly what `kill -9` leaves behind:
 no `finally`, no atexit, no flushed buffers, open transactions rolled back by the database.
 
-- Agent (`NUBES_FAULT_CRASH_AFTER=disk|seed|ports|qemu`): right after that step of a build.
+- Agent (`NUBES_FAULT_CRASH_AFTER=seed|ports|disk|qemu`): right after that step of a build.
 - API (`NUBES_FAULT_API_CRASH=create-before-commit|create-after-commit|delete-after-commit`):
   inside the create transaction once its rows are written, right after it commits, or right
   after a delete request commits. Hooked on the session, so the request code has no test paths.
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("nubes.faults")
 CRASH_STATUS = 137  # what a shell reports for a process killed by SIGKILL
-AGENT_POINTS = ("disk", "seed", "ports", "qemu")
+AGENT_POINTS = ("seed", "ports", "disk", "qemu")
 API_POINTS = ("create-before-commit", "create-after-commit", "delete-after-commit")
 
 
@@ -38,11 +38,16 @@ def install_api_hooks(sessions: sessionmaker[Session], configured: str) -> None:
     unknown = set(configured.split(",")) - set(API_POINTS)
     if unknown:
         raise ValueError(f"unknown API fault points {sorted(unknown)}; known: {API_POINTS}")
-    from nubes.db.models import Instance
+    from nubes.db.models import Instance, Operation
+
+    def creating(o: object) -> bool:
+        # a create's instance row is a prepared INSERT (compute.schedule), not an ORM object:
+        # its "create" operation, flushed with the port, marks the transaction instead
+        return isinstance(o, Instance) or (isinstance(o, Operation) and o.kind == "create")
 
     @event.listens_for(sessions, "after_flush")
     def _flushed(session: Session, _ctx: Any) -> None:
-        if any(isinstance(o, Instance) for o in session.new):
+        if any(creating(o) for o in session.new):
             crash_if(configured, "create-before-commit")  # rows written, transaction open
             session.info["fault_point"] = "create-after-commit"
         for obj in session.dirty:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from nubes.db.prepared import driver_execute
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -22,14 +26,38 @@ def make_engine(url: str, timeout: float = 30.0) -> Engine:
         )
         _sqlite_write_locks(engine, timeout)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=20,
         max_overflow=20,
-        pool_pre_ping=True,
         pool_timeout=timeout,
         connect_args={"connect_timeout": max(1, round(timeout))},
     )
+    _drop_closed_connections(engine)
+    return engine
+
+
+def _drop_closed_connections(engine: Engine) -> None:
+    """Replace pooled connections the server has closed, before they are used.
+
+    Not pool_pre_ping: its SELECT 1 is a round trip on every checkout, i.e. on every request.
+    An idle connection's socket has nothing to read unless the server has said goodbye (the
+    FATAL message and EOF it sends when it stops, restarts or terminates the backend), so a
+    poll with no timeout tells a closed one from a live one at the cost of a system call. The
+    pool then connects afresh; if the server is still away that fails with OperationalError
+    (the API's 503) and a later request connects again once it is back.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_conn.closed or _readable(dbapi_conn.fileno()):
+            raise DisconnectionError("the database server closed this connection")
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))  # POLLHUP and POLLERR are reported too
 
 
 def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
@@ -48,7 +76,8 @@ def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # on the driver: exec_driver_sql's machinery cost more than the BEGIN (bench/scheduler.py)
+        driver_execute(conn, "BEGIN IMMEDIATE", ())
 
 
 def migrate(url: str) -> None:

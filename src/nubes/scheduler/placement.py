@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     DateTime,
     Executable,
     Float,
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
 from nubes.db.models import Host, Instance, ServerGroup, utcnow
+from nubes.db.prepared import Prepared
 from nubes.errors import NoValidHost
 from nubes.scheduler import shortlist
 from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Request
@@ -34,8 +36,9 @@ from nubes.scheduler.weighers import weigh
 
 # Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
 # looks at this many best candidates instead of loading every host (1,000 hosts: see the bench),
-# and remembers them for the next placements (shortlist.py).
-SHORTLIST = 16
+# and remembers them for the next placements (shortlist.py). The read costs about the same for
+# 16 or 64 (it sorts every host that fits), and a longer list is read less often.
+SHORTLIST = 64
 MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
 
 COLUMNS = (
@@ -51,6 +54,9 @@ COLUMNS = (
     Host.used_disk_gb,
     Host.overlays,
 )
+# candidates() passes only hosts SQL found up and enabled: those two need no reading (nor
+# SQLite's datetime parsing, a good part of a shortlist read's cost)
+CANDIDATE_COLUMNS = tuple(c for c in COLUMNS if c not in (Host.last_heartbeat, Host.enabled))
 
 
 @dataclass(frozen=True)
@@ -91,10 +97,10 @@ def _state(row: Any, cutoff: datetime) -> HostState:
     )
 
 
-def host_states(session: Session, s: Settings) -> list[HostState]:
+def host_states(conn: Connection, s: Settings) -> list[HostState]:
     """Every host (for --explain and "no valid host" messages)."""
     cutoff = _cutoff(s)
-    return [_state(r, cutoff) for r in session.execute(select(*COLUMNS).order_by(Host.name))]
+    return [_state(r, cutoff) for r in conn.execute(select(*COLUMNS).order_by(Host.name))]
 
 
 # The statements are built once with bound parameters: at 1,000 hosts and thousands of
@@ -111,7 +117,9 @@ _FITS = and_(
     Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer)
     <= Host.disk_gb * _ratio("disk_ratio"),
 )
-_TAKE = (
+# The claim: run for every create, on the driver (db/prepared.py). RETURNING gives the host's
+# usage as it now is in the database, which the shortlist keeps (SQLite >= 3.35, PostgreSQL).
+_TAKE = Prepared(
     update(Host)
     .where(
         Host.id == bindparam("host_id"),
@@ -124,7 +132,7 @@ _TAKE = (
         used_ram_mb=Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer),
         used_disk_gb=Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer),
     )
-    .execution_options(synchronize_session=False)
+    .returning(Host.used_vcpus, Host.used_ram_mb, Host.used_disk_gb)
 )
 
 
@@ -140,21 +148,24 @@ def _params(req: Request, s: Settings) -> dict[str, Any]:
 
 
 @functools.cache
-def _candidates_query(forced: bool, limited: bool, pack: bool) -> Executable:
+def _candidates_query(forced: bool, limited: bool, pack: bool, collate: bool) -> Executable:
     up = Host.last_heartbeat >= bindparam("cutoff", type_=DateTime)
-    query = select(*COLUMNS).where(Host.enabled.is_(True), up, _FITS)
+    query = select(*CANDIDATE_COLUMNS).where(Host.enabled.is_(True), up, _FITS)
     if forced:
         forced_host = bindparam("force_host", type_=String)
         query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
     if limited:
         free = Host.ram_mb * _ratio("ram_ratio") - Host.used_ram_mb
-        query = query.order_by(free.asc() if pack else free.desc(), Host.name)
+        # ties by name as Python compares them (code points): SQLite's default; PostgreSQL's
+        # may follow a locale ("web-2" after "web10"), so ask for "C" there
+        name = Host.name.collate("C") if collate else Host.name
+        query = query.order_by(free.asc() if pack else free.desc(), name)
         query = query.limit(bindparam("limit", type_=Integer))
     return query
 
 
 def candidates(
-    session: Session, req: Request, s: Settings, limit: int | None = None
+    conn: Connection, req: Request, s: Settings, limit: int | None = None
 ) -> list[HostState]:
     """Hosts that pass the filters SQL can check (up, enabled, room, forced host).
 
@@ -162,12 +173,16 @@ def candidates(
     by free RAM in the direction the weigher wants.
     """
     cutoff = _cutoff(s)
+    collate = conn.dialect.name == "postgresql"
     query = _candidates_query(
-        bool(req.force_host), limit is not None, s.scheduler_weigher == "pack"
+        bool(req.force_host), limit is not None, s.scheduler_weigher == "pack", collate
     )
     params = _params(req, s) | {"cutoff": cutoff, "force_host": req.force_host, "limit": limit}
     # Core, not ORM, execution: these are plain columns, and this runs on every create
-    return [_state(r, cutoff) for r in session.connection().execute(query, params)]
+    return [
+        HostState(r[0], r[1], True, True, r[2], r[3], r[4], r[5], r[6], r[7], _overlays(r[8] or ""))
+        for r in conn.execute(query, params)
+    ]
 
 
 def explain(hosts: list[HostState], req: Request, s: Settings) -> list[Verdict]:
@@ -215,11 +230,19 @@ def group_state(session: Session, group: ServerGroup, lock: bool = True) -> Grou
     return GroupState(group.name, group.policy, {name: int(n) for name, n in rows})
 
 
-def _take(session: Session, host_id: str, req: Request, s: Settings) -> bool:
-    """Add the request to the host's usage if it still fits (re-checked inside the write)."""
-    params = _params(req, s) | {"host_id": host_id, "cutoff": _cutoff(s)}
-    result = session.connection().execute(_TAKE, params)
-    return result.rowcount == 1
+def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
+    """Add the request to the host's usage if it still fits (re-checked inside the write: on
+    PostgreSQL a racing UPDATE of the row makes this one wait, then re-evaluate its WHERE on the
+    committed row). False: the claim lost."""
+    params = _params(req, s) | {"host_id": host.id, "cutoff": _cutoff(s)}
+    rows = _TAKE.execute(conn, params).fetchall()  # fetch all: ends the statement
+    if rows:  # this process's shortlists take the host's usage as the database now has it
+        shortlist.for_engine(conn.engine).changed(host.id, host.name, host.ram_mb, rows[0])
+    return bool(rows)
+
+
+def passes(host: HostState, req: Request, s: Settings) -> bool:
+    return all(f(host, req, s) is None for _, f in DEFAULT_FILTERS)
 
 
 def _ranked(hosts: list[HostState], req: Request, s: Settings) -> list[HostState]:
@@ -229,57 +252,57 @@ def _ranked(hosts: list[HostState], req: Request, s: Settings) -> list[HostState
 
 
 def _claim_shortlisted(
-    session: Session, req: Request, s: Settings, tried: set[str]
+    conn: Connection, req: Request, s: Settings, tried: set[str]
 ) -> HostState | None:
-    """Without a group: claim the best of a shortlist, remembered between placements while it
+    """The fast path, without a group or a forced host (free RAM the only weigher): claim the
+    first host of a shortlist that passes the filters, remembered between placements while it
     provably still holds the best host (see shortlist.py). None: let the full path decide."""
-    lists = shortlist.for_engine(session.get_bind())
+    lists = shortlist.for_engine(conn.engine)
     key = lists.key(req, s)
+
+    def ok(h: HostState) -> bool:
+        return h.id not in tried and passes(h, req, s)
+
     for _ in range(3):
-
-        def untried(hosts: list[HostState]) -> list[HostState]:
-            return [h for h in _ranked(hosts, req, s) if h.id not in tried]
-
-        best = lists.best(key, untried, s)
+        best = lists.best(key, ok, s)
         if best is None:
-            hosts = candidates(session, req, s, SHORTLIST)
-            lists.remember(key, hosts, SHORTLIST, s)
-            ranked = untried(hosts)
-            if not ranked:
-                lists.forget(key)
+            lists.remember(key, candidates(conn, req, s, SHORTLIST), SHORTLIST, s)
+            best = lists.best(key, ok, s)  # from a fresh read: None only if none passes
+            if best is None:
                 return None
-            best = ranked[0]
         tried.add(best.id)
-        if _take(session, best.id, req, s):
-            lists.placed(key, best, req)
+        if _take(conn, best, req, s):
             return best
         lists.forget(key)  # lost a race for it: read the hosts again
     return None
 
 
-def claim(session: Session, req: Request, s: Settings) -> HostState:
-    """Pick the best host and add the request to its usage, atomically.
+def claim(conn: Connection, req: Request, s: Settings) -> HostState:
+    """Pick the best host and add the request to its usage, atomically, in `conn`'s transaction
+    (a session's: `session.connection()`).
 
     The conditional UPDATE re-checks capacity inside the write, so two racing creates can
     never both take the last room on a host, on SQLite or PostgreSQL alike (PostgreSQL
-    re-evaluates the WHERE on the row the other transaction committed).
+    re-evaluates the WHERE on the row the other transaction committed). Without a group or a
+    forced host the fast path picks from a remembered shortlist; otherwise, or when it finds
+    nothing, every candidate is read and ranked by the whole pipeline.
     """
     tried: set[str] = set()
     if req.group is None and not req.force_host:
-        host = _claim_shortlisted(session, req, s, tried)
+        host = _claim_shortlisted(conn, req, s, tried)
         if host is not None:
             return host
-    hosts = candidates(session, req, s)
+    hosts = candidates(conn, req, s)
     for h in _ranked(hosts, req, s):
-        if h.id not in tried and _take(session, h.id, req, s):
+        if h.id not in tried and _take(conn, h, req, s):
             return h  # its usage as before the claim
         tried.add(h.id)
     # re-read after the failed claims so the message reflects the current usage
-    raise NoValidHost(no_host_message(explain(host_states(session, s), req, s)), field="flavor")
+    raise NoValidHost(no_host_message(explain(host_states(conn, s), req, s)), field="flavor")
 
 
 def release(session: Session, host_id: str, vcpus: int, ram_mb: int, disk_gb: int) -> None:
-    session.execute(
+    row = session.execute(
         update(Host)
         .where(Host.id == host_id)
         .values(
@@ -287,5 +310,10 @@ def release(session: Session, host_id: str, vcpus: int, ram_mb: int, disk_gb: in
             used_ram_mb=Host.used_ram_mb - ram_mb,
             used_disk_gb=Host.used_disk_gb - disk_gb,
         )
+        .returning(Host.name, Host.ram_mb, Host.used_vcpus, Host.used_ram_mb, Host.used_disk_gb)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
+    if row is not None:  # the shortlists of this process see the room come back
+        name, total_ram_mb, *used = row
+        lists = shortlist.for_engine(session.get_bind())
+        lists.changed(host_id, name, total_ram_mb, (used[0], used[1], used[2]))

@@ -1,24 +1,28 @@
 """Shortlists remembered between placements, so 1,000 hosts are not scanned for every create.
 
-Without a group, free RAM is the only weigher and SQL returns the best hosts in its order (see
-`placement.candidates`). A shortlist read that way also says something about every host it left
-out: none had more free RAM than its last host (its *floor*; for `pack`, none had less). So as
-long as the best host of the remembered list, with what this process has placed on it since, is
-still at least as good as the floor, it is still the best of all hosts, and the next placement
-can use it without reading them again. Nova's scheduler keeps host states in memory the same way.
+Without a group or a forced host, free RAM is the only weigher and SQL returns the best hosts in
+its order, ties by name (see `placement.candidates`). A shortlist read that way also says
+something about every host it left out: each comes after its last host in that order (its
+*floor*). So as long as the first host of the remembered list that passes the filters, with its
+usage as this process last saw it, still comes no later than the floor, it is the host the full
+pipeline would choose from that read, and the next placement can use it without reading again.
+Nova's scheduler keeps host states in memory the same way.
 
-A list is dropped after TTL seconds (other API servers place and free too, hosts come and go),
-when its best host falls below the floor, or when a claim on it loses (the claim's conditional
-UPDATE re-checks room, status and heartbeat in the database: a list is only ever a hint).
+The list is kept sorted, so finding that host costs a few filter calls, not a pipeline run. A
+list is dropped after TTL seconds (other API servers place and free too, hosts come and go),
+when its best host falls behind the floor, or when a claim on it loses (the claim's conditional
+UPDATE re-checks room, status and heartbeat in the database: a list is only ever a hint). A
+successful claim returns the host's usage from the database, which replaces the remembered one.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from nubes.conf import Settings
@@ -27,21 +31,35 @@ from nubes.scheduler.filters import HostState, Request
 TTL = 1.0
 
 
-def free_ram(h: HostState, s: Settings) -> float:
-    return h.ram_mb * s.ram_allocation_ratio - h.used_ram_mb
+Rank = tuple[float, str]
+
+
+def rank(h: HostState, s: Settings) -> Rank:
+    """The SQL order of `placement.candidates`: by free RAM (most first, or least for pack),
+    then by name; the full pipeline's order too (its weights only rescale free RAM)."""
+    return _rank(h.name, h.ram_mb, h.used_ram_mb, s.ram_allocation_ratio, s.scheduler_weigher)
+
+
+def _rank(name: str, ram_mb: int, used_ram_mb: int, ratio: float, weigher: str) -> Rank:
+    free = ram_mb * ratio - used_ram_mb  # as weighers.free_ram, and as SQL computes it
+    return (free if weigher == "pack" else -free, name)
 
 
 @dataclass
 class Entry:
-    hosts: list[HostState]
-    floor: float | None  # free RAM of the last host read; None: the list held every candidate
+    hosts: list[HostState]  # in rank order
+    ranks: list[Rank]  # rank of each host, for bisect
+    floor: Rank | None  # rank of the last host read; None: the list held every candidate
     at: float
+    ram_ratio: float
+    weigher: str
 
-    def usable(self, best: HostState, s: Settings) -> bool:
-        if self.floor is None:
-            return True
-        free = free_ram(best, s)
-        return free <= self.floor if s.scheduler_weigher == "pack" else free >= self.floor
+    def move(self, i: int, host: HostState) -> None:
+        del self.hosts[i], self.ranks[i]
+        r = _rank(host.name, host.ram_mb, host.used_ram_mb, self.ram_ratio, self.weigher)
+        at = bisect.bisect_left(self.ranks, r)
+        self.hosts.insert(at, host)
+        self.ranks.insert(at, r)
 
 
 class Shortlists:
@@ -58,40 +76,52 @@ class Shortlists:
 
     def remember(self, key: tuple[Any, ...], hosts: list[HostState], limit: int,
                  s: Settings) -> None:  # fmt: skip
-        floor = free_ram(hosts[-1], s) if len(hosts) >= limit else None
+        """`hosts`: what SQL returned with LIMIT `limit`, in its order."""
+        ordered = sorted(hosts, key=lambda h: rank(h, s))
+        ranks = [rank(h, s) for h in ordered]
+        floor = ranks[-1] if len(hosts) >= limit else None
         with self._lock:
-            self._lists[key] = Entry(list(hosts), floor, time.monotonic())
+            entry = Entry(
+                ordered, ranks, floor, time.monotonic(), s.ram_allocation_ratio, s.scheduler_weigher
+            )
+            self._lists[key] = entry
 
-    def best(
-        self, key: tuple[Any, ...], rank: Callable[[list[HostState]], list[HostState]],
-        s: Settings,
-    ) -> HostState | None:  # fmt: skip
-        """The remembered best host for this request if it is provably still the best."""
+    def best(self, key: tuple[Any, ...], passes: Callable[[HostState], bool],
+             s: Settings) -> HostState | None:  # fmt: skip
+        """The first remembered host that `passes` (the filters), if it is provably still the
+        best of all hosts; None if there is no such list or it no longer proves it."""
         with self._lock:
             entry = self._lists.get(key)
             if entry is None or time.monotonic() - entry.at > TTL:
                 self._lists.pop(key, None)
                 return None
-            ranked = rank(entry.hosts)
-            if not ranked or not entry.usable(ranked[0], s):
-                del self._lists[key]
-                return None
-            return ranked[0]
+            for h, r in zip(entry.hosts, entry.ranks, strict=True):
+                if entry.floor is not None and r > entry.floor:
+                    break  # this one and the rest: a host left out may be better
+                if passes(h):
+                    return h
+            del self._lists[key]
+            return None
 
-    def placed(self, key: tuple[Any, ...], host: HostState, req: Request) -> None:
-        """Count what this process just claimed on the host."""
+    def changed(self, host_id: str, name: str, ram_mb: int,
+                used: tuple[int, int, int]) -> None:  # fmt: skip
+        """This process changed a host's usage (a claim, a release): `used` is its usage now
+        (vCPUs, RAM, disk), as the UPDATE's RETURNING gave it. Every list holding the host moves
+        it to its new place; a list not holding it is dropped if the host may now come before
+        its floor (a host left out must come after it: see the module's doc)."""
         with self._lock:
-            entry = self._lists.get(key)
-            if entry is None:
-                return
-            for i, h in enumerate(entry.hosts):
-                if h.id == host.id:
-                    entry.hosts[i] = replace(
-                        h,
-                        used_vcpus=h.used_vcpus + req.vcpus,
-                        used_ram_mb=h.used_ram_mb + req.ram_mb,
-                        used_disk_gb=h.used_disk_gb + req.disk_gb,
-                    )
+            for key, entry in list(self._lists.items()):
+                for i, h in enumerate(entry.hosts):
+                    if h.id == host_id:
+                        vcpus, ram, disk = used
+                        now = HostState(h.id, h.name, h.up, h.enabled, h.vcpus, h.ram_mb,
+                                        h.disk_gb, vcpus, ram, disk, h.overlays)  # fmt: skip
+                        entry.move(i, now)
+                        break
+                else:
+                    r = _rank(name, ram_mb, used[1], entry.ram_ratio, entry.weigher)
+                    if entry.floor is None or r <= entry.floor:
+                        del self._lists[key]
 
     def forget(self, key: tuple[Any, ...]) -> None:
         with self._lock:
