@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .cache/stamps
-APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base nftables iproute2 busybox-static \
+APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base dnsmasq-utils nftables iproute2 busybox-static \
 	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump iputils-ping \
 	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
 

@@ -104,6 +104,12 @@ def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Pa
     assert list(inst_dir.iterdir()) == []
     hosts_file = leases.with_name("hosts")
     assert not hosts_file.exists() or alpha_ip not in hosts_file.read_text()
+    # the network's DHCP stays up on its host while the network exists; beta's lease was
+    # released when its port went (dhcp_release), not left to expire
+    deadline = time.monotonic() + 10
+    while beta_ip in leases.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert beta_ip not in leases.read_text()
     host = cloud.client.hosts()[0]
     assert (host.used_vcpus, host.used_ram_mb, host.instances) == (0, 0, 0)
 

@@ -253,6 +253,22 @@ def test_overlay_of_missing_base_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_overlay_started_in_the_background_is_undone_whole(
+    tmp_path: Path, good_qcow2: Path
+) -> None:
+    """A build starts the overlay, does other steps, then waits; its undo leaves nothing,
+    whether qemu-img still runs, has finished, or the disk was already published."""
+    dest = tmp_path / "disk.qcow2"
+    job = disks.start_overlay(good_qcow2, "qcow2", dest, 2)
+    job.cancel()  # at once: most likely while qemu-img runs
+    assert sorted(os.listdir(tmp_path)) == ["good.qcow2"]
+    job = disks.start_overlay(good_qcow2, "qcow2", dest, 2)
+    job.wait()
+    assert disks.disk_info(dest).virtual_size == 2 * GiB
+    job.cancel()
+    assert sorted(os.listdir(tmp_path)) == ["good.qcow2"]
+
+
 def test_resize_grows_and_refuses_to_shrink(tmp_path: Path, good_qcow2: Path) -> None:
     dest = tmp_path / "disk.qcow2"
     disks.create_overlay(good_qcow2, "qcow2", dest, 2)

@@ -169,7 +169,10 @@ class Agent:
         if not state.built:
             if want.status == "ERROR":
                 return None  # a failed build stays failed until the user deletes it
-            rec.teardown(want.id, taps)  # leftovers of a build cut short by a crash
+            # leftovers of a build cut short by a crash; a build makes the instance's directory
+            # first and a teardown removes it last, so without one there is nothing to undo
+            if info is not None or self.layout.instance_dir(want.id).exists():
+                rec.teardown(want.id, taps)
             if want.desired_state != "running":  # stopped before it was ever built
                 return ObservedInstance(id=want.id, status="SHUTOFF")
             rec.build(want)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections import defaultdict
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,29 +12,19 @@ from nubes.db.models import Host, Image, Instance, Network, Port
 from nubes.schemas import agent as a
 
 
-def _ports(session: Session, inst: Instance) -> list[a.DesiredPort]:
-    rows = session.execute(
-        select(Port, Network)
-        .join(Network, Network.id == Port.network_id)
-        .where(Port.instance_id == inst.id)
-    ).all()
-    return [
-        a.DesiredPort(
-            id=p.id,
-            network_id=n.id,
-            mac=p.mac,
-            ip=p.ip,
-            prefix=ipaddress.ip_network(n.cidr).prefixlen,
-            gateway=n.gateway,
-            mtu=n.mtu,
-        )
-        for p, n in rows
-    ]
+def _port(p: Port, n: Network) -> a.DesiredPort:
+    return a.DesiredPort(
+        id=p.id,
+        network_id=n.id,
+        mac=p.mac,
+        ip=p.ip,
+        prefix=ipaddress.ip_network(n.cidr).prefixlen,
+        gateway=n.gateway,
+        mtu=n.mtu,
+    )
 
 
-def _instance(session: Session, inst: Instance) -> a.DesiredInstance:
-    image = session.get(Image, inst.image_id)
-    assert image is not None
+def _instance(inst: Instance, image: Image, ports: list[a.DesiredPort]) -> a.DesiredInstance:
     return a.DesiredInstance(
         id=inst.id,
         name=inst.name,
@@ -55,8 +46,28 @@ def _instance(session: Session, inst: Instance) -> a.DesiredInstance:
         default_user=image.default_user,
         public_keys=[inst.public_key] if inst.public_key else [],
         user_data=inst.user_data or None,
-        ports=_ports(session, inst),
+        ports=ports,
     )
+
+
+def _instances(session: Session, host: Host) -> list[a.DesiredInstance]:
+    """The host's instances with their images and ports: three queries, whatever their number
+    (agents ask on every change and every sync period)."""
+    live = (Instance.host_id == host.id, Instance.deleted_at.is_(None))
+    instances = session.scalars(select(Instance).where(*live)).all()
+    image_ids = {i.image_id for i in instances}
+    images = {im.id: im for im in session.scalars(select(Image).where(Image.id.in_(image_ids)))}
+    ports: dict[str, list[a.DesiredPort]] = defaultdict(list)
+    rows = session.execute(
+        select(Port, Network)
+        .join(Network, Network.id == Port.network_id)
+        .join(Instance, Instance.id == Port.instance_id)
+        .where(*live)
+        .order_by(Port.created_at, Port.id)
+    )
+    for p, n in rows:
+        ports[p.instance_id].append(_port(p, n))
+    return [_instance(i, images[i.image_id], ports[i.id]) for i in instances]
 
 
 def dhcp_hostname(instance_id: str) -> str:
@@ -117,20 +128,11 @@ def _metadata(port: Port, inst: Instance) -> a.DesiredMetadata:
 
 
 def desired_state(session: Session, host: Host, generation: int) -> a.DesiredState:
-    instances = session.scalars(
-        select(Instance).where(Instance.host_id == host.id, Instance.deleted_at.is_(None))
-    ).all()
-    wanted = [_instance(session, i) for i in instances]
+    wanted = _instances(session, host)
     net_ids = {p.network_id for i in wanted if i.desired_state != "deleted" for p in i.ports}
-    served = session.scalars(select(Network).where(Network.dhcp_host_id == host.id)).all()
-    for net in served:
-        has_ports = session.scalar(
-            select(Port.id)
-            .join(Instance, Instance.id == Port.instance_id)
-            .where(Port.network_id == net.id, Instance.deleted_at.is_(None))
-        )
-        if has_ports:
-            net_ids.add(net.id)
+    # the host serving a network's gateway and DHCP keeps them while the network exists, as
+    # Neutron's DHCP agent does: its next first port needs no bridge or dnsmasq started
+    net_ids.update(session.scalars(select(Network.id).where(Network.dhcp_host_id == host.id)))
     nets = session.scalars(select(Network).where(Network.id.in_(net_ids))).all()
     return a.DesiredState(
         generation=generation,

@@ -104,6 +104,16 @@ def build_argv(cfg: DhcpConfig, paths: DhcpPaths, user: str, binary: str = "dnsm
     return argv
 
 
+def parse_hosts(text: str) -> set[tuple[str, str]]:
+    """(mac, ip) pairs of a hostsfile written by render_hosts."""
+    out = set()
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 2:
+            out.add((parts[0].lower(), parts[1]))
+    return out
+
+
 def parse_leases(text: str) -> list[tuple[str, str]]:
     """(mac, ip) pairs of a dnsmasq lease file: `expiry mac ip hostname client-id` lines."""
     out = []
@@ -160,9 +170,16 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 class Dnsmasq:
     """Starts, reloads and stops the dnsmasq of each network. Not thread-safe: the driver locks."""
 
-    def __init__(self, state_dir: Path, binary: str = "dnsmasq", user: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        binary: str = "dnsmasq",
+        user: str | None = None,
+        release_binary: str = "dhcp_release",
+    ) -> None:
         self.state_dir = state_dir
         self.binary = binary
+        self.release_binary = release_binary
         self.user = user
         self._warned: set[Path] = set()
 
@@ -197,6 +214,10 @@ class Dnsmasq:
         paths = self.paths(cfg.network_id)
         paths.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.dir, 0o755)
+        try:
+            before = parse_hosts(paths.hosts.read_text())
+        except FileNotFoundError:
+            before = set()
         changed = _atomic_write(paths.hosts, render_hosts(cfg.hosts))
         argv = build_argv(cfg, paths, self._user_for(paths.dir), self.binary)
         pid = self.pid(cfg.network_id)
@@ -207,6 +228,31 @@ class Dnsmasq:
             self._start(argv, paths)
         elif changed:
             os.kill(pid, signal.SIGHUP)  # re-reads --dhcp-hostsfile
+            gone = before - {(h.mac.lower(), h.ip) for h in cfg.hosts}
+            self._release(cfg.interface, paths, gone)
+
+    def _release(self, interface: str, paths: DhcpPaths, gone: set[tuple[str, str]]) -> None:
+        """Leases of removed reservations end now, not at expiry: dnsmasq keeps running while
+        the network exists, and a deleted port must leave no lease (as Neutron does, with
+        dnsmasq-utils' dhcp_release)."""
+        try:
+            leased = set(parse_leases(paths.leases.read_text()))
+        except FileNotFoundError:
+            return
+        for mac, ip in sorted(gone & leased):
+            try:
+                proc = subprocess.run(
+                    [self.release_binary, interface, ip, mac],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                )
+            except OSError as exc:  # not installed: the lease ends at its expiry
+                log.warning("cannot release the lease of %s: %s", ip, exc)
+                return
+            if proc.returncode != 0:
+                log.warning("dhcp_release %s %s: %s", ip, mac, proc.stderr.strip() or "failed")
 
     def _start(self, argv: list[str], paths: DhcpPaths) -> None:
         paths.pid.unlink(missing_ok=True)

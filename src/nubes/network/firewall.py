@@ -199,14 +199,16 @@ def port_rules(mac: str, ip: str) -> list[str]:
     ]
 
 
-def port_script(tap: str, mac: str, ip: str) -> str:
-    return bridge_skeleton() + _jump(
-        "bridge", "ports", _chain("port_", tap), tap, port_rules(mac, ip)
-    )
+def port_script(tap: str, mac: str, ip: str, skeleton: bool = True) -> str:
+    """skeleton=False when the caller knows the table is in place: re-flushing its base chain
+    makes the kernel wait for an RCU grace period, about 15 ms of every plug here."""
+    head = bridge_skeleton() if skeleton else ""
+    return head + _jump("bridge", "ports", _chain("port_", tap), tap, port_rules(mac, ip))
 
 
-def port_remove_script(tap: str) -> str:
-    return bridge_skeleton() + _unjump("bridge", "ports", _chain("port_", tap), tap)
+def port_remove_script(tap: str, skeleton: bool = True) -> str:
+    head = bridge_skeleton() if skeleton else ""
+    return head + _unjump("bridge", "ports", _chain("port_", tap), tap)
 
 
 def delete_tables_script(present: list[str]) -> str:

@@ -14,8 +14,9 @@ import os
 import re
 import subprocess
 import threading
-from collections.abc import Callable
-from functools import lru_cache
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache, partial
 from pathlib import Path
 
 from nubes.errors import DriverError, InvalidInput
@@ -141,6 +142,9 @@ class LinuxBridgeDriver(NetworkDriver):
         self._lock = threading.RLock()
         self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
         self._has_inet: bool | None = None
+        self._has_bridge: bool | None = None  # our bridge-family table, as far as we know
+        # while an ensure runs: its nft scripts, sent to nft together at its end
+        self._pending: list[tuple[tuple[str, str], str]] | None = None
 
     # -- networks ------------------------------------------------------------------------------
 
@@ -149,7 +153,8 @@ class LinuxBridgeDriver(NetworkDriver):
         with self._lock, Netlink() as nl:
             created = nl.get_link(spec.bridge) is None
             try:
-                self._ensure_network(nl, spec)
+                with self._nft_batch():
+                    self._ensure_network(nl, spec)
             except Exception:
                 if created:  # a new network that failed part way leaves nothing behind
                     self._delete_network(nl, spec.id)
@@ -204,10 +209,28 @@ class LinuxBridgeDriver(NetworkDriver):
         never creates our table just to delete from it."""
         if self._applied.get(key) == script:
             return
-        if not (removal and key not in self._applied and not self._inet_table()):
+        if removal and key not in self._applied and not self._inet_table():
+            self._applied[key] = script
+        elif self._pending is not None:
+            self._pending.append((key, script))
+        else:
             firewall.apply(script)
             self._has_inet = True
-        self._applied[key] = script
+            self._applied[key] = script
+
+    @contextmanager
+    def _nft_batch(self) -> Iterator[None]:
+        """The scripts _nft is given inside go to nft in one transaction at the end: a new
+        network's overlay filter, guard and NAT rules cost one process, not three."""
+        self._pending = []
+        try:
+            yield
+            if self._pending:
+                firewall.apply("".join(script for _, script in self._pending))
+                self._has_inet = True
+                self._applied.update(self._pending)
+        finally:
+            self._pending = None
 
     def _inet_table(self) -> bool:
         """Is our inet table there? Asked of nft once, then known from what we do."""
@@ -339,7 +362,7 @@ class LinuxBridgeDriver(NetworkDriver):
             return
         present = firewall.tables()
         self._forget_rules()
-        self._has_inet = None
+        self._has_inet = self._has_bridge = None
         if present:
             firewall.apply(firewall.delete_tables_script(present))
 
@@ -383,7 +406,7 @@ class LinuxBridgeDriver(NetworkDriver):
             try:
                 nl.set_alias(spec.tap, f"{PORT_ALIAS}{spec.id} {mac}")
                 if self.anti_spoof:  # before the port can carry anything
-                    firewall.apply(firewall.port_script(spec.tap, mac, spec.ip))
+                    self._apply_port(partial(firewall.port_script, spec.tap, mac, spec.ip))
                 nl.set_master(spec.tap, spec.bridge)
                 nl.link_up(spec.tap)
             except Exception:
@@ -398,9 +421,26 @@ class LinuxBridgeDriver(NetworkDriver):
 
     def _unplug(self, nl: Netlink, tap: str) -> None:
         nl.delete_link(tap)
-        if "bridge" in firewall.tables():
-            firewall.apply(firewall.port_remove_script(tap))
+        if self._bridge_table():
+            self._apply_port(partial(firewall.port_remove_script, tap))
             self._drop_tables_if_unused(nl)
+
+    def _bridge_table(self) -> bool:
+        """Is our bridge table there? Asked of nft once, then known from what we do."""
+        if self._has_bridge is None:
+            self._has_bridge = "bridge" in firewall.tables()
+        return self._has_bridge
+
+    def _apply_port(self, script: Callable[..., str]) -> None:
+        """A port's rules, with the table's skeleton only until this process has put it in."""
+        if self._has_bridge:
+            try:
+                firewall.apply(script(skeleton=False))
+                return
+            except DriverError:  # the table was changed behind our back: all of it again
+                log.warning("nftables bridge table not as left; re-applying it whole")
+        firewall.apply(script(skeleton=True))
+        self._has_bridge = True
 
     def list_ports(self) -> list[PortInfo]:
         with Netlink() as nl:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from nubes.errors import Conflict, DriverError, InvalidInput
 from nubes.storage.images import SUPPORTED_FORMATS, qemu_img_info
-from nubes.storage.tools import COPY_LIMITS, INSPECT_LIMITS, GiB, ToolError, run_limited
+from nubes.storage.tools import (
+    COPY_LIMITS,
+    INSPECT_LIMITS,
+    GiB,
+    LimitedRun,
+    ToolError,
+    run_limited,
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,39 @@ def create_overlay(
     The API refuses flavors whose disk is smaller than the image; here we only guarantee the
     guest never sees a truncated base. Raises Conflict if dest exists, DriverError on failure.
     """
+    start_overlay(base, base_format, dest, size_gb, base_virtual_size).wait()
+
+
+class OverlayJob:
+    """An overlay being made by qemu-img in the background: `wait` publishes it, `cancel`
+    leaves nothing. A build overlaps it with the seed and the ports (qemu-img's own start-up
+    is most of its ~15 ms)."""
+
+    def __init__(self, run: LimitedRun, tmp: Path, dest: Path) -> None:
+        self._run, self._tmp, self.dest = run, tmp, dest
+        self._published = False
+
+    def wait(self) -> None:
+        try:
+            self._run.wait()
+            _publish(self._tmp, self.dest)
+            self._published = True
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def cancel(self) -> None:
+        """Undo: the run stopped, its file gone, and the disk too if this job made it."""
+        self._run.kill()
+        self._tmp.unlink(missing_ok=True)
+        if self._published:
+            self.dest.unlink(missing_ok=True)
+
+
+def start_overlay(
+    base: Path, base_format: str, dest: Path, size_gb: int, base_virtual_size: int | None = None
+) -> OverlayJob:
+    """create_overlay, started: the checks run now, qemu-img in the background."""
     _check_format(base_format)
     if size_gb <= 0:
         raise InvalidInput("disk size must be positive", field="disk_gb")
@@ -82,12 +122,7 @@ def create_overlay(
     size = max(size_gb * GiB, base_virtual_size)
     tmp = _tmp_for(dest.resolve())
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base)]
-    try:
-        run_limited([*argv, str(tmp), str(size)], INSPECT_LIMITS)
-        _publish(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return OverlayJob(LimitedRun([*argv, str(tmp), str(size)], INSPECT_LIMITS), tmp, dest)
 
 
 def delete_disk(path: Path) -> None:
@@ -134,6 +169,7 @@ __all__ = [
     "ToolError",
     "copy_and_resize",
     "create_overlay",
+    "start_overlay",
     "delete_disk",
     "disk_info",
     "resize_disk",
