@@ -1,13 +1,17 @@
 """Scheduler bench: placements through the API's scheduling path vs the bare database.
 
-With H fake hosts (default 1,000) it makes N placements (default 10,000) three ways, in
-interleaved blocks so that the machine's other load falls on all three alike:
+With H fake hosts (default 1,000) it makes N placements (default 10,000) of each kind, in
+interleaved blocks so that the machine's other load falls on all of them alike:
 
-- `bare`: the same writes with the database driver alone, one transaction each: INSERT an
-  instance row and UPDATE its host's usage (the host chosen round-robin: no choice at all).
-- `placement`: the API's scheduling path: the scheduler chooses a host (SQL pre-filter, the
-  filters and weighers in Python) and claims it with the conditional UPDATE, and the instance
-  row is written, in one transaction, as `compute.create` does.
+- `bare`: the same writes with the database driver alone on one held connection, one
+  transaction each: INSERT an instance row and UPDATE its host's usage (the host chosen
+  round-robin: no choice at all).
+- `placement`: `compute.schedule`, what `compute.create` runs to place a server: choose a host
+  (the fast path: the best host of a remembered, SQL-ordered shortlist that passes the filters),
+  claim it with the conditional UPDATE ... RETURNING, and INSERT the instance row (both prepared
+  statements on the driver), in a transaction of its own on a pooled SQLAlchemy connection.
+- `in-session`: the same inside an ORM session, as the API's request holds one: the session's
+  own cost (about 0.1 ms a transaction here) is what the API pays per request, whatever it does.
 - `create`: all of `compute.create` on top: lookups and validation, IPAM (port, MAC), the
   operation log, the generation bump and the response (what `POST /v1/servers` runs, less HTTP).
 
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         help="e.g. FULL: an fsync per commit (nubes runs SQLite with NORMAL, WAL)",
     )
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="bare,placement,create")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=",".join(KINDS))
     args = ap.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     cleanup: list[Callable[[], None]] = []
