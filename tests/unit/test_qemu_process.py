@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,10 @@ def test_real_process_signal_and_wait() -> None:
         [sys.executable, "-c", "import time; time.sleep(60)", "guest=t-1,debug-threads=on"]
     )
     try:
+        # Popen returns when the child's exec has begun; its argv shows a moment later
+        deadline = time.monotonic() + 5
+        while not process.is_guest_process(child.pid, "t-1") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process.is_guest_process(child.pid, "t-1")
         assert not process.wait_gone(child.pid, "t-1", 0.1)
         process.signal_guest(child.pid, "other", signal.SIGKILL)  # wrong guest: ignored
