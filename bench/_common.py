@@ -7,6 +7,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import LabCloud
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -46,3 +50,12 @@ def plug_bare_tap(netns: str, tap: str, bridge: str) -> None:
     ns = ["ip", "netns", "exec", netns]
     subprocess.run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
     subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
+
+
+def network_bridge(cloud: LabCloud) -> str:
+    """The bridge of the lab host's one network (its gateway host keeps it while it exists)."""
+    return next(
+        line.split(":")[1].strip().split("@")[0]
+        for line in cloud.in_host(["ip", "-o", "link"]).splitlines()
+        if ": nbr" in line
+    )

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.cloud import Cloud  # noqa: E402
 from tests.integration.conftest import LabCloud, start_lab, stop_lab  # noqa: E402
 
-from bench._common import median, plug_bare_tap, row, timed, wait_for_text  # noqa: E402
+from bench._common import median, network_bridge, plug_bare_tap, row, timed, wait_for_text  # noqa: E402
 from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec  # noqa: E402
 from nubes.hypervisor.qemu.accel import host_accel  # noqa: E402
 from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv  # noqa: E402
@@ -77,11 +77,7 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
         network=(SeedNic(mac=mac, address_cidr=f"10.77.0.{200 + index}/24", gateway="10.77.0.1"),),
     )
     write_seed(seed, inst / "seed.iso")
-    bridge = next(
-        line.split(":")[1].strip().split("@")[0]
-        for line in cloud.in_host(["ip", "-o", "link"]).splitlines()
-        if ": nbr" in line
-    )
+    bridge = network_bridge(cloud)
     ns = ["ip", "netns", "exec", cloud.host_ns()]
     plug_bare_tap(cloud.host_ns(), tap, bridge)
     spec = InstanceSpec(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.integration.conftest import CACHE, LabCloud, start_lab, stop_lab
 
-from bench._common import median, plug_bare_tap, row
+from bench._common import median, network_bridge, plug_bare_tap, row
 from nubes.hypervisor.base import InstanceSpec, NicSpec
 from nubes.hypervisor.qemu.accel import host_accel
 from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv
@@ -87,12 +87,10 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
         ),
     )
     write_seed(seed, inst / "seed.iso")
-    # nubes removed its bridge with its last instance: the bare guest gets its own
-    bridge = "brbare" + secrets.token_hex(2)
+    # the network's bridge (its gateway host keeps it while the network exists), as the
+    # tiny bench does: the same gateway and path for both guests
+    bridge = network_bridge(cloud)
     ns = ["ip", "netns", "exec", cloud.host_ns()]
-    subprocess.run([*ns, "ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run([*ns, "ip", "addr", "add", f"{NET}.1/24", "dev", bridge], check=True)
-    subprocess.run([*ns, "ip", "link", "set", bridge, "up"], check=True)
     plug_bare_tap(cloud.host_ns(), tap, bridge)
     spec = InstanceSpec(
         id=instance_id,
@@ -114,7 +112,6 @@ def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
         proc.kill()
         proc.wait()
         subprocess.run([*ns, "ip", "link", "del", tap], check=False)
-        subprocess.run([*ns, "ip", "link", "del", bridge], check=False)
         subprocess.run(["rm", "-rf", f"/run/nubes/{inst.name}"], check=False)
 
 
