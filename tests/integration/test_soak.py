@@ -3,8 +3,8 @@ and restarted. Afterwards the database, the hosts and `nubes gc --dry-run` agree
 left: no server, port or claim, no QEMU, tap, instance directory or registry record.
 
 Creation only needs QEMU to start (ACTIVE), not the guest to boot, so a cycle takes seconds.
-NUBES_SOAK_CYCLES sets the number of cycles (CI runs the default; the issue's 200 is
-`NUBES_SOAK_CYCLES=200`); NUBES_SOAK_SEED replays a run's random choices.
+NUBES_SOAK_CYCLES sets the number of cycles (default and CI: the issue's 200); NUBES_SOAK_SEED
+replays a run's random choices.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.integration.hostcheck import (
 pytestmark = pytest.mark.integration
 
 HOSTS = 3
-CYCLES = int(os.environ.get("NUBES_SOAK_CYCLES", "60"))
+CYCLES = int(os.environ.get("NUBES_SOAK_CYCLES", "200"))
 SEED = int(os.environ.get("NUBES_SOAK_SEED", str(int(time.time()))))
 IN_FLIGHT = 6  # servers alive at once
 KILL_EVERY = 4.0  # seconds between agent kills, on average
