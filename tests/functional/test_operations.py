@@ -26,9 +26,9 @@ def test_create_operation_lists_its_steps(ready: Cloud) -> None:
         "accepted",
         "scheduled on host1",
         "image",
+        "disk",
         "seed",
         "ports",
-        "disk",
         "qemu",
         "active",
     ]

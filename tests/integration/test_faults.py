@@ -76,11 +76,10 @@ def uid_of(pid: int) -> int:
 
 
 # what each step leaves on the host when the agent dies right after it
-# (the overlay is made in the background from before the seed and published after the ports)
 LEFT_BEHIND = {
-    "seed": ("seed.iso",),
-    "ports": ("seed.iso", "tap"),
-    "disk": ("disk.qcow2", "seed.iso", "tap"),
+    "disk": ("disk.qcow2",),
+    "seed": ("disk.qcow2", "seed.iso"),
+    "ports": ("disk.qcow2", "seed.iso", "tap"),
     "qemu": ("disk.qcow2", "seed.iso", "tap", "qemu"),
 }
 

@@ -253,20 +253,26 @@ def test_overlay_of_missing_base_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_overlay_started_in_the_background_is_undone_whole(
-    tmp_path: Path, good_qcow2: Path
-) -> None:
-    """A build starts the overlay, does other steps, then waits; its undo leaves nothing,
-    whether qemu-img still runs, has finished, or the disk was already published."""
-    dest = tmp_path / "disk.qcow2"
-    job = disks.start_overlay(good_qcow2, "qcow2", dest, 2)
-    job.cancel()  # at once: most likely while qemu-img runs
-    assert sorted(os.listdir(tmp_path)) == ["good.qcow2"]
-    job = disks.start_overlay(good_qcow2, "qcow2", dest, 2)
-    job.wait()
-    assert disks.disk_info(dest).virtual_size == 2 * GiB
-    job.cancel()
-    assert sorted(os.listdir(tmp_path)) == ["good.qcow2"]
+def test_overlay_from_template_is_what_qemu_img_makes(tmp_path: Path, good_qcow2: Path) -> None:
+    """The first overlay of a base and size makes the template; later ones copy it. Each is
+    a whole, valid overlay of the base (qemu-img check), byte for byte what qemu-img writes."""
+    by_hand = tmp_path / "by-hand.qcow2"
+    disks.create_overlay(good_qcow2, "qcow2", by_hand, 3)
+    first, second = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    disks.create_overlay(good_qcow2, "qcow2", first, 3, template=True)
+    templates = list(tmp_path.glob("good.qcow2.overlay-*"))
+    assert [t.name for t in templates] == [f"good.qcow2.overlay-{3 * GiB}"]
+    made_at = templates[0].stat().st_mtime_ns
+    disks.create_overlay(good_qcow2, "qcow2", second, 3, template=True)
+    assert templates[0].stat().st_mtime_ns == made_at  # copied, not made again
+    for disk in (first, second):
+        assert disk.read_bytes() == by_hand.read_bytes()
+        info = disks.disk_info(disk)
+        assert (info.backing_file, info.virtual_size) == (good_qcow2.resolve(), 3 * GiB)
+        qemu_img("check", "-q", "-f", "qcow2", str(disk))
+    with pytest.raises(Conflict):
+        disks.create_overlay(good_qcow2, "qcow2", second, 3, template=True)
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_resize_grows_and_refuses_to_shrink(tmp_path: Path, good_qcow2: Path) -> None:

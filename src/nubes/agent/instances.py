@@ -107,8 +107,7 @@ class InstanceReconciler:
 
     # -- steps ---------------------------------------------------------------------------
     def build(self, want: DesiredInstance) -> None:
-        """Disk (in the background), seed, ports, QEMU: each step registers its undo; a
-        failure leaves nothing."""
+        """Disk, seed, ports, QEMU: each step registers its undo; a failure leaves nothing."""
         inst_dir = self.layout.instance_dir(want.id)
         inst_dir.mkdir(parents=True, exist_ok=True)
         self.guest.share(inst_dir, 0o750)
@@ -119,13 +118,17 @@ class InstanceReconciler:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
             self.guest.share(base, 0o640)  # read-only for guests: shared by all their overlays
             done.append(_stamp("image"))
-            disk = self.layout.disk(want.id)
-            # qemu-img runs while the seed is written and the ports plugged: most of its time
-            # is its own start-up, which would otherwise come before all of them
-            job = disks.start_overlay(
-                base, want.image_format, disk, want.disk_gb, want.image_virtual_size or None
+            disks.create_overlay(
+                base,
+                want.image_format,
+                self.layout.disk(want.id),
+                want.disk_gb,
+                want.image_virtual_size or None,
+                template=True,  # the cache's images are never written or replaced
             )
-            revert.add("disk", job.cancel)
+            revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
+            self.guest.own(self.layout.disk(want.id), 0o600)
+            self._step(done, "disk")
             write_seed(self.seed_data(want), self.layout.seed(want.id))
             revert.add("seed", lambda: self.layout.seed(want.id).unlink(missing_ok=True))
             self.guest.share(self.layout.seed(want.id), 0o640)
@@ -134,9 +137,6 @@ class InstanceReconciler:
                 self.network.plug_port(port)
                 revert.add(f"port {port.tap}", partial(self.network.unplug_port, port.tap))
             self._step(done, "ports")
-            job.wait()
-            self.guest.own(disk, 0o600)
-            self._step(done, "disk")
             state.built = True
             self._start(want, state)
             revert.add("qemu", lambda: self.hypervisor.destroy(want.id))

@@ -50,60 +50,37 @@ def _prlimit() -> str:
 
 def run_limited(argv: Sequence[str], limits: Limits = INSPECT_LIMITS) -> str:
     """Run argv and return its stdout. Raises ToolError on failure, limit or timeout."""
-    return LimitedRun(argv, limits).wait()
-
-
-class LimitedRun:
-    """argv started under limits; `wait` collects it. Lets a caller overlap a tool's run
-    (mostly qemu-img's start-up) with other work."""
-
-    def __init__(self, argv: Sequence[str], limits: Limits = INSPECT_LIMITS) -> None:
-        self.name = os.path.basename(argv[0])
-        self.limits = limits
-        full = [
-            _prlimit(),
-            f"--as={limits.address_space}",
-            f"--cpu={limits.cpu_seconds}",
-            "--",
-            *argv,
-        ]
-        # C locale so error texts are stable; no inherited env that could change qemu-img
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
-        try:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv list from trusted parts, no shell
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        except OSError as exc:
-            raise ToolError(f"cannot run {self.name}: {exc}", returncode=None, stderr="") from exc
-
-    def wait(self) -> str:
-        """Its stdout. Raises ToolError on failure, limit or timeout (the child is killed)."""
-        try:
-            stdout, stderr = self.proc.communicate(timeout=self.limits.timeout)
-        except subprocess.TimeoutExpired as exc:
-            self.kill()
-            raise ToolError(
-                f"{self.name} did not finish within {self.limits.timeout:.0f} s",
-                returncode=None,
-                stderr="",
-            ) from exc
-        code = self.proc.returncode
-        if code != 0:
-            stderr = stderr.strip()
-            if code < 0:
-                why = f"killed by signal {-code} (resource limit?)"
-            else:
-                why = stderr.splitlines()[-1] if stderr else f"exit status {code}"
-            raise ToolError(f"{self.name} failed: {why}", returncode=code, stderr=stderr)
-        return stdout
-
-    def kill(self) -> None:
-        """Stop it if it still runs, and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
+    full = [
+        _prlimit(),
+        f"--as={limits.address_space}",
+        f"--cpu={limits.cpu_seconds}",
+        "--",
+        *argv,
+    ]
+    # C locale so error texts are stable; no inherited env that could change qemu-img behaviour
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+    name = os.path.basename(argv[0])
+    try:
+        proc = subprocess.run(  # noqa: S603 - argv list built from trusted parts, no shell
+            full,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=limits.timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(
+            f"{name} did not finish within {limits.timeout:.0f} s", returncode=None, stderr=""
+        ) from exc
+    except OSError as exc:
+        raise ToolError(f"cannot run {name}: {exc}", returncode=None, stderr="") from exc
+    if proc.returncode != 0:
+        stderr = proc.stderr.strip()
+        if proc.returncode < 0:
+            why = f"killed by signal {-proc.returncode} (resource limit?)"
+        else:
+            why = stderr.splitlines()[-1] if stderr else f"exit status {proc.returncode}"
+        raise ToolError(f"{name} failed: {why}", returncode=proc.returncode, stderr=stderr)
+    return proc.stdout
