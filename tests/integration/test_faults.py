@@ -135,7 +135,10 @@ def test_guests_run_unprivileged_with_private_files(lab: LabCloud) -> None:
     assert (seed.st_uid, seed.st_gid, seed.st_mode & 0o777) == (0, user.pw_gid, 0o640)
     for cached in (host_dir(cloud) / "images").iterdir():
         st = cached.stat()  # read-only for guests, invisible to other users
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, user.pw_gid, 0o640), cached
+        if ".overlay-" in cached.name:  # overlay templates: only root copies them
+            assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600), cached
+        else:
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, user.pw_gid, 0o640), cached
     sockets = Path(f"/run/nubes/{server.id}")
     assert (sockets.stat().st_uid, sockets.stat().st_mode & 0o777) == (0, 0o700)
     for sock in sockets.iterdir():  # QMP, serial, VNC: root's alone

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from nubes.network.base import bridge_name
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud
 
@@ -36,6 +37,18 @@ def qemu_pids(cloud: LabCloud) -> list[int]:
         except OSError:
             pass
     return pids
+
+
+def _cmdlines(cloud: LabCloud) -> list[bytes]:
+    from nubes.lab import netns
+
+    found = []
+    for pid in netns.pids(cloud.host_ns()):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except OSError:
+            pass
+    return found
 
 
 def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Path) -> None:
@@ -110,6 +123,20 @@ def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Pa
     while beta_ip in leases.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert beta_ip not in leases.read_text()
+    # ... and goes with the network itself
+    net_id = cloud.client.network("net1").id
+    assert bridge_name(net_id) in cloud.in_host(["ip", "-o", "link"])
+    assert any(b"dnsmasq" in a for a in _cmdlines(cloud))
+    cloud.nubes("network", "delete", "net1")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        bridge_name(net_id) in cloud.in_host(["ip", "-o", "link"])
+        or any(b"dnsmasq" in a for a in _cmdlines(cloud))
+    ):
+        time.sleep(0.2)
+    assert bridge_name(net_id) not in cloud.in_host(["ip", "-o", "link"])
+    assert not any(b"dnsmasq" in a for a in _cmdlines(cloud))
+    assert not leases.parent.exists()
     host = cloud.client.hosts()[0]
     assert (host.used_vcpus, host.used_ram_mb, host.instances) == (0, 0, 0)
 
