@@ -133,13 +133,17 @@ def world_traversable(path: Path) -> bool:
     return True
 
 
-def _atomic_write(path: Path, text: str) -> bool:
-    """Write if the content differs; True if the file changed."""
+def _read(path: Path) -> str | None:
     try:
-        if path.read_text() == text:
-            return False
+        return path.read_text()
     except FileNotFoundError:
-        pass
+        return None  # not "": an empty file must still be written
+
+
+def _atomic_write(path: Path, text: str, current: str | None) -> bool:
+    """Write if the content differs from `current` (None: no file yet); True if it changed."""
+    if current == text:
+        return False
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.chmod(tmp, 0o644)  # dnsmasq re-reads it after dropping privileges
@@ -214,11 +218,8 @@ class Dnsmasq:
         paths = self.paths(cfg.network_id)
         paths.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.dir, 0o755)
-        try:
-            before = parse_hosts(paths.hosts.read_text())
-        except FileNotFoundError:
-            before = set()
-        changed = _atomic_write(paths.hosts, render_hosts(cfg.hosts))
+        before = _read(paths.hosts)
+        changed = _atomic_write(paths.hosts, render_hosts(cfg.hosts), before)
         argv = build_argv(cfg, paths, self._user_for(paths.dir), self.binary)
         pid = self.pid(cfg.network_id)
         if pid is not None and _cmdline(pid) != argv:
@@ -228,7 +229,7 @@ class Dnsmasq:
             self._start(argv, paths)
         elif changed:
             os.kill(pid, signal.SIGHUP)  # re-reads --dhcp-hostsfile
-            gone = before - {(h.mac.lower(), h.ip) for h in cfg.hosts}
+            gone = parse_hosts(before or "") - {(h.mac.lower(), h.ip) for h in cfg.hosts}
             self._release(cfg.interface, paths, gone)
 
     def _release(self, interface: str, paths: DhcpPaths, gone: set[tuple[str, str]]) -> None:
