@@ -40,7 +40,7 @@ def host(name: str, **kw: object) -> HostState:
         used_ram_mb=0,
         used_disk_gb=0,
     )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return base._replace(**kw)
 
 
 TINY = Request(vcpus=1, ram_mb=256, disk_gb=1)

@@ -108,7 +108,7 @@ def test_ties_at_the_floor_go_by_name() -> None:
 def test_the_first_host_that_passes_the_filters() -> None:
     lists = shortlist.Shortlists()
     key = lists.key(REQ, S)
-    full = replace(host("a", 0), used_vcpus=64 * 4)  # cpu_allocation_ratio 4
+    full = host("a", 0)._replace(used_vcpus=64 * 4)  # cpu_allocation_ratio 4
     lists.remember(key, [full, host("b", 1024)], 16, S)
     assert (b := lists.best(key, ok, S)) is not None and b.name == "b"
 

@@ -11,6 +11,7 @@ a driver error goes through SQLAlchemy's handling, so callers see the usual
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,21 @@ def driver_execute(conn: Connection, sql: str, args: Any) -> Any:
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    order: tuple[str, ...] | None  # positional paramstyles (SQLite's qmark): names in order
+    # positional paramstyles (SQLite's qmark): (name, bind processor or None) in order
+    plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None
     processors: Mapping[str, Callable[[Any], Any]]
+
+    def args(self, params: Mapping[str, Any]) -> Any:
+        """The driver's arguments for `params` (by bind name), each through its processor."""
+        if self.plan is not None:
+            return tuple(params[n] if p is None else p(params[n]) for n, p in self.plan)
+        if not self.processors:
+            return params
+        out = dict(params)
+        for name, process in self.processors.items():
+            if name in out:
+                out[name] = process(out[name])
+        return out
 
 
 class Prepared:
@@ -63,37 +77,36 @@ class Prepared:
                 process = bind.type.dialect_impl(dialect).bind_processor(dialect)
                 if process is not None:
                     processors[name] = process
-            order = tuple(c.positiontup) if c.positional and c.positiontup is not None else None
-            found = self._compiled[dialect] = _Compiled(c.string, order, processors)
+            plan = None
+            if c.positional and c.positiontup is not None:
+                plan = tuple((name, processors.get(name)) for name in c.positiontup)
+            found = self._compiled[dialect] = _Compiled(c.string, plan, processors)
         return found
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run with `params` (by bind name); returns the driver's cursor (rows, rowcount)."""
         c = self.compiled(conn.dialect)
-        if c.processors:
-            params = dict(params)
-            for name, process in c.processors.items():
-                if name in params:
-                    params[name] = process(params[name])
-        args = tuple(params[name] for name in c.order) if c.order is not None else params
-        return driver_execute(conn, c.sql, args)
+        return driver_execute(conn, c.sql, c.args(params))
 
 
 def defaults(table: Table) -> Callable[[], dict[str, Any]]:
     """A function giving a new row of `table` with every column: its Python-side default
     (called, if callable, as an INSERT would) or None. What the ORM would have filled in."""
     fixed: dict[str, Any] = {}
-    called: list[tuple[str, Callable[[Any], Any]]] = []
+    called: list[tuple[str, Callable[[], Any]]] = []
     for column in table.columns:
         default = column.default
         if default is None or not (default.is_scalar or default.is_callable):
             fixed[column.key] = None
         elif default.is_callable:
-            called.append((column.key, default.arg))  # type: ignore[attr-defined]
+            # SQLAlchemy wraps a no-argument function in `lambda ctx: fn()`: call fn itself
+            make = default.arg  # type: ignore[attr-defined]
+            plain = getattr(make, "__wrapped__", None) or functools.partial(make, None)
+            called.append((column.key, plain))
         else:
             fixed[column.key] = default.arg  # type: ignore[attr-defined]
 
     def row() -> dict[str, Any]:
-        return fixed | {key: make(None) for key, make in called}
+        return fixed | {key: make() for key, make in called}
 
     return row

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nubes.conf import Settings
 
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 
 
-@dataclass(frozen=True)
-class HostState:
+class HostState(NamedTuple):
+    """A host as the filters see it: a tuple, made for every host a scheduler read returns."""
+
     id: str
     name: str
     up: bool

@@ -35,10 +35,11 @@ from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Requ
 from nubes.scheduler.weighers import weigh
 
 # Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
-# looks at this many best candidates instead of loading every host (1,000 hosts: see the bench),
-# and remembers them for the next placements (shortlist.py). The read costs about the same for
-# 16 or 64 (it sorts every host that fits), and a longer list is read less often.
-SHORTLIST = 64
+# reads at most this many best candidates and remembers them for the next placements
+# (shortlist.py). With spread, a list of N equal hosts serves about N placements, and one that
+# holds every candidate serves until it expires; so a cloud of up to this many hosts is read
+# about once a second (~2 ms at 1,000 hosts), a larger one in slices of this size.
+SHORTLIST = 1024
 MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
 
 COLUMNS = (
@@ -234,7 +235,9 @@ def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
     """Add the request to the host's usage if it still fits (re-checked inside the write: on
     PostgreSQL a racing UPDATE of the row makes this one wait, then re-evaluate its WHERE on the
     committed row). False: the claim lost."""
-    params = _params(req, s) | {"host_id": host.id, "cutoff": _cutoff(s)}
+    params = _params(req, s)
+    params["host_id"] = host.id
+    params["cutoff"] = _cutoff(s)
     rows = _TAKE.execute(conn, params).fetchall()  # fetch all: ends the statement
     if rows:  # this process's shortlists take the host's usage as the database now has it
         shortlist.for_engine(conn.engine).changed(host.id, host.name, host.ram_mb, rows[0])
@@ -242,7 +245,10 @@ def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
 
 
 def passes(host: HostState, req: Request, s: Settings) -> bool:
-    return all(f(host, req, s) is None for _, f in DEFAULT_FILTERS)
+    for _, f in DEFAULT_FILTERS:  # a loop, not all(...): this runs for every create
+        if f(host, req, s) is not None:
+            return False
+    return True
 
 
 def _ranked(hosts: list[HostState], req: Request, s: Settings) -> list[HostState]:

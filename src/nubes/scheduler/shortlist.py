@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nubes.conf import Settings
@@ -53,6 +53,14 @@ class Entry:
     at: float
     ram_ratio: float
     weigher: str
+    where: dict[str, Rank] = field(init=False)  # host id -> its rank: finds it by bisection
+
+    def __post_init__(self) -> None:
+        self.where = {h.id: r for h, r in zip(self.hosts, self.ranks, strict=True)}
+
+    def index(self, host_id: str) -> int | None:
+        r = self.where.get(host_id)
+        return None if r is None else bisect.bisect_left(self.ranks, r)  # ranks are unique
 
     def move(self, i: int, host: HostState) -> None:
         del self.hosts[i], self.ranks[i]
@@ -60,6 +68,7 @@ class Entry:
         at = bisect.bisect_left(self.ranks, r)
         self.hosts.insert(at, host)
         self.ranks.insert(at, r)
+        self.where[host.id] = r
 
 
 class Shortlists:
@@ -111,17 +120,17 @@ class Shortlists:
         its floor (a host left out must come after it: see the module's doc)."""
         with self._lock:
             for key, entry in list(self._lists.items()):
-                for i, h in enumerate(entry.hosts):
-                    if h.id == host_id:
-                        vcpus, ram, disk = used
-                        now = HostState(h.id, h.name, h.up, h.enabled, h.vcpus, h.ram_mb,
-                                        h.disk_gb, vcpus, ram, disk, h.overlays)  # fmt: skip
-                        entry.move(i, now)
-                        break
-                else:
-                    r = _rank(name, ram_mb, used[1], entry.ram_ratio, entry.weigher)
-                    if entry.floor is None or r <= entry.floor:
-                        del self._lists[key]
+                i = entry.index(host_id)
+                if i is not None:
+                    h = entry.hosts[i]
+                    vcpus, ram, disk = used
+                    now = HostState(h.id, h.name, h.up, h.enabled, h.vcpus, h.ram_mb,
+                                    h.disk_gb, vcpus, ram, disk, h.overlays)  # fmt: skip
+                    entry.move(i, now)
+                    continue
+                r = _rank(name, ram_mb, used[1], entry.ram_ratio, entry.weigher)
+                if entry.floor is None or r <= entry.floor:
+                    del self._lists[key]
 
     def forget(self, key: tuple[Any, ...]) -> None:
         with self._lock:
@@ -133,6 +142,9 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 def for_engine(engine: Any) -> Shortlists:
+    found = _BY_ENGINE.get(engine)  # a dict read is atomic: the lock only guards the creation
+    if found is not None:
+        return found
     with _REGISTRY_LOCK:
         found = _BY_ENGINE.get(engine)
         if found is None:
