@@ -48,7 +48,7 @@ class _Compiled:
     def args(self, params: Mapping[str, Any]) -> Any:
         """The driver's arguments for `params` (by bind name), each through its processor."""
         if self.plan is not None:
-            return tuple(params[n] if p is None else p(params[n]) for n, p in self.plan)
+            return tuple([params[n] if p is None else p(params[n]) for n, p in self.plan])
         if not self.processors:
             return params
         out = dict(params)

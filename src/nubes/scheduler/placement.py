@@ -231,16 +231,20 @@ def group_state(session: Session, group: ServerGroup, lock: bool = True) -> Grou
     return GroupState(group.name, group.policy, {name: int(n) for name, n in rows})
 
 
-def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
+def _take(
+    conn: Connection, host: HostState, req: Request, s: Settings,
+    lists: shortlist.Shortlists | None = None,
+) -> bool:  # fmt: skip
     """Add the request to the host's usage if it still fits (re-checked inside the write: on
     PostgreSQL a racing UPDATE of the row makes this one wait, then re-evaluate its WHERE on the
-    committed row). False: the claim lost."""
+    committed row). False: the claim lost. `lists`: the engine's, if the caller has them."""
     params = _params(req, s)
     params["host_id"] = host.id
     params["cutoff"] = _cutoff(s)
     rows = _TAKE.execute(conn, params).fetchall()  # fetch all: ends the statement
     if rows:  # this process's shortlists take the host's usage as the database now has it
-        shortlist.for_engine(conn.engine).changed(host.id, host.name, host.ram_mb, rows[0])
+        lists = lists or shortlist.for_engine(conn.engine)
+        lists.changed(host.id, host.name, host.ram_mb, rows[0])
     return bool(rows)
 
 
@@ -277,7 +281,7 @@ def _claim_shortlisted(
             if best is None:
                 return None
         tried.add(best.id)
-        if _take(conn, best, req, s):
+        if _take(conn, best, req, s, lists):
             return best
         lists.forget(key)  # lost a race for it: read the hosts again
     return None
