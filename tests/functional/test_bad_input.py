@@ -74,7 +74,7 @@ def test_hostile_resource_names_rejected(ready: Cloud, path: str, name: str) -> 
         ("flavor", "y" * 1000, 422),
         ("user_data", "x" * 70000, 422),
         ("extra", 1, 422),
-    ],  # --host as a member: test_member_cannot_force_host (test_projects.py)
+    ],  # --host as a member: test_projects.py, test_members_cannot_manage_projects_or_force_hosts
 )
 def test_bad_references_name_the_field(ready: Cloud, field: str, value: Any, status: int) -> None:
     got, body = post(ready, "/v1/servers", server(**{field: value}))
