@@ -65,3 +65,12 @@ def test_console_name_means_attach(monkeypatch: pytest.MonkeyPatch) -> None:
     help_text = CliRunner().invoke(app, ["console", "--help"]).output
     for sub in ("log", "url", "vnc", "attach"):
         assert sub in help_text
+
+
+def test_a_request_invalid_before_sending_is_one_line_naming_the_field() -> None:
+    result = CliRunner().invoke(
+        app, ["server", "create", "bad name!", "--image", "tiny", "--network", "n"]
+    )
+    assert result.exit_code == 1
+    assert "error: name: a hostname: 1 to 63 letters, digits or '-'" in result.output
+    assert "Traceback" not in result.output

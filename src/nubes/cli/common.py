@@ -10,7 +10,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -51,6 +51,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except ApiError as exc:
             fail(exc.detail)
+        except ValidationError as exc:  # a request checked here before it is sent
+            fail(invalid_input(exc))
         except (NubesError, LabError) as exc:
             fail(str(exc))
         except OSError as exc:
@@ -58,6 +60,15 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def invalid_input(exc: ValidationError) -> str:
+    """The first problem as the API would put it: "field: what is wrong"."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    field = ".".join(str(p) for p in errors[0]["loc"]) or "input"
+    return f"{field}: {errors[0]['msg']}"
 
 
 def show(items: BaseModel | Sequence[BaseModel], columns: Sequence[str], fmt: Output) -> None:

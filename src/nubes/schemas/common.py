@@ -4,16 +4,44 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+
+def _says(rule: str) -> WrapValidator:
+    """A name that breaks its pattern or length is told the rule in words, not the regex
+    (the OpenAPI schema keeps the pattern)."""
+
+    def check(value: Any, inner: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return inner(value)
+        except ValidationError as exc:
+            kinds = {e["type"] for e in exc.errors()}
+            if kinds & {"string_pattern_mismatch", "string_too_long", "string_too_short"}:
+                raise PydanticCustomError("invalid_name", rule) from None
+            raise
+
+    return WrapValidator(check)
+
 
 # Resource names: letters, digits, dot, dash, underscore; no path or shell characters.
 Name = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", max_length=63)
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", max_length=63),
+    _says("1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"),
 ]
 # Server names become the guest hostname, so they follow RFC 1123 labels.
 Hostname = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", max_length=63),
+    _says("a hostname: 1 to 63 letters, digits or '-', not starting or ending with '-'"),
 ]
 
 
