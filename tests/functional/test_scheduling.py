@@ -126,8 +126,14 @@ def test_only_admins_force_a_host_and_it_is_obeyed(make_cloud: MakeCloud) -> Non
     assert create(cloud, "x", host="host3").host == "host3"
     with pytest.raises(ApiError) as exc:
         create(cloud, "y", host="nowhere")
+    assert (exc.value.status, exc.value.field) == (404, "host")
+    assert exc.value.detail == "host 'nowhere' not found"
+    cloud.client.set_host_enabled("host3", False)
+    with pytest.raises(ApiError) as exc:
+        create(cloud, "z", host="host3")
     assert exc.value.status == 409
-    assert exc.value.detail.count("not the requested host nowhere") == 3
+    assert "host3: host is disabled" in exc.value.detail
+    assert exc.value.detail.count("not the requested host host3") == 2
 
 
 def test_down_host_is_skipped_and_its_servers_are_unknown_not_deleted(

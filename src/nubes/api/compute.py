@@ -99,6 +99,8 @@ def _validate(
 ) -> Resolved:
     if body.host and not who.is_admin:
         raise Forbidden("host: only an admin may choose the host", field="host")
+    if body.host:
+        lookup.host(session, body.host)  # a name that is no host: 404, not "no valid host"
     image = lookup.owned(session, Image, body.image, who, "image")
     if image.status != "active":
         raise InvalidInput(f"image: {image.name} is not active ({image.status})", field="image")
