@@ -61,7 +61,11 @@ class NubesClient:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
-            raise ApiError(0, f"cannot reach the nubes API: {exc}") from exc
+            raise ApiError(
+                0,
+                f"cannot reach the nubes API at {self._url}: {exc} (is it running? on this "
+                "machine `nubes lab up` starts the lab's, and `nubes lab status` shows it)",
+            ) from exc
         if resp.status_code >= 400:
             raise _error(resp)
         return resp
