@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typer.testing import CliRunner
+
+from nubes.cli.main import app
 from nubes.schemas import resources as s
 from tests.cloud import Cloud
 
@@ -117,3 +120,15 @@ def test_delete_twice_and_delete_while_building(ready: Cloud) -> None:
     assert list(agent.layout.instances.iterdir()) == []
     gone = ready.client._http.delete(f"/v1/servers/{server.id}")
     assert gone.status_code == 404
+
+
+def test_cli_deletes_several_and_reports_the_one_it_could_not(ready: Cloud) -> None:
+    for name in ("a", "b"):
+        ready.wait_status(create(ready, name).id, "ACTIVE")
+    env = {"NUBES_URL": ready.url, "NUBES_TOKEN": ready.token}
+    out = CliRunner().invoke(app, ["server", "delete", "a", "nope", "b", "--wait"], env=env)
+    assert out.exit_code == 1, out.output
+    assert "error: server 'nope' not found" in out.output
+    assert "deleted server a" in out.output and "deleted server b" in out.output
+    assert "1 of 3 servers could not be deleted" in out.output
+    assert ready.client.servers() == []  # --wait: both gone by the time it answered

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from nubes.cli.common import Output, OutputOpt, client, console, fail, handle_errors, show
+from nubes.cli.common import (
+    Output,
+    OutputOpt,
+    client,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    show,
+)
 from nubes.cli.tenancy import print_explanation
 from nubes.client import ApiError, NubesClient
 from nubes.schemas import resources as s
@@ -98,27 +107,41 @@ def show_(ref: str, output: Output = OutputOpt) -> None:
 @server_app.command("delete")
 @handle_errors
 def delete(
-    ref: str,
+    refs: list[str] = typer.Argument(..., help="server names or ids", show_default=False),
     wait: bool = typer.Option(False, help="wait until everything is removed"),
     timeout: float = typer.Option(120, help="seconds --wait waits"),
 ) -> None:
-    """Delete a server and everything it had on its host."""
+    """Delete servers and everything they had on their hosts: nubes server delete web1 web2."""
     c = client()
-    server = c.delete_server(ref)
-    if wait:
+    deleted, failed = [], 0
+    for ref in refs:  # one that cannot go does not stop the others
+        try:
+            deleted.append(c.delete_server(ref))
+        except ApiError as exc:
+            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
+            failed += 1
+    if wait and deleted:
         deadline = time.monotonic() + timeout
-        with console.status(f"deleting {server.name}"):
-            while time.monotonic() < deadline:
-                try:
-                    c.server(server.id)
-                except ApiError as exc:
-                    if exc.status == 404:
-                        break
-                    raise
-                time.sleep(0.3)
-            else:
-                fail(f"timed out waiting for {server.name} to go")
-    console.print(f"deleted server {server.name}")
+        with console.status(f"deleting {', '.join(srv.name for srv in deleted)}"):
+            for server in deleted:
+                while not _gone(c, server.id):
+                    if time.monotonic() > deadline:
+                        fail(f"timed out waiting for {server.name} to go")
+                    time.sleep(0.3)
+    for server in deleted:
+        console.print(f"deleted server {server.name}")
+    if failed:
+        fail(f"{failed} of {len(refs)} servers could not be deleted")
+
+
+def _gone(c: NubesClient, server_id: str) -> bool:
+    try:
+        c.server(server_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
 
 
 def _action(ref: str, action: str, hard: bool = False, wait: bool = False) -> None:
