@@ -22,7 +22,7 @@ import pytest
 from nubes.errors import DriverError, InvalidInput
 from nubes.lab import Lab, netns
 from nubes.lab.lab import kill_namespace_processes
-from nubes.network import firewall
+from nubes.network import firewall, linuxbridge
 from nubes.network.base import DhcpHost, NetworkSpec, OverlayPeer, PortSpec
 from nubes.network.linuxbridge import LinuxBridgeDriver, geneve_supported, vxlan_name
 from nubes.network.netlink import Netlink
@@ -274,7 +274,9 @@ def test_dhcp_lease_matches_the_reservation(make_ns: Callable[[str], str], state
         driver.delete_network(other.id)
 
 
-def test_anti_spoofing_and_host_guard(make_ns: Callable[[str], str], state_dir: Path) -> None:
+def test_anti_spoofing_and_host_guard(
+    make_ns: Callable[[str], str], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ns = make_ns("f")
     net = net_spec("net-4")
     port = port_spec(4, net, MAC1, "10.20.0.5", owner=None)
@@ -302,6 +304,19 @@ def test_anti_spoofing_and_host_guard(make_ns: Callable[[str], str], state_dir: 
             firewall.apply(firewall.delete_tables_script(firewall.tables()))
             assert tap.exchange(syn, is_tcp_rst(gw))
             assert tap.exchange(spoofed_ip, mentions_ip("10.20.0.9"))
+            # tables gone behind the driver's back: its next ensure puts every rule back, and
+            # so does a restarted agent's driver (the port's rules from the tap's alias)
+            monkeypatch.setattr(linuxbridge, "TABLES_CHECK_EVERY", 0.0)
+            # (a new spoofed address each time: the host still ARPs for the one that got in)
+            restarted = LinuxBridgeDriver(state_dir)
+            for ensuring, spoof in ((driver, "10.20.0.10"), (restarted, "10.20.0.11")):
+                ensuring.ensure_network(net)
+                assert sorted(firewall.tables()) == ["bridge", "inet"]
+                assert not tap.exchange(syn, is_tcp_rst(gw))
+                spoofed = icmp_echo(MAC1, gw_mac, spoof, gw)
+                assert not tap.exchange(spoofed, mentions_ip(spoof))
+                assert tap.exchange(icmp_echo(MAC1, gw_mac, "10.20.0.5", gw), is_echo_reply(gw))
+                firewall.apply(firewall.delete_tables_script(firewall.tables()))
         driver.unplug_port(port.tap)
         driver.delete_network(net.id)
         assert link_names() == ["lo"]

@@ -1,8 +1,9 @@
 """The Linux bridge network driver: a bridge per network, taps for ports, VXLAN between hosts,
 dnsmasq for DHCP and nftables for NAT and anti-spoofing.
 
-Our devices carry an alias (`nubes network <id>`, `nubes port <id> <mac>`): that is how a
-restarted agent finds what it owns without any state file of its own.
+Our devices carry an alias (`nubes network <id>`, `nubes port <id> <mac> <ip>`): that is how a
+restarted agent finds what it owns without any state file of its own, and how it puts a port's
+anti-spoofing rules back when nftables lost them (`nft flush ruleset`, a firewall reload).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
@@ -23,7 +25,7 @@ from nubes.errors import DriverError, InvalidInput
 from nubes.network import firewall
 from nubes.network.base import NetworkDriver, NetworkSpec, PortInfo, PortSpec, bridge_name
 from nubes.network.dhcp import DhcpConfig, Dnsmasq, check_id
-from nubes.network.netlink import ZERO_MAC, Netlink, check_ifname, set_sysctl
+from nubes.network.netlink import ZERO_MAC, Link, Netlink, check_ifname, set_sysctl
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,19 @@ GENEVE_ALIAS = "nubes geneve "
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
 METADATA_IP = "169.254.169.254"
+# how often (seconds, at most) an ensure_network asks nft whether our tables are still there
+TABLES_CHECK_EVERY = 10.0
+
+
+def _port_alias(link: Link) -> tuple[str, str, str] | None:
+    """(tap, MAC, IP) of one of our port taps, from its alias; IP "" if the alias has none."""
+    alias = link.alias or ""
+    if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
+        return None
+    fields = alias[len(PORT_ALIAS) :].split()  # port id, MAC[, IP]
+    if len(fields) < 2:
+        return None
+    return link.name, fields[1], fields[2] if len(fields) > 2 else ""
 
 
 def derived_mac(seed: str) -> str:
@@ -145,12 +160,14 @@ class LinuxBridgeDriver(NetworkDriver):
         self._has_bridge: bool | None = None  # our bridge-family table, as far as we know
         # while an ensure runs: its nft scripts, sent to nft together at its end
         self._pending: list[tuple[tuple[str, str], str]] | None = None
+        self._tables_checked_at = -TABLES_CHECK_EVERY  # monotonic time of the last check
 
     # -- networks ------------------------------------------------------------------------------
 
     def ensure_network(self, spec: NetworkSpec) -> None:
         validate_network(spec)
         with self._lock, Netlink() as nl:
+            self._restore_lost_tables(nl)
             created = nl.get_link(spec.bridge) is None
             try:
                 with self._nft_batch():
@@ -237,6 +254,29 @@ class LinuxBridgeDriver(NetworkDriver):
         if self._has_inet is None:
             self._has_inet = "inet" in firewall.tables()
         return self._has_inet
+
+    def _restore_lost_tables(self, nl: Netlink) -> None:
+        """What we know of nftables is a cache: if our tables went away behind our back, forget
+        it and put every rule back (the networks' as they are ensured, the ports' here from
+        their aliases). Checked at most every TABLES_CHECK_EVERY s: each check is an nft run."""
+        now = time.monotonic()
+        if now - self._tables_checked_at < TABLES_CHECK_EVERY:
+            return
+        self._tables_checked_at = now
+        ports = [p for p in map(_port_alias, nl.list_links(TAP_PREFIX)) if p is not None]
+        want = {"inet"} if self._has_inet else set()
+        if self.anti_spoof and ports:
+            want.add("bridge")
+        lost = want - set(firewall.tables()) if want else set()
+        if not lost:
+            return
+        log.warning("nftables: our %s table went away; applying every rule again", "/".join(lost))
+        self._forget_rules()
+        self._has_inet = self._has_bridge = None
+        if "bridge" in lost:
+            for tap, mac, ip in ports:
+                if ip:  # an older alias without the address: the port's next plug puts them
+                    self._apply_port(partial(firewall.port_script, tap, mac, ip))
 
     def _forget_rules(self) -> None:
         """Something was removed: the next ensure applies everything again."""
@@ -404,7 +444,7 @@ class LinuxBridgeDriver(NetworkDriver):
                 raise DriverError(f"bridge {spec.bridge} of network {spec.network_id} is missing")
             created = nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
             try:
-                nl.set_alias(spec.tap, f"{PORT_ALIAS}{spec.id} {mac}")
+                nl.set_alias(spec.tap, f"{PORT_ALIAS}{spec.id} {mac} {spec.ip}")
                 if self.anti_spoof:  # before the port can carry anything
                     self._apply_port(partial(firewall.port_script, spec.tap, mac, spec.ip))
                 nl.set_master(spec.tap, spec.bridge)
@@ -448,9 +488,9 @@ class LinuxBridgeDriver(NetworkDriver):
             names = {link.index: link.name for link in nl.list_links(BRIDGE_PREFIX)}
         ports = []
         for link in links:
-            alias = link.alias or ""
-            if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
+            ours = _port_alias(link)
+            if ours is None:
                 continue  # not ours: the agent deletes what this lists, so never guess
             bridge = names.get(link.master) if link.master else None
-            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=alias.split()[-1]))
+            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=ours[1]))
         return sorted(ports, key=lambda p: p.tap)
