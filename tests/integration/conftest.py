@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nubes.client import NubesClient
+from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.lab import netns
 
 CACHE = Path(os.environ.get("NUBES_TEST_CACHE", "/var/cache/nubes-test"))
@@ -87,9 +88,12 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
 
 def stop_lab(cloud: LabCloud) -> None:
     cloud.client.close()
+    instances = [d.name for d in cloud.state_dir.glob("hosts/*/instances/*") if d.is_dir()]
     cloud.nubes("lab", "down", check=False, timeout=120)
     leftovers = netns.list_names(cloud.prefix + "-")
     assert not leftovers, f"lab down left namespaces: {leftovers}"
+    sockets = [i for i in instances if (SOCKET_ROOT / i).exists()]
+    assert not sockets, f"lab down left QEMU socket directories: {sockets}"
     marker = str(cloud.state_dir).encode()
     procs = []
     for proc in Path("/proc").iterdir():

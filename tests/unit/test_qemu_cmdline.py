@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec
-from nubes.hypervisor.qemu.cmdline import build_argv
+from nubes.hypervisor.qemu.cmdline import build_argv, guest_id
 
 D = "/run/nubes/i-1"
 COMMON_HEAD = [
@@ -138,3 +138,10 @@ def test_invalid_specs_rejected(kw: dict[str, object]) -> None:
 def test_unknown_accel_rejected() -> None:
     with pytest.raises(ValueError):
         build_argv(make_spec(), "hvf", "qemu-system-x86_64")
+
+
+def test_the_guest_id_is_read_back_from_a_command_line() -> None:
+    spec = make_spec(id="0c7b7c2e-1111-4222-8333-444455556666")
+    assert guest_id(build_argv(spec, "tcg", "qemu-system-x86_64")) == spec.id
+    assert guest_id(["qemu-system-x86_64", "-name", "guest=../x,debug-threads=on"]) is None
+    assert guest_id(["sleep", "guest=i-1,debug-threads=on"]) is None  # not after -name

@@ -128,7 +128,8 @@ def lab_down(
 ) -> None:
     """Remove every lab host, guest, process and device, and stop the API."""
     lab = _lab()
-    lab.destroy()
+    hosts = state_dir() / "hosts"  # each lab host's agent keeps its instances under it
+    lab.destroy(guests=[d.name for d in hosts.glob("*/instances/*") if d.is_dir()])
     daemon.stop_api(state_dir())
     if not keep_state:
         shutil.rmtree(state_dir(), ignore_errors=True)

@@ -16,12 +16,15 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT, guest_id
 from nubes.lab import netns
 
 STATE_FILE = "lab.json"
@@ -225,10 +228,16 @@ class Lab:
             )
         return st
 
-    def destroy(self, timeout: float = 5.0) -> None:
+    def destroy(self, timeout: float = 5.0, guests: Iterable[str] = ()) -> None:
         """Kill every process in our namespaces, delete them, their veths and the bridge, and
-        forget the lab. Idempotent; also finds namespaces a lost state file forgot."""
+        forget the lab. Idempotent; also finds namespaces a lost state file forgot.
+
+        QEMU leaves its socket directory behind when it is killed, and the lab's hosts share
+        /run: those of the guests found running go, and of `guests` (every instance the hosts
+        had: a host killed on purpose has no QEMU left to find)."""
+        guests = set(guests)
         for ns in self._known_namespaces():
+            guests.update(_guest_ids(ns))
             kill_namespace_processes(ns, timeout)
             veth = f"{ns}-ul"
             if _link_exists(veth):
@@ -236,6 +245,9 @@ class Lab:
             netns.delete(ns)
         if _link_exists(self.bridge):
             _ip("link", "del", self.bridge)
+        for instance_id in guests:
+            if _SAFE_ID.fullmatch(instance_id):
+                shutil.rmtree(SOCKET_ROOT / instance_id, ignore_errors=True)
         self._hosts = []
         self._pids = {}
         self.state_path.unlink(missing_ok=True)
@@ -253,6 +265,22 @@ def kill_namespace_processes(ns: str, timeout: float = 5.0) -> None:
     left = [p for p in netns.pids(ns) if p != os.getpid() and _alive(p)]
     if left:
         raise LabError(f"processes {left} in {ns} survived SIGKILL")
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9-]+")  # an instance id, never a path
+
+
+def _guest_ids(ns: str) -> list[str]:
+    """The instances whose QEMU runs in the namespace."""
+    found = []
+    for pid in netns.pids(ns):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if (instance_id := guest_id(argv.split("\0"))) is not None:
+            found.append(instance_id)
+    return found
 
 
 def _is_agent(pid: int) -> bool:

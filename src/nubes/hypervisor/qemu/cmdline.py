@@ -82,6 +82,17 @@ def guest_name_arg(instance_id: str) -> str:
     return f"guest={instance_id},debug-threads=on"
 
 
+_GUEST_NAME = re.compile(r"guest=([A-Za-z0-9-]+),debug-threads=on")
+
+
+def guest_id(argv: list[str]) -> str | None:
+    """The instance id a QEMU command line runs (see guest_name_arg), or None."""
+    for arg, value in zip(argv, argv[1:], strict=False):
+        if arg == "-name" and (m := _GUEST_NAME.fullmatch(value)):
+            return m.group(1)
+    return None
+
+
 def _esc(value: object) -> str:
     """Escape a QemuOpts value: a comma is written as two commas."""
     return str(value).replace(",", ",,")
