@@ -125,3 +125,25 @@ def test_a_change_elsewhere_moves_the_host_or_drops_the_list() -> None:
     assert lists.best(key, ok, S) is not None
     lists.changed("c", "c", 8192, (0, 0, 0))  # now ahead of the floor: the list proves nothing
     assert lists.best(key, ok, S) is None
+
+
+def test_reads_grow_while_lists_are_used_up_and_start_small_after_a_quiet_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lists = shortlist.Shortlists()
+    key = lists.key(REQ, S)
+    first = lists.read_size(key, 1024)
+    assert first == shortlist.FIRST_READ and lists.read_size(key, 16) == 16
+    # a list whose hosts all fall behind its floor within the TTL: the next read is longer
+    lists.remember(key, [host("a", 0), host("b", 0)], first, S)
+    lists.changed("a", "a", 8192, (0, 8192, 0))  # full now: the filters drop it
+    lists.changed("b", "b", 8192, (0, 8192, 0))
+    assert lists.best(key, ok, S) is None
+    assert lists.read_size(key, 1024) == 2 * first
+    assert lists.read_size(key, 100) == 100  # never more than the most asked for
+    # a list that expires instead (creates more than a TTL apart): back to a short read
+    lists.remember(key, [host("a", 0)], 2 * first, S)
+    now = shortlist.time.monotonic()
+    monkeypatch.setattr(shortlist.time, "monotonic", lambda: now + shortlist.TTL + 0.1)
+    assert lists.best(key, ok, S) is None
+    assert lists.read_size(key, 1024) == first

@@ -35,10 +35,11 @@ from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Requ
 from nubes.scheduler.weighers import weigh
 
 # Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
-# reads at most this many best candidates and remembers them for the next placements
-# (shortlist.py). With spread, a list of N equal hosts serves about N placements, and one that
-# holds every candidate serves until it expires; so a cloud of up to this many hosts is read
-# about once a second (~2 ms at 1,000 hosts), a larger one in slices of this size.
+# reads the best candidates and remembers them for the next placements (shortlist.py). With
+# spread, a list of N equal hosts serves about N placements, and one that holds every candidate
+# serves until it expires (1 s). A read asks for 64 hosts (~0.3 ms at 1,000 hosts), twice as
+# many each time a list is used up before it expires, up to this many (~2 ms): a busy cloud of
+# up to 1,024 hosts is then read about once a second, a quiet one reads little each create.
 SHORTLIST = 1024
 MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
 
@@ -276,7 +277,8 @@ def _claim_shortlisted(
     for _ in range(3):
         best = lists.best(key, ok, s)
         if best is None:
-            lists.remember(key, candidates(conn, req, s, SHORTLIST), SHORTLIST, s)
+            limit = lists.read_size(key, SHORTLIST)
+            lists.remember(key, candidates(conn, req, s, limit), limit, s)
             best = lists.best(key, ok, s)  # from a fresh read: None only if none passes
             if best is None:
                 return None

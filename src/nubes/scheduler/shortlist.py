@@ -29,6 +29,7 @@ from nubes.conf import Settings
 from nubes.scheduler.filters import HostState, Request
 
 TTL = 1.0
+FIRST_READ = 64  # hosts a first read keeps; doubled each time a list is used up before its TTL
 
 
 Rank = tuple[float, str]
@@ -53,6 +54,7 @@ class Entry:
     at: float
     ram_ratio: float
     weigher: str
+    limit: int  # the read's LIMIT
     where: dict[str, Rank] = field(init=False)  # host id -> its rank: finds it by bisection
 
     def __post_init__(self) -> None:
@@ -77,6 +79,9 @@ class Shortlists:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lists: dict[tuple[Any, ...], Entry] = {}
+        # how many hosts the next read of a key asks for: a list used up within its TTL (many
+        # creates) makes the next read twice as long; one that expires (few) starts again small
+        self._sizes: dict[tuple[Any, ...], int] = {}
 
     @staticmethod
     def key(req: Request, s: Settings) -> tuple[Any, ...]:
@@ -91,8 +96,9 @@ class Shortlists:
         floor = ranks[-1] if len(hosts) >= limit else None
         with self._lock:
             entry = Entry(
-                ordered, ranks, floor, time.monotonic(), s.ram_allocation_ratio, s.scheduler_weigher
-            )
+                ordered, ranks, floor, time.monotonic(),
+                s.ram_allocation_ratio, s.scheduler_weigher, limit,
+            )  # fmt: skip
             self._lists[key] = entry
 
     def best(self, key: tuple[Any, ...], passes: Callable[[HostState], bool],
@@ -101,8 +107,11 @@ class Shortlists:
         best of all hosts; None if there is no such list or it no longer proves it."""
         with self._lock:
             entry = self._lists.get(key)
-            if entry is None or time.monotonic() - entry.at > TTL:
-                self._lists.pop(key, None)
+            if entry is None:
+                return None
+            if time.monotonic() - entry.at > TTL:
+                del self._lists[key]
+                self._sizes.pop(key, None)
                 return None
             for h, r in zip(entry.hosts, entry.ranks, strict=True):
                 if entry.floor is not None and r > entry.floor:
@@ -110,7 +119,13 @@ class Shortlists:
                 if passes(h):
                     return h
             del self._lists[key]
+            self._sizes[key] = 2 * entry.limit  # used up before it expired
             return None
+
+    def read_size(self, key: tuple[Any, ...], most: int) -> int:
+        """How many hosts the next read for `key` should ask for, at most `most`."""
+        with self._lock:
+            return min(self._sizes.get(key, FIRST_READ), most)
 
     def changed(self, host_id: str, name: str, ram_mb: int,
                 used: tuple[int, int, int]) -> None:  # fmt: skip
