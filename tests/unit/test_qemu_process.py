@@ -36,6 +36,14 @@ def test_is_guest_process_checks_name_and_state(tmp_path: Path) -> None:
     assert not process.is_guest_process(13, "i-1", tmp_path)  # gone
 
 
+def test_guest_of_reads_the_instance_from_the_command_line(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 20, "S", ["qemu-system-x86_64", "-name", "guest=i-7,debug-threads=on"])
+    fake_proc(tmp_path, 21, "S", ["sleep", "60"])
+    assert process.guest_of(20, tmp_path) == "i-7"
+    assert process.guest_of(21, tmp_path) is None
+    assert process.guest_of(22, tmp_path) is None  # gone
+
+
 def test_real_process_signal_and_wait() -> None:
     child = subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", "import time; time.sleep(60)", "guest=t-1,debug-threads=on"]

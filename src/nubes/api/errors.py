@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nubes.api import redact
 from nubes.errors import NubesError
+from nubes.schemas.common import first_problem
 
 log = logging.getLogger("nubes.api")
 PROBLEM = "application/problem+json"
@@ -24,11 +25,6 @@ def problem(status: int, title: str, detail: str, field: str | None = None) -> J
     if field:
         body["field"] = field
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
-def _field_of(loc: tuple[object, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
 
 
 class RejectNul:
@@ -62,10 +58,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = _field_of(tuple(first.get("loc", ())))
-        msg = str(first.get("msg", "invalid value"))
-        return problem(422, "Invalid input", f"{field}: {msg}", field)
+        field, detail = first_problem(exc.errors())
+        return problem(422, "Invalid input", detail, field)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -17,6 +17,7 @@ from rich.table import Table
 from nubes.client import ApiError, NubesClient
 from nubes.errors import NubesError
 from nubes.lab import LabError
+from nubes.schemas.common import first_problem
 
 # wide when piped, so tables stay readable in logs and CI output
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -37,8 +38,13 @@ def client() -> NubesClient:
     return NubesClient.from_config()
 
 
-def fail(message: str, code: int = 1) -> None:
+def error(message: str) -> None:
+    """One error line on stderr (`fail` also exits)."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    error(message)
     raise typer.Exit(code)
 
 
@@ -52,7 +58,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except ApiError as exc:
             fail(exc.detail)
         except ValidationError as exc:  # a request checked here before it is sent
-            fail(invalid_input(exc))
+            fail(first_problem(exc.errors())[1])
         except (NubesError, LabError) as exc:
             fail(str(exc))
         except OSError as exc:
@@ -60,15 +66,6 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return wrapper
-
-
-def invalid_input(exc: ValidationError) -> str:
-    """The first problem as the API would put it: "field: what is wrong"."""
-    errors = exc.errors()
-    if not errors:
-        return str(exc)
-    field = ".".join(str(p) for p in errors[0]["loc"]) or "input"
-    return f"{field}: {errors[0]['msg']}"
 
 
 def show(items: BaseModel | Sequence[BaseModel], columns: Sequence[str], fmt: Output) -> None:

@@ -12,7 +12,7 @@ from nubes.cli.common import (
     OutputOpt,
     client,
     console,
-    err_console,
+    error,
     fail,
     handle_errors,
     show,
@@ -118,7 +118,7 @@ def delete(
         try:
             deleted.append(c.delete_server(ref))
         except ApiError as exc:
-            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
+            error(exc.detail)
             failed += 1
     if wait and deleted:
         deadline = time.monotonic() + timeout

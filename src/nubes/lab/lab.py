@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT, guest_id
+from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
+from nubes.hypervisor.qemu.process import guest_of
 from nubes.lab import netns
 
 STATE_FILE = "lab.json"
@@ -272,15 +273,7 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9-]+")  # an instance id, never a path
 
 def _guest_ids(ns: str) -> list[str]:
     """The instances whose QEMU runs in the namespace."""
-    found = []
-    for pid in netns.pids(ns):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if (instance_id := guest_id(argv.split("\0"))) is not None:
-            found.append(instance_id)
-    return found
+    return [g for g in map(guest_of, netns.pids(ns)) if g is not None]
 
 
 def _is_agent(pid: int) -> bool:

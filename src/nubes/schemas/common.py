@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -13,6 +14,16 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+
+
+def first_problem(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """(field, "field: what is wrong") for the first of pydantic's errors, as the API answers
+    a 422 and the CLI prints a request it checked itself. A FastAPI location's "body"/"query"/
+    "path" part is not a field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(parts) or "body"
+    return field, f"{field}: {first.get('msg', 'invalid value')}"
 
 
 def _says(rule: str) -> WrapValidator:

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from nubes.hypervisor.qemu.cmdline import guest_name_arg
+from nubes.hypervisor.qemu.cmdline import guest_id, guest_name_arg
 
 PROC = Path("/proc")
 
@@ -39,6 +39,15 @@ def is_guest_process(pid: int, instance_id: str, proc: Path = PROC) -> bool:
     if not fields or fields[0] in ("Z", "X", "x"):
         return False
     return guest_name_arg(instance_id).encode() in cmdline.split(b"\0")
+
+
+def guest_of(pid: int, proc: Path = PROC) -> str | None:
+    """The instance whose QEMU pid is, from its command line; None for any other process."""
+    try:
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return guest_id(cmdline.decode(errors="replace").split("\0"))
 
 
 def wait_gone(pid: int, instance_id: str, timeout: float, interval: float = 0.05) -> bool:
