@@ -58,10 +58,13 @@ def create(cloud: LabCloud, name: str, key: str | None = None) -> s.Server:
 
 
 def delete_all(cloud: LabCloud) -> None:
-    for server in cloud.client.servers():
-        cloud.client.delete_server(server.id)
-    for server in cloud.client.servers():
-        wait_gone(cloud, server.id)
+    # the ids are kept: a server being deleted is no longer listed, so listing again here
+    # would wait for nothing and check the host while QEMU is still going
+    ids = [server.id for server in cloud.client.servers()]
+    for server_id in ids:
+        cloud.client.delete_server(server_id)
+    for server_id in ids:
+        wait_gone(cloud, server_id)
     assert_host_has(cloud, set())
     gc_clean(cloud)
 
