@@ -64,13 +64,14 @@ class Cloud:
         self.url, self.token = self.apis[0].url, token
         self.client = NubesClient(self.url, token)
         self.agents: list[tuple[Agent, threading.Event, list[threading.Thread]]] = []
+        self.credentials: dict[str, str] = {}
         for i in range(hosts):
             self.start_agent(f"host{i + 1}", f"10.255.0.{11 + i}")
 
     def start_agent(self, name: str, address: str = "", hypervisor: Any = None) -> Agent:
         """`hypervisor`: an earlier agent's, for the same host coming back with its guests."""
         settings = self.settings.model_copy(update={"host_name": name, "host_address": address})
-        agent = build_agent(settings, NubesClient(self.url, self.token))
+        agent = build_agent(settings, NubesClient(self.url, self.host_credential(name)))
         if hypervisor is not None:
             agent.hypervisor = agent.instances.hypervisor = hypervisor
         agent.register()
@@ -83,6 +84,15 @@ class Cloud:
             t.start()
         self.agents.append((agent, stop, threads))
         return agent
+
+    def host_credential(self, name: str) -> str:
+        """The host's own credential, by the join a real machine makes (kept per name: an agent
+        started again for the same host is the same joined machine)."""
+        if name not in self.credentials:
+            token = self.client.create_join_token(600).token
+            with NubesClient(self.url, "") as anonymous:
+                self.credentials[name] = anonymous.join(token, name).credential
+        return self.credentials[name]
 
     def stop_agent(self, agent: Agent) -> None:
         for entry in list(self.agents):

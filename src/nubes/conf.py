@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8774
     api_url: str = ""  # how clients reach the API; empty: the unix socket under state_dir
+    # more addresses the HTTPS listener binds (comma-separated), e.g. the address other
+    # machines reach this one at; the server certificate names each of them
+    api_listen: str = ""
+    api_tls_names: str = ""  # more DNS names or addresses for the server certificate
 
     # drivers: "qemu"/"linuxbridge" for real hosts, "fake" for functional tests
     hypervisor_driver: str = "qemu"
@@ -62,6 +66,15 @@ class Settings(BaseSettings):
     @property
     def api_socket(self) -> Path:
         return self.state_dir / "api.sock"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        extra = [a.strip() for a in self.api_listen.split(",") if a.strip()]
+        return list(dict.fromkeys([self.api_host, *extra]))
 
     @property
     def images_dir(self) -> Path:

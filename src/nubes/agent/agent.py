@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import nubes
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import HostLayout
 from nubes.agent.metadata import metadata_table
@@ -90,6 +91,7 @@ class Agent:
                 ram_mb=res.ram_mb,
                 disk_gb=res.disk_gb,
                 overlays=",".join(self.network.overlays()),
+                agent_version=nubes.__version__,
             )
         )
         log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)

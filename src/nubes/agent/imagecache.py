@@ -20,10 +20,9 @@ def sha256_of(path: Path) -> str:
 
 
 class ImageCache:
-    def __init__(self, root: Path, client: NubesClient, local_store: Path | None) -> None:
+    def __init__(self, root: Path, client: NubesClient) -> None:
         self.root = root
         self.client = client
-        self.local_store = local_store  # the API's store, when it is on this machine
         self._lock = threading.Lock()
 
     def ensure(self, image_id: str, part: str, suffix: str, sha256: str) -> Path:
@@ -34,12 +33,10 @@ class ImageCache:
                 return dest
             tmp = dest.with_name(dest.name + ".part")
             tmp.unlink(missing_ok=True)
-            source = self.local_store / f"{image_id}.{suffix}" if self.local_store else None
             try:
-                if not (source is not None and _try_link(source, tmp)):
-                    self.client.download_image_part(image_id, part, tmp)
-                    if sha256_of(tmp) != sha256:
-                        raise DriverError(f"image {image_id} {part}: checksum mismatch")
+                self.client.download_image_part(image_id, part, tmp)
+                if sha256_of(tmp) != sha256:
+                    raise DriverError(f"image {image_id} {part}: checksum mismatch")
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -49,12 +46,3 @@ class ImageCache:
         for path in self.root.iterdir():
             if path.name.split(".", 1)[0] not in keep:
                 path.unlink(missing_ok=True)
-
-
-def _try_link(source: Path, dest: Path) -> bool:
-    """Same machine as the API: a hard link costs nothing and the API verified the file."""
-    try:
-        os.link(source, dest)
-    except OSError:
-        return False
-    return True

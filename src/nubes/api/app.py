@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         agent,
     ):
         app.include_router(module.router)
+    app.include_router(agent.join_router)
 
     expiring = threading.Event()
     threading.Thread(target=_expire_loop, args=(app.state.nubes, expiring), daemon=True).start()

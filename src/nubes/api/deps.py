@@ -12,14 +12,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.api.state import AppState
-from nubes.db.models import Token
+from nubes.db.models import HostCredential, Token
 from nubes.errors import Forbidden, Unauthorized
+
+# a host's credential starts with this, so one lookup finds it (and logs can tell it apart)
+HOST_CREDENTIAL_PREFIX = "nh_"
 
 
 @dataclass(frozen=True)
 class Caller:
     project_id: str
     role: str  # admin | member | host
+    host_id: str = ""  # the one host a host credential speaks for
 
     @property
     def is_admin(self) -> bool:
@@ -47,16 +51,31 @@ def authenticate(state: AppState, header: str) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    token = token.strip()
     with state.sessions() as session:
-        row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token.strip())))
+        if token.startswith(HOST_CREDENTIAL_PREFIX):
+            cred = session.scalar(
+                select(HostCredential).where(HostCredential.secret_sha256 == hash_token(token))
+            )
+            if cred is None:
+                raise Unauthorized("invalid or revoked host credential")
+            return Caller(project_id="", role="host", host_id=cred.host_id)
+        row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token)))
         if row is None:
             raise Unauthorized("invalid token")
         return Caller(project_id=row.project_id, role=row.role)
 
 
-def caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Caller:
+def any_caller(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Caller:
     who = authenticate(state, request.headers.get("authorization", ""))
     request.state.caller = who  # error answers are redacted for non-admins (api/errors.py)
+    return who
+
+
+def caller(who: Annotated[Caller, Depends(any_caller)]) -> Caller:
+    """A user: admin or a project's member. A host's credential is for the agent API only."""
+    if who.role == "host":
+        raise Forbidden("a host credential may use only the agent API")
     return who
 
 
@@ -66,10 +85,16 @@ def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
     return who
 
 
-def agent(who: Annotated[Caller, Depends(caller)]) -> Caller:
+def agent(who: Annotated[Caller, Depends(any_caller)]) -> Caller:
     if who.role not in ("admin", "host"):
-        raise Forbidden("this needs a host or admin token")
+        raise Forbidden("this needs a host credential")
     return who
+
+
+def require_own_host(who: Caller, host_id: str) -> None:
+    """Kubernetes' node authorizer, in one line: a host speaks only for itself."""
+    if who.role == "host" and who.host_id != host_id:
+        raise Forbidden("a host credential speaks only for its own host", field="host")
 
 
 SessionDep = Annotated[Session, Depends(db_session)]

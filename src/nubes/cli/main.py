@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nubes.cli import console, ops, resources, servers, services, ssh, tenancy
+from nubes.cli import console, hostjoin, ops, resources, servers, services, ssh, tenancy
 
 app = typer.Typer(
     help="nubes: a small IaaS cloud on QEMU. Start with `nubes up` or `nubes lab up`.",
@@ -17,6 +17,7 @@ app.add_typer(resources.image_app, name="image")
 app.add_typer(resources.flavor_app, name="flavor")
 app.add_typer(resources.keypair_app, name="keypair")
 app.add_typer(resources.network_app, name="network")
+hostjoin.register(resources.host_app)
 app.add_typer(resources.host_app, name="host")
 app.add_typer(tenancy.group_app, name="group")
 app.add_typer(tenancy.project_app, name="project")

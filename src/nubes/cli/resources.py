@@ -251,6 +251,8 @@ HOST_COLS = (
     "disk_gb",
     "used_disk_gb",
     "instances",
+    "joined_via",
+    "agent_version",
     "last_heartbeat",
 )
 

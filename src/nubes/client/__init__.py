@@ -1,5 +1,6 @@
 """Typed client for the nubes API (used by the CLI, the agent and the tests)."""
 
-from nubes.client.core import ApiError, NubesClient, load_config
+from nubes.client import identity
+from nubes.client.core import ApiError, NubesClient, fetch_pinned_ca, load_config
 
-__all__ = ["ApiError", "NubesClient", "load_config"]
+__all__ = ["ApiError", "NubesClient", "fetch_pinned_ca", "identity", "load_config"]

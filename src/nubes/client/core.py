@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from nubes import tls
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
 
@@ -25,6 +27,33 @@ class ApiError(Exception):
         self.field = field
 
 
+def fetch_pinned_ca(url: str, fingerprint: str, timeout: float = 30.0) -> bytes:
+    """The API's CA, trusted only if its sha256 is the one a join token carries.
+
+    This first contact cannot verify the server (there is no CA yet): the fingerprint decides,
+    and nothing secret is sent until a second connection has verified the server against the
+    pinned CA."""
+    try:
+        with httpx.Client(base_url=url, verify=False, timeout=timeout) as http:  # noqa: S501
+            resp = http.get("/v1/join/ca")
+    except httpx.TransportError as exc:
+        raise ApiError(0, f"cannot reach the nubes API at {url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise _error(resp)
+    pem = resp.content
+    try:
+        got = tls.fingerprint(pem)
+    except ValueError:
+        raise ApiError(0, f"{url} sent no certificate at /v1/join/ca") from None
+    if got != fingerprint.lower():
+        raise ApiError(
+            0,
+            f"the API at {url} presents a CA with sha256 {got}, but the join token pins "
+            f"{fingerprint}: refusing to join (wrong address, or someone in between)",
+        )
+    return pem
+
+
 def load_config() -> tuple[str, str]:
     """NUBES_URL/NUBES_TOKEN, else the client.json the API wrote in the state directory."""
     url, token = os.environ.get("NUBES_URL", ""), os.environ.get("NUBES_TOKEN", "")
@@ -39,19 +68,40 @@ def load_config() -> tuple[str, str]:
     return url or data["url"], token or data["token"]
 
 
+def ca_from_env() -> bytes | None:
+    """NUBES_CA_FILE: the cloud's CA, for a CLI or agent that reaches the API over HTTPS."""
+    path = os.environ.get("NUBES_CA_FILE", "")
+    return Path(path).read_bytes() if path else None
+
+
 class NubesClient:
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float = 60.0, ca_pem: bytes | None = None
+    ) -> None:
+        """`ca_pem`: the only CA trusted for an https:// URL (default: NUBES_CA_FILE)."""
         self._url = url
         if url.startswith("unix://"):
             transport = httpx.HTTPTransport(uds=url[len("unix://") :])
             self._http = httpx.Client(transport=transport, base_url="http://nubes", timeout=timeout)
         else:
-            self._http = httpx.Client(base_url=url, timeout=timeout)
+            ca = ca_pem if ca_pem is not None else ca_from_env()
+            verify: ssl.SSLContext | bool = tls.client_context(ca) if ca else True
+            self._http = httpx.Client(base_url=url, timeout=timeout, verify=verify)
+        if token:
+            self._http.headers["authorization"] = f"Bearer {token}"
+
+    def set_token(self, token: str) -> None:
         self._http.headers["authorization"] = f"Bearer {token}"
 
     @classmethod
     def from_config(cls) -> NubesClient:
         return cls(*load_config())
+
+    def __enter__(self) -> NubesClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._http.close()
@@ -159,6 +209,13 @@ class NubesClient:
     def hosts(self) -> list[s.Host]:
         return self._list("/v1/hosts", s.Host)
 
+    def create_join_token(self, expires_in: int = 3600) -> a.JoinTokenCreated:
+        body = a.JoinTokenCreate(expires_in=expires_in)
+        return self._post("/v1/hosts/tokens", a.JoinTokenCreated, body)
+
+    def remove_host(self, ref: str, force: bool = False) -> None:
+        self.request("DELETE", f"/v1/hosts/{ref}", params={"force": force})
+
     def set_host_enabled(self, ref: str, enabled: bool) -> s.Host:
         return self._post(f"/v1/hosts/{ref}/{'enable' if enabled else 'disable'}", s.Host, {})
 
@@ -179,6 +236,14 @@ class NubesClient:
         self.request("DELETE", f"/v1/{kind}/{ref}")
 
     # -- agents -------------------------------------------------------------------------
+    def join(self, token: str, name: str) -> a.Joined:
+        """Trade a join token for this host's credential (no bearer token needed)."""
+        return self._post("/v1/join", a.Joined, a.JoinRequest(token=token, name=name))
+
+    def rotate_credential(self, host_id: str) -> str:
+        resp = self.request("POST", f"/v1/agent/hosts/{host_id}/credential")
+        return a.Credential.model_validate(resp.json()).credential
+
     def register_host(self, body: a.HostRegister) -> str:
         return str(self.request("POST", "/v1/agent/hosts", json=body.model_dump()).json()["id"])
 

@@ -74,6 +74,30 @@ class Host(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    joined_via: Mapped[str] = mapped_column(String(16), default="")  # join-token | admin
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+
+
+class JoinToken(Base):
+    """A one-time, expiring token an admin makes for a new machine; only its hash is kept."""
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    used_by: Mapped[str] = mapped_column(String(64), default="")  # the host that joined with it
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class HostCredential(Base):
+    """What a joined host authenticates with: bound to that host alone, revocable, rotatable."""
+
+    __tablename__ = "host_credentials"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Image(Base):

@@ -24,6 +24,33 @@ class HostRegister(NoNul):
     disk_gb: Count
     # comma-separated overlay kinds the host's kernel has
     overlays: str = Field(default="vxlan", max_length=64)
+    agent_version: str = Field(default="", max_length=32)
+
+
+class JoinTokenCreate(NoNul):
+    expires_in: int = Field(default=3600, ge=60, le=7 * 86400, description="seconds")
+
+
+class JoinTokenCreated(BaseModel):
+    token: str
+    expires_at: datetime
+    ca_sha256: str
+    command: str  # what to run on the new machine
+
+
+class JoinRequest(NoNul):
+    token: str = Field(min_length=1, max_length=256)
+    name: Name
+
+
+class Joined(BaseModel):
+    host_id: str
+    host_name: str
+    credential: str
+
+
+class Credential(BaseModel):
+    credential: str
 
 
 class DesiredPort(BaseModel):

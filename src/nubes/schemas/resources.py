@@ -140,6 +140,8 @@ class Host(Model):
     used_disk_gb: int
     instances: int
     last_heartbeat: datetime | None
+    joined_via: str = ""  # join-token | admin
+    agent_version: str = ""
 
 
 class OperationStep(Model):

@@ -5,20 +5,38 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from nubes.api import compute, operations
-from nubes.api.deps import AgentDep, SessionDep, StateDep
+from nubes import tls
+from nubes.api import compute, joining, operations
+from nubes.api.deps import AgentDep, Caller, SessionDep, StateDep, require_own_host
 from nubes.api.desired import desired_state
 from nubes.api.state import bump_generation, read_generation
 from nubes.db.models import Host, Instance, utcnow
-from nubes.errors import NotFound
+from nubes.errors import Forbidden, NotFound
 from nubes.schemas import agent as a
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
+join_router = APIRouter(prefix="/v1/join", tags=["agent"])
 
 
-def _host(session: SessionDep, host_id: str) -> Host:
+@join_router.get("/ca", response_class=PlainTextResponse)
+def ca_certificate(state: StateDep) -> str:
+    """The cloud's CA (public): a joining machine checks it against its token's fingerprint."""
+    return tls.ensure_ca(state.settings.tls_dir).read_text()
+
+
+@join_router.post("", status_code=201)
+def join(body: a.JoinRequest, session: SessionDep, state: StateDep) -> a.Joined:
+    """A new machine trades its one-time join token for its own host credential."""
+    host, credential = joining.join(session, body.token, body.name)
+    state.notifier.notify()
+    return a.Joined(host_id=host.id, host_name=host.name, credential=credential)
+
+
+def _host(session: SessionDep, host_id: str, who: Caller) -> Host:
+    require_own_host(who, host_id)
     host = session.get(Host, host_id)
     if host is None:
         raise NotFound(f"host {host_id} is not registered", field="host")
@@ -27,12 +45,20 @@ def _host(session: SessionDep, host_id: str) -> Host:
 
 @router.post("/hosts")
 def register(
-    body: a.HostRegister, session: SessionDep, _: AgentDep, state: StateDep
+    body: a.HostRegister, session: SessionDep, who: AgentDep, state: StateDep
 ) -> dict[str, str]:
-    host = session.scalar(select(Host).where(Host.name == body.name))
-    if host is None:
-        host = Host(name=body.name)
-        session.add(host)
+    if who.role == "host":
+        host = _host(session, who.host_id, who)
+        if host.name != body.name:
+            raise Forbidden(
+                f"this credential is host {host.name!r}'s, not {body.name!r}'s", field="name"
+            )
+    else:  # an admin registers a host by name (fake-driver tests; nubes up uses a join)
+        found = session.scalar(select(Host).where(Host.name == body.name))
+        if found is None:
+            found = Host(name=body.name, joined_via="admin")
+            session.add(found)
+        host = found
     for key, value in body.model_dump().items():
         setattr(host, key, value)
     host.last_heartbeat = utcnow()
@@ -43,16 +69,22 @@ def register(
 
 
 @router.post("/hosts/{host_id}/heartbeat", status_code=204)
-def heartbeat(host_id: str, session: SessionDep, _: AgentDep) -> None:
-    _host(session, host_id).last_heartbeat = utcnow()
+def heartbeat(host_id: str, session: SessionDep, who: AgentDep) -> None:
+    _host(session, host_id, who).last_heartbeat = utcnow()
     session.commit()
+
+
+@router.post("/hosts/{host_id}/credential")
+def rotate_credential(host_id: str, session: SessionDep, who: AgentDep) -> a.Credential:
+    """A new credential for this host; the one used here stops working at once."""
+    return a.Credential(credential=joining.rotate(session, _host(session, host_id, who)))
 
 
 @router.get("/hosts/{host_id}/desired")
 def desired(
     host_id: str,
     session: SessionDep,
-    _: AgentDep,
+    who: AgentDep,
     state: StateDep,
     since: int = Query(default=-1),
     wait: float = Query(default=0.0, ge=0.0, le=60.0),
@@ -60,21 +92,21 @@ def desired(
     """Long-poll: answers when the generation differs from `since`, or after `wait` seconds."""
     deadline = time.monotonic() + wait
     local = state.notifier.local
-    _host(session, host_id)  # an unknown host is told at once, not after the wait
+    _host(session, host_id, who)  # an unknown host is told at once, not after the wait
     while True:
         generation = read_generation(session)
         left = deadline - time.monotonic()
         if generation != since or left <= 0:
-            return desired_state(session, _host(session, host_id), generation)
+            return desired_state(session, _host(session, host_id, who), generation)
         session.rollback()  # never hold a transaction (and SQLite's lock) while waiting
         local = state.notifier.wait(local, min(left, 1.0))
 
 
 @router.post("/hosts/{host_id}/report", status_code=204)
 def report(
-    host_id: str, body: a.Report, session: SessionDep, _: AgentDep, state: StateDep
+    host_id: str, body: a.Report, session: SessionDep, who: AgentDep, state: StateDep
 ) -> None:
-    host = _host(session, host_id)
+    host = _host(session, host_id, who)
     state.leftovers[host.name] = body.leftovers
     changed = False
     for obs in body.instances:

@@ -22,7 +22,7 @@ from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep, authenticate
 from nubes.api.state import AppState
 from nubes.db.models import Instance
-from nubes.errors import Conflict, NubesError
+from nubes.errors import Conflict, Forbidden, NubesError
 from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
 from nubes.schemas.console import VncAccess
@@ -39,6 +39,8 @@ def socket_path(instance_id: str, kind: str) -> Path:
 
 def _instance_id(state: AppState, header: str, ref: str) -> str:
     who = authenticate(state, header)
+    if who.role == "host":
+        raise Forbidden("a host credential may use only the agent API")
     with state.sessions() as session:
         return lookup.owned(session, Instance, ref, who, "server").id
 

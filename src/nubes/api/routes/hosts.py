@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from nubes.api import lookup
+from nubes import tls
+from nubes.api import joining, lookup
 from nubes.api.deps import AdminDep, CallerDep, SessionDep, StateDep
 from nubes.api.routes.servers import host_up
 from nubes.api.state import bump_generation
 from nubes.db.models import Host, Instance
+from nubes.schemas import agent as a
 from nubes.schemas import resources as s
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -45,6 +47,8 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
         used_disk_gb=h.used_disk_gb,
         instances=count,
         last_heartbeat=h.last_heartbeat,
+        joined_via=h.joined_via,
+        agent_version=h.agent_version,
     )
 
 
@@ -53,6 +57,41 @@ def list_hosts(session: SessionDep, _: CallerDep, state: StateDep) -> list[s.Hos
     rows = session.scalars(select(Host).order_by(Host.name))
     counts = live_counts(session)
     return [to_wire(session, h, state.settings.host_down_after, counts.get(h.id, 0)) for h in rows]
+
+
+@router.post("/tokens", status_code=201)
+def create_join_token(
+    body: a.JoinTokenCreate, session: SessionDep, _: AdminDep, state: StateDep
+) -> a.JoinTokenCreated:
+    """A one-time token for a new machine, and the command to run there."""
+    fingerprint = tls.fingerprint(tls.ensure_ca(state.settings.tls_dir).read_bytes())
+    token, row = joining.make_join_token(session, body.expires_in, fingerprint)
+    url = f"https://{public_address(state)}:{state.settings.api_port}"
+    return a.JoinTokenCreated(
+        token=token,
+        expires_at=row.expires_at,
+        ca_sha256=fingerprint,
+        command=f"nubes host join {url} --token {token}",
+    )
+
+
+def public_address(state: StateDep) -> str:
+    """The first address the HTTPS listener has that another machine could reach."""
+    addresses = state.settings.listen_addresses
+    outside = [x for x in addresses if not x.startswith("127.") and x not in ("::1", "localhost")]
+    return (outside or addresses)[0]
+
+
+@router.delete("/{ref}", status_code=204)
+def remove_host(
+    ref: str,
+    session: SessionDep,
+    _: AdminDep,
+    state: StateDep,
+    force: bool = Query(default=False, description="also when it has servers (they go to ERROR)"),
+) -> None:
+    joining.remove(session, lookup.host(session, ref), force)
+    state.notifier.notify()
 
 
 @router.get("/{ref}")

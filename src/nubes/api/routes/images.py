@@ -215,11 +215,19 @@ async def upload_part(
 
 @router.get("/{ref}/{part}")
 def download_part(
-    ref: str, part: Part, session: SessionDep, _: AgentDep, state: StateDep
+    ref: str, part: Part, session: SessionDep, who: AgentDep, state: StateDep
 ) -> FileResponse:
     row = session.get(Image, ref)
     if row is None or row.status != "active":
         raise NotFound(f"image {ref!r} not found or not active")
+    if who.role == "host":  # a host fetches only what its own instances boot from
+        needed = select(Instance.id).where(
+            Instance.image_id == row.id,
+            Instance.host_id == who.host_id,
+            Instance.deleted_at.is_(None),
+        )
+        if session.scalar(needed.limit(1)) is None:
+            raise Forbidden("no instance of this host uses this image", field="image")
     name = f"{row.id}.{row.disk_format}" if part == "file" else f"{row.id}.{part}"
     path = state.settings.images_dir / name
     if not path.exists():
