@@ -206,7 +206,14 @@ def _body(method: str, path: str, w: World) -> object:
 
 
 def _registration(name: str) -> dict[str, object]:
-    return {"name": name, "accel": "tcg", "state_dir": "", "vcpus": 2, "ram_mb": 4096, "disk_gb": 50}
+    return {
+        "name": name,
+        "accel": "tcg",
+        "state_dir": "",
+        "vcpus": 2,
+        "ram_mb": 4096,
+        "disk_gb": 50,
+    }
 
 
 def test_register_speaks_only_for_its_own_host(world: World) -> None:
@@ -254,7 +261,9 @@ def test_a_join_token_is_good_once_and_expires(tmp_path: Path) -> None:
         with pytest.raises(ApiError) as exc:
             cloud.client.request("POST", "/v1/hosts/tokens", json={"expires_in": 10})
         assert exc.value.status == 422 and exc.value.field == "expires_in"
-        member = NubesClient(cloud.url, cloud.client.create_project(s.ProjectCreate(name="p")).token)
+        member = NubesClient(
+            cloud.url, cloud.client.create_project(s.ProjectCreate(name="p")).token
+        )
         with pytest.raises(ApiError) as exc:
             member.create_join_token()
         assert exc.value.status == 403

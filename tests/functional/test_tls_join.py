@@ -112,7 +112,16 @@ def test_join_pins_the_ca_of_its_token(api: RunningApi, tmp_path: Path) -> None:
     secret = made.token.split(".")[0]
     host_state = tmp_path / "host"
     cli = subprocess.run(
-        [sys.executable, "-m", "nubes.cli", "host", "join", api.url, "--token", f"{secret}.{other}"],
+        [
+            sys.executable,
+            "-m",
+            "nubes.cli",
+            "host",
+            "join",
+            api.url,
+            "--token",
+            f"{secret}.{other}",
+        ],
         env=_env(NUBES_STATE_DIR=str(host_state)),
         capture_output=True,
         text=True,

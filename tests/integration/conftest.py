@@ -73,6 +73,8 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
         NUBES_STATE_DIR=str(state),
         NUBES_CACHE_DIR=str(CACHE),
         NUBES_LAB_PREFIX=prefix,
+        # its own underlay: a user's lab (`make demo` leaves one up) keeps 10.255.0.0/24
+        NUBES_LAB_UNDERLAY=f"10.254.{secrets.randbelow(256)}.0/24",
         NUBES_API_PORT=str(20000 + secrets.randbelow(20000)),
         NUBES_HOST_DOWN_AFTER="6",
     )

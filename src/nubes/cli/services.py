@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +28,32 @@ def state_dir() -> Path:
 
 
 def base_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUBES_TOKEN", "NUBES_URL")}
     env["NUBES_STATE_DIR"] = str(state_dir())
     return env
+
+
+def api_port() -> int:
+    return int(os.environ.get("NUBES_API_PORT", "8774"))
+
+
+def admin_client() -> NubesClient:
+    sd = state_dir()
+    token = json.loads((sd / "client.json").read_text())["token"]
+    return NubesClient(f"unix://{sd / 'api.sock'}", token)
+
+
+def join_argv(url: str, name: str, host_dir: Path, address: str = "") -> list[str]:
+    """`nubes host join … --foreground` for a host: with a fresh one-time token the first time,
+    with none once the host has joined (its identity file is kept in its state directory).
+    The process becomes the agent: it holds its own credential and no admin token."""
+    argv = [*daemon.python_argv("nubes.cli"), "host", "join", url, "--name", name]
+    if address:
+        argv += ["--address", address]
+    if not (host_dir / "identity.json").exists():
+        with admin_client() as admin:
+            argv += ["--token", admin.create_join_token(600).token]
+    return [*argv, "--foreground"]
 
 
 def up() -> None:
@@ -42,9 +66,9 @@ def up() -> None:
     env = base_env()
     sd = state_dir()
     daemon.start_api(sd, env)
-    token = json.loads((sd / "client.json").read_text())["token"]
-    env.update(NUBES_URL=f"unix://{sd / 'api.sock'}", NUBES_TOKEN=token)
-    agent = subprocess.Popen(daemon.python_argv("nubes.agent.main"), env=env)
+    name = os.environ.get("NUBES_HOST_NAME") or socket.gethostname()
+    url = f"https://127.0.0.1:{api_port()}"  # the same path as a second machine's agent
+    agent = subprocess.Popen(join_argv(url, name, sd / "hosts" / name), env=env)
     console.print(f"nubes is up: state in {sd}; press Ctrl-C to stop (guests keep running)")
     try:
         agent.wait()
@@ -57,7 +81,16 @@ def up() -> None:
 
 def _lab() -> Lab:
     # NUBES_LAB_PREFIX lets tests run a lab beside a user's own
-    return Lab(state_dir() / "lab", name_prefix=os.environ.get("NUBES_LAB_PREFIX") or None)
+    prefix = os.environ.get("NUBES_LAB_PREFIX") or None
+    underlay = os.environ.get("NUBES_LAB_UNDERLAY") or None
+    return Lab(state_dir() / "lab", name_prefix=prefix, underlay_cidr=underlay, api_port=api_port())
+
+
+def lab_api_env(lab: Lab) -> dict[str, str]:
+    """The API of a lab also listens on the underlay, where the lab's hosts reach it."""
+    env = base_env()
+    env["NUBES_API_LISTEN"] = lab.api_address
+    return env
 
 
 def agent_pids(host: LabHost) -> list[int]:
@@ -74,18 +107,11 @@ def agent_pids(host: LabHost) -> list[int]:
 
 
 def spawn_agent(lab: Lab, host: LabHost) -> int:
-    sd = state_dir()
-    token = json.loads((sd / "client.json").read_text())["token"]
-    env = base_env()
-    env.update(
-        NUBES_URL=f"unix://{sd / 'api.sock'}",
-        NUBES_TOKEN=token,
-        NUBES_HOST_NAME=host.name,
-        NUBES_HOST_ADDRESS=host.underlay_ip,
-    )
-    return lab.spawn(
-        host, daemon.python_argv("nubes.agent.main"), lab.root / f"{host.name}.log", env
-    )
+    """The host joins the lab's API over the underlay (TCP+TLS, its own token) and runs its
+    agent, as a second machine would."""
+    host_dir = state_dir() / "hosts" / host.name
+    argv = join_argv(lab.api_url, host.name, host_dir, host.underlay_ip)
+    return lab.spawn(host, argv, lab.root / f"{host.name}.log", base_env())
 
 
 def wait_hosts(client: NubesClient, names: set[str], timeout: float) -> None:
@@ -105,11 +131,11 @@ def lab_up(hosts: int = typer.Option(1, min=1, max=16, help="number of hosts")) 
     if os.geteuid() != 0:
         fail("nubes lab needs root (network namespaces)")
     sd = state_dir()
-    env = base_env()
-    with console.status("starting the API"):
-        daemon.start_api(sd, env)
-    token = json.loads((sd / "client.json").read_text())["token"]
     lab = _lab()
+    with console.status("starting the API"):
+        lab.ensure_bridge()  # the API listens on the underlay too
+        daemon.start_api(sd, lab_api_env(lab))
+    token = json.loads((sd / "client.json").read_text())["token"]
     with console.status(f"creating {hosts} host(s)"):
         made = lab.create_hosts(hosts)
         for host in made:
@@ -161,5 +187,6 @@ def lab_restart_api() -> None:
     """Stop the API (SIGTERM) and start it again; agents and guests carry on."""
     sd = state_dir()
     daemon.stop_api(sd)
-    pid = daemon.start_api(sd, base_env())
+    lab = _lab()
+    pid = daemon.start_api(sd, lab_api_env(lab) if lab.hosts else base_env())
     console.print(f"API restarted (pid {pid})")

@@ -4,10 +4,13 @@
                         |-- <prefix>-h1-ul  ==veth==  eth0 in netns <prefix>-h1  10.255.0.11/24
                         |-- <prefix>-h2-ul  ==veth==  eth0 in netns <prefix>-h2  10.255.0.12/24
 
-The underlay is a private range that exists only inside our namespaces: the root namespace has
-no address on it (IPv6 is switched off on its side too), so nothing is routed to the real
-uplink. Agents reach the API over a UNIX socket on the shared filesystem. The lab's state is a
-JSON file, so `lab down` from another process finds everything.
+The underlay is a private range that exists only inside our namespaces and the lab's bridge.
+The root namespace, where the API runs, holds one address on it (the first: 10.255.0.1), as the
+API machine would on a real network: agents reach the API there over TCP+TLS with their own
+joined credential, never through the shared filesystem. An nftables guard in the root namespace
+accepts from the underlay only that TCP port (and replies to what the root namespace opened);
+IPv6 is off on the bridge, and the hosts have no default route. The lab's state is a JSON file,
+so `lab down` from another process finds everything.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Lab:
         name_prefix: str | None = None,
         underlay_cidr: str | None = None,
         mtu: int = 1500,
+        api_port: int = 8774,
     ) -> None:
         """A lab persisted under state_dir. Prefix and underlay default to what the state file
         says, else to `nubes` and 10.255.0.0/24."""
@@ -86,6 +90,7 @@ class Lab:
             underlay_cidr or saved.get("underlay_cidr") or DEFAULT_UNDERLAY
         )
         self.mtu = int(saved.get("mtu", mtu))
+        self.api_port = int(saved.get("api_port", api_port))
         self._hosts = [LabHost(**h) for h in saved.get("hosts", [])]
         self._pids: dict[str, list[int]] = saved.get("pids", {})
 
@@ -103,6 +108,19 @@ class Lab:
     @property
     def bridge(self) -> str:
         return f"{self.prefix}-ul"
+
+    @property
+    def api_address(self) -> str:
+        """The API machine's address on the underlay (the root namespace's, on the bridge)."""
+        return str(self.underlay.network_address + 1)
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{self.api_address}:{self.api_port}"
+
+    @property
+    def guard_table(self) -> str:
+        return f"{self.prefix}_lab_guard"
 
     @property
     def hosts(self) -> list[LabHost]:
@@ -139,6 +157,7 @@ class Lab:
             "prefix": self.prefix,
             "underlay_cidr": str(self.underlay),
             "mtu": self.mtu,
+            "api_port": self.api_port,
             "bridge": self.bridge,
             "hosts": [asdict(h) for h in self._hosts],
             "pids": self._pids,
@@ -153,7 +172,7 @@ class Lab:
         """Make sure hosts 1..n exist and are wired to the underlay (idempotent)."""
         if not 1 <= n <= MAX_HOSTS:
             raise LabError(f"a lab has 1..{MAX_HOSTS} hosts, not {n}")
-        self._ensure_bridge()
+        self.ensure_bridge()
         made = []
         for i in range(1, n + 1):
             host = self.host_for(i)
@@ -165,11 +184,37 @@ class Lab:
         self._save()
         return made
 
-    def _ensure_bridge(self) -> None:
+    def ensure_bridge(self) -> None:
+        """The underlay bridge with the API's address and its guard (idempotent): before the
+        API starts, since it listens on that address."""
+        taken = _addresses_in(self.underlay, besides=self.bridge)
+        if taken:
+            raise LabError(
+                f"the underlay {self.underlay} is in use here already ({', '.join(taken)}): "
+                "another lab is up? `nubes lab down` it, or pick another with NUBES_LAB_UNDERLAY"
+            )
+        self._save()
         if not _link_exists(self.bridge):
             _ip("link", "add", "name", self.bridge, "type", "bridge")
-        _disable_ipv6(self.bridge)  # the root namespace gets no address on the underlay
+        _disable_ipv6(self.bridge)  # no IPv6 on the underlay: nothing to guard there
         _ip("link", "set", self.bridge, "mtu", str(self.mtu), "up")
+        _nft(self._guard_script())
+        _ip("addr", "replace", f"{self.api_address}/{self.underlay.prefixlen}", "dev", self.bridge)
+
+    def _guard_script(self) -> str:
+        """Hosts (and so guests NATed by them) reach the root namespace only at the API."""
+        dev, table = self.bridge, self.guard_table
+        return (
+            f"table inet {table}\ndelete table inet {table}\n"
+            f"table inet {table} {{\n"
+            "  chain input {\n"
+            "    type filter hook input priority filter - 10; policy accept;\n"
+            f'    iifname "{dev}" ct state established,related accept\n'
+            f'    iifname "{dev}" ip daddr {self.api_address} tcp dport {self.api_port} accept\n'
+            f'    iifname "{dev}" drop\n'
+            "  }\n"
+            "}\n"
+        )
 
     def _ensure_host(self, host: LabHost) -> None:
         netns.create(host.netns)
@@ -246,6 +291,7 @@ class Lab:
             netns.delete(ns)
         if _link_exists(self.bridge):
             _ip("link", "del", self.bridge)
+        subprocess.run(["nft", "delete", "table", "inet", self.guard_table], capture_output=True)
         for instance_id in guests:
             if _SAFE_ID.fullmatch(instance_id):
                 shutil.rmtree(SOCKET_ROOT / instance_id, ignore_errors=True)
@@ -330,6 +376,24 @@ def _disable_ipv6(dev: str) -> None:
     path = Path("/proc/sys/net/ipv6/conf") / dev / "disable_ipv6"
     if path.exists():
         path.write_text("1")
+
+
+def _addresses_in(net: ipaddress.IPv4Network, besides: str) -> list[str]:
+    """Addresses of this namespace inside net, on links other than `besides` ("addr on dev")."""
+    proc = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
+    found = []
+    for link in json.loads(proc.stdout or "[]"):
+        for addr in link.get("addr_info", []):
+            ip = ipaddress.ip_interface(f"{addr['local']}/{addr['prefixlen']}")
+            if link["ifname"] != besides and ip.network.overlaps(net):
+                found.append(f"{ip} on {link['ifname']}")
+    return found
+
+
+def _nft(script: str) -> None:
+    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"nft: {proc.stderr.strip()}")
 
 
 def _ip(*args: str) -> None:
