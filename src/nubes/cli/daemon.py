@@ -21,6 +21,10 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def read_pid_alive(pid: int) -> bool:
+    return _alive(pid)
+
+
 def read_pid(path: Path) -> int | None:
     try:
         pid = int(path.read_text().strip())

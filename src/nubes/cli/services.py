@@ -111,7 +111,22 @@ def spawn_agent(lab: Lab, host: LabHost) -> int:
     agent, as a second machine would."""
     host_dir = state_dir() / "hosts" / host.name
     argv = join_argv(lab.api_url, host.name, host_dir, host.underlay_ip)
-    return lab.spawn(host, argv, lab.root / f"{host.name}.log", base_env())
+    log = lab.root / f"{host.name}.log"
+    pid = lab.spawn(host, argv, log, base_env())
+    # `host join --foreground` becomes the agent once it has joined: until then no agent runs
+    deadline = time.monotonic() + 60
+    while not _is_agent_process(pid):
+        if not daemon.read_pid_alive(pid) or time.monotonic() > deadline:
+            fail(f"the agent of {host.name} did not start; see {log}")
+        time.sleep(0.05)
+    return pid
+
+
+def _is_agent_process(pid: int) -> bool:
+    try:
+        return b"nubes.agent.main" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def wait_hosts(client: NubesClient, names: set[str], timeout: float) -> None:
