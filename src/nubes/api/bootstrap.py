@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import hash_token
+from nubes.api.desired import CLOUD_ID, GC_REQUEST
 from nubes.api.routes.flavors import DEFAULT_FLAVORS
 from nubes.db.models import Flavor, Meta, Project, Token
 
@@ -19,6 +20,11 @@ def seed_database(session: Session) -> str | None:
     """Idempotent. Returns the new admin token on first start, else None."""
     if session.get(Meta, "generation") is None:
         session.add(Meta(key="generation", value=1))
+    if session.get(Meta, CLOUD_ID) is None:
+        # made once: agents act only on desired state that carries the id they first saw
+        session.add(Meta(key=CLOUD_ID, value=secrets.randbits(62) + 1))
+    if session.get(Meta, GC_REQUEST) is None:
+        session.add(Meta(key=GC_REQUEST, value=0))
     if not session.scalar(select(Flavor.id).limit(1)):
         for name, vcpus, ram, disk in DEFAULT_FLAVORS:
             session.add(Flavor(name=name, vcpus=vcpus, ram_mb=ram, disk_gb=disk))

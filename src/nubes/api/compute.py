@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.api import gateways, lookup, operations
 from nubes.api.deps import Caller
+from nubes.api.desired import UNCONFIRMED
 from nubes.api.state import AppState, bump_generation
 from nubes.conf import Settings
 from nubes.db.ipam import allocate_ip, allocate_mac
@@ -298,9 +299,11 @@ def request_delete(state: AppState, session: Session, inst: Instance, host_up: b
     inst.task_state = "deleting"
     operations.begin(session, inst, "delete")
     if inst.host_id is None or not host_up:
-        # nothing on a host to wait for (or its host is down: its agent removes leftovers
-        # when it comes back, since nothing wants them any more)
+        # nothing on a host to wait for (or its host is down: it is sent a tombstone, and
+        # its agent tears the instance down when it comes back)
         finish_delete(session, inst)
+        if inst.host_id is not None:
+            inst.task_state = UNCONFIRMED
     bump_generation(session)
     session.commit()
     state.notifier.notify()

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.db.models import Host, Image, Instance, Network, Port
+from nubes.api.state import read_meta
+from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
 from nubes.schemas import agent as a
+
+CLOUD_ID = "cloud_id"  # meta row: this cloud's random id, made at bootstrap
+GC_REQUEST = "gc_request"  # meta row: bumped by each `nubes gc` that removes leftovers
+# task_state of an instance deleted while its host was down: the host is sent a tombstone for
+# it (for TOMBSTONE_TTL), so it tears the instance down when it comes back
+UNCONFIRMED = "unconfirmed"
+TOMBSTONE_TTL = timedelta(days=30)
+
+
+def cloud_id(session: Session) -> str:
+    value = read_meta(session, CLOUD_ID)
+    return f"{value:016x}" if value else ""
+
+
+def _tombstones(session: Session, host: Host) -> list[str]:
+    rows = select(Instance.id).where(
+        Instance.host_id == host.id,
+        Instance.task_state == UNCONFIRMED,
+        Instance.deleted_at >= utcnow() - TOMBSTONE_TTL,
+    )
+    return sorted(session.scalars(rows))
 
 
 def _port(p: Port, n: Network) -> a.DesiredPort:
@@ -136,8 +159,11 @@ def desired_state(session: Session, host: Host, generation: int) -> a.DesiredSta
     nets = session.scalars(select(Network).where(Network.id.in_(net_ids))).all()
     return a.DesiredState(
         generation=generation,
+        cloud_id=cloud_id(session),
         host_id=host.id,
         address=host.address,
         instances=wanted,
         networks=[_network(session, n, host) for n in nets],
+        deleted=_tombstones(session, host),
+        gc_request=read_meta(session, GC_REQUEST),
     )

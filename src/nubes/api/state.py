@@ -43,7 +43,11 @@ def bump_generation(session: Session) -> None:
 
 
 def read_generation(session: Session) -> int:
-    return int(session.scalar(select(Meta.value).where(Meta.key == "generation")) or 0)
+    return read_meta(session, "generation")
+
+
+def read_meta(session: Session, key: str) -> int:
+    return int(session.scalar(select(Meta.value).where(Meta.key == key)) or 0)
 
 
 @dataclass

@@ -128,10 +128,15 @@ class DesiredNetwork(BaseModel):
 
 class DesiredState(BaseModel):
     generation: int
+    cloud_id: str  # an agent acts only on the cloud id it first saw
     host_id: str
     address: str
     instances: list[DesiredInstance]
     networks: list[DesiredNetwork]
+    # tombstones: instances deleted while this host was down, to tear down if it has them
+    deleted: list[str] = []
+    # bumped by `nubes gc`: a larger one than the host last carried out removes its leftovers
+    gc_request: int = 0
 
 
 class StepDone(NoNul):

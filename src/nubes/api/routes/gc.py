@@ -1,13 +1,17 @@
-"""What is left over, on hosts and in the database; `POST` repairs the database side."""
+"""What is left over, on hosts and in the database; `POST` repairs the database side and asks
+every host to remove its leftovers (agents never remove an instance on their own: see
+docs/architecture.md, "GC")."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import AdminDep, SessionDep, StateDep
-from nubes.db.models import Host, Instance, Port
+from nubes.api.desired import GC_REQUEST
+from nubes.api.state import bump_generation
+from nubes.db.models import Host, Instance, Meta, Port
 from nubes.schemas import resources as s
 
 router = APIRouter(prefix="/v1/gc", tags=["gc"])
@@ -43,6 +47,13 @@ def database_findings(session: Session) -> list[str]:
     return found
 
 
+def request_host_gc(session: Session) -> None:
+    """Bump the gc request every desired state carries (the row is made at bootstrap; one
+    UPDATE, so racing API servers each count theirs)."""
+    session.execute(update(Meta).where(Meta.key == GC_REQUEST).values(value=Meta.value + 1))
+    bump_generation(session)
+
+
 @router.get("")
 def gc_report(session: SessionDep, _: AdminDep, state: StateDep) -> s.GcReport:
     """A dry run: nothing is changed."""
@@ -52,12 +63,14 @@ def gc_report(session: SessionDep, _: AdminDep, state: StateDep) -> s.GcReport:
 
 @router.post("")
 def gc_repair(session: SessionDep, _: AdminDep, state: StateDep) -> s.GcReport:
-    """Repair the database side; hosts remove their own leftovers on every pass."""
+    """Repair the database side; hosts remove their leftovers on their next pass."""
     repaired = database_findings(session)
     for port in orphan_ports(session):
         session.delete(port)
     for host, (vcpus, ram, disk) in usage_drift(session):
         host.used_vcpus, host.used_ram_mb, host.used_disk_gb = vcpus, ram, disk
+    request_host_gc(session)
     session.commit()
+    state.notifier.notify()
     hosts = {name: items for name, items in sorted(state.leftovers.items())}
     return s.GcReport(hosts=hosts, database=database_findings(session), repaired=repaired)
