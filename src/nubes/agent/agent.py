@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nubes
+from nubes.agent import cloud
 from nubes.agent.instances import InstanceReconciler
-from nubes.agent.layout import HostLayout
+from nubes.agent.layout import HostLayout, Loaded
 from nubes.agent.metadata import metadata_table
 from nubes.client import ApiError, NubesClient
 from nubes.conf import Settings
@@ -129,6 +130,10 @@ class Agent:
 
     # -- convergence ---------------------------------------------------------------------------
     def converge(self, desired: DesiredState) -> Report:
+        record, refused = cloud.accept(self.layout, desired)
+        if record is None:
+            log.error("%s", refused)
+            return Report(instances=[], leftovers=[f"error: {refused}"])
         infos = {i.id: i for i in self.hypervisor.list_instances()}
         for net in desired.networks:
             try:
@@ -148,7 +153,12 @@ class Agent:
             if obs is not None:
                 obs.steps = self.instances.take_steps(want.id)
                 observed.append(obs)
-        self.collect_garbage(desired, infos)
+        self.bury(desired, infos)
+        if desired.gc_request > record.gc_done:
+            self.collect_leftover_instances(desired)
+            record.gc_done = desired.gc_request
+            cloud.save(self.layout, record)
+        self.collect_garbage(desired)
         return Report(instances=observed, leftovers=self.leftovers(desired))
 
     def sync_metadata(self, desired: DesiredState) -> None:
@@ -167,7 +177,15 @@ class Agent:
             rec.teardown(want.id, taps)
             return ObservedInstance(id=want.id, status="DELETED")
         running = info is not None and info.state in (PowerState.RUNNING, PowerState.PAUSED)
-        state = self.layout.load_state(want.id)
+        loaded = self.layout.load_state(want.id)
+        damage = loaded.damage or self._lost(want, loaded)
+        if damage:  # never a teardown or a new disk: see InstanceReconciler.keep
+            fault = rec.keep(want, loaded, damage, running)
+            if not self.layout.disk(want.id).exists():
+                return ObservedInstance(id=want.id, status="ERROR", fault=fault)
+            info = self.hypervisor.info(want.id)
+            running = info.state in (PowerState.RUNNING, PowerState.PAUSED)
+        state = loaded.state
         if not state.built:
             if want.status == "ERROR":
                 return None  # a failed build stays failed until the user deletes it
@@ -190,25 +208,46 @@ class Agent:
         assert info is not None or not running
         return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
 
+    def _lost(self, want: DesiredInstance, loaded: Loaded) -> str:
+        """A record gone from an instance the API saw built, whose disk is still here."""
+        if loaded.exists or want.status not in ("ACTIVE", "SHUTOFF"):
+            return ""  # no record during a build: the build was cut short, undo it
+        return "missing" if self.layout.disk(want.id).exists() else ""
+
     def leftovers(self, desired: DesiredState) -> list[str]:
         """What nubes made on this host that nothing in the desired state wants."""
-        wanted = {i.id for i in desired.instances}
-        running = {i.id for i in self.hypervisor.list_instances()}
-        on_disk = {p.name for p in self.layout.instances.iterdir()}
-        found = [f"instance {i}" for i in sorted((running | on_disk) - wanted)]
+        found = [f"instance {i}" for i in sorted(self.leftover_instances(desired))]
         wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
         found += [f"tap {p.tap}" for p in self.network.list_ports() if p.tap not in wanted_taps]
         wanted_nets = {n.id for n in desired.networks}
         found += [f"network {n}" for n in self.network.list_networks() if n not in wanted_nets]
         return found
 
-    def collect_garbage(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
-        """Remove what nubes made on this host that nothing wants any more."""
+    def bury(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
+        """Tear down the instances the API deleted while this host was away (its tombstones)."""
         wanted = {i.id for i in desired.instances}
-        on_disk = {p.name for p in self.layout.instances.iterdir()}
-        for instance_id in (set(infos) | on_disk) - wanted:
-            log.info("removing leftover instance %s", instance_id)
+        for instance_id in sorted(set(desired.deleted) - wanted):
+            if instance_id in infos or self.layout.instance_dir(instance_id).exists():
+                log.info("removing instance %s, deleted while this host was away", instance_id)
+                self._quietly(self.instances.teardown, instance_id, [])
+
+    def leftover_instances(self, desired: DesiredState) -> set[str]:
+        wanted = {i.id for i in desired.instances}
+        running = {i.id for i in self.hypervisor.list_instances()}
+        return (running | {p.name for p in self.layout.instances.iterdir()}) - wanted
+
+    def collect_leftover_instances(self, desired: DesiredState) -> None:
+        """Only when `nubes gc` asks: an instance the desired state does not name may be one
+        a wrong or empty desired state forgot, and its disk is a user's data."""
+        for instance_id in sorted(self.leftover_instances(desired)):
+            log.info("removing leftover instance %s (nubes gc)", instance_id)
             self._quietly(self.instances.teardown, instance_id, [])
+
+    def collect_garbage(self, desired: DesiredState) -> None:
+        """Remove the network leftovers nothing wants, on every pass: unless an instance is
+        left over, whose taps and bridges stay with it until `nubes gc`."""
+        if self.leftover_instances(desired):
+            return
         wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
         for port in self.network.list_ports():
             if port.tap not in wanted_taps:

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from functools import partial
 
 from nubes import faults
+from nubes.agent import records
 from nubes.agent.guestuser import GuestUser
 from nubes.agent.imagecache import ImageCache
-from nubes.agent.layout import HostLayout, LocalState
+from nubes.agent.layout import HostLayout, Loaded, LocalState
 from nubes.agent.reverter import Reverter
 from nubes.hypervisor.base import (
     BootSpec,
@@ -163,24 +164,55 @@ class InstanceReconciler:
         self.layout.save_state(want.id, state)
 
     def start(self, want: DesiredInstance) -> None:
-        state = self.layout.load_state(want.id)
+        state = self.layout.load_state(want.id).state
+        state.fault = ""  # the user started it: what was repaired before has been seen
+        self._plug_and_start(want, state)
+
+    def _plug_and_start(self, want: DesiredInstance, state: LocalState) -> None:
         for port in self.ports(want):
             self.network.plug_port(port)
         self._start(want, state)
 
     def stop(self, want: DesiredInstance) -> None:
-        state = self.layout.load_state(want.id)
+        state = self.layout.load_state(want.id).state
         state.running_expected = False
         self.layout.save_state(want.id, state)
         self.hypervisor.power_off(want.id, timeout=10.0)
 
     def reboot(self, want: DesiredInstance) -> None:
-        state = self.layout.load_state(want.id)
+        state = self.layout.load_state(want.id).state
         log_path = self.layout.console_log(want.id)
         state.console_offset = log_path.stat().st_size if log_path.exists() else 0
-        state.ready, state.reboot_gen = False, want.reboot_gen
+        state.ready, state.reboot_gen, state.fault = False, want.reboot_gen, ""
         self.layout.save_state(want.id, state)
         self.hypervisor.reboot(want.id, hard=want.hard_reboot)
+
+    def keep(self, want: DesiredInstance, loaded: Loaded, damage: str, running: bool) -> str:
+        """An instance whose record is damaged keeps its disk, whatever the record says: the
+        running guest is adopted, a stopped one that should run starts from its disk, and the
+        record is rewritten with what could be read. Returns the fault to report."""
+        path = self.layout.record(want.id)
+        if not self.layout.disk(want.id).exists():
+            return f"agent record {path.name} {damage} and the disk is missing: nothing kept"
+        copy = records.keep_copy(path) if loaded.exists else ""
+        state = loaded.state
+        state.built = True
+        state.vnc_password = state.vnc_password or secrets.token_urlsafe(6)[:8]
+        state.reboot_gen = max(state.reboot_gen, want.reboot_gen)  # no reboot nobody asked for
+        restart = not running and want.desired_state == "running"
+        if running:
+            action = "adopted the running guest"
+        else:
+            action = "restarted the guest from its disk" if restart else "the guest stays off"
+        kept = f" (the old record is kept as {copy})" if copy else ""
+        state.fault = f"agent record {path.name} {damage}: kept the disk, {action}{kept}"
+        log.warning("instance %s: %s", want.id, state.fault)
+        if restart:
+            self._plug_and_start(want, state)
+        else:
+            state.running_expected = running
+            self.layout.save_state(want.id, state)
+        return state.fault
 
     def teardown(self, instance_id: str, taps: list[str]) -> None:
         """Remove everything of an instance from this host. Idempotent."""
@@ -207,16 +239,20 @@ class InstanceReconciler:
         return state.ready
 
     def observe(self, want: DesiredInstance, info: InstanceInfo) -> ObservedInstance:
-        state = self.layout.load_state(want.id)
+        state = self.layout.load_state(want.id).state
         if info.state in (PowerState.RUNNING, PowerState.PAUSED):
             ready = self.check_ready(want, state)
             if consolelog.rotate(self.layout.console_log(want.id)):
                 state.console_offset = 0  # what it held was checked, and is gone from the file
                 self.layout.save_state(want.id, state)
             return ObservedInstance(
-                id=want.id, status="ACTIVE", ready=ready, reboot_gen=state.reboot_gen
+                id=want.id,
+                status="ACTIVE",
+                ready=ready,
+                reboot_gen=state.reboot_gen,
+                fault=state.fault,
             )
-        fault = ""
+        fault = state.fault
         if state.running_expected:
             fault = info.reason or "the guest stopped on its own"
             state.running_expected = False

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from nubes.agent import records
 
 
 @dataclass
@@ -18,6 +18,26 @@ class LocalState:
     ready: bool = False
     vnc_password: str = ""
     running_expected: bool = False  # we started it and did not stop it
+    fault: str = ""  # what the agent repaired, reported until the user next acts on it
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An instance's record as read: `damage` says why it could not be used as written (the
+    state then holds what could be read); `exists` False: there was no record at all."""
+
+    state: LocalState = field(default_factory=LocalState)
+    damage: str = ""
+    exists: bool = False
+
+
+@dataclass
+class CloudRecord:
+    """Which cloud this host belongs to (the first cloud id it saw), and the last `nubes gc`
+    request it carried out."""
+
+    cloud_id: str = ""
+    gc_done: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,17 +76,16 @@ class HostLayout:
         for path in (self.instances, self.images, self.runtime, self.network):
             path.mkdir(parents=True, exist_ok=True)
 
-    def load_state(self, instance_id: str) -> LocalState:
-        try:
-            data = json.loads((self.instance_dir(instance_id) / "agent.json").read_text())
-            return LocalState(**data)
-        except (FileNotFoundError, ValueError, TypeError):
-            return LocalState()
+    @property
+    def cloud(self) -> Path:
+        return self.root / "cloud.json"
+
+    def record(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "agent.json"
+
+    def load_state(self, instance_id: str) -> Loaded:
+        read = records.read_record(self.record(instance_id), LocalState)
+        return Loaded(LocalState(**read.values), read.damage, read.exists)
 
     def save_state(self, instance_id: str, state: LocalState) -> None:
-        path = self.instance_dir(instance_id) / "agent.json"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(state), fh)
-        os.replace(tmp, path)
+        records.write_record(self.record(instance_id), asdict(state))

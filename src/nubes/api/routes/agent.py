@@ -130,7 +130,7 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
         return False  # a late report about an instance being torn down
     inst.status = obs.status
     if obs.status == "ACTIVE":
-        inst.fault = ""
+        inst.fault = obs.fault  # "", or what the agent repaired (a damaged record, say)
         inst.launched_at = inst.launched_at or utcnow()
         if not obs.ready:
             inst.ready_at = None  # e.g. rebooting: ready again once the guest says so
@@ -146,6 +146,8 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
             # the guest died on its own: the hypervisor is the authority, record it as stopped
             inst.desired_state, inst.fault = "stopped", obs.fault
             bump_generation(session)
+        elif obs.fault:
+            inst.fault = obs.fault
         if inst.task_state == "stopping" or inst.desired_state == "stopped":
             inst.task_state = ""
     elif obs.status == "ERROR":
