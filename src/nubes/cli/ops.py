@@ -45,11 +45,12 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="only show what is left over"),
     output: Output = OutputOpt,
 ) -> None:
-    """Show (and with no --dry-run, repair in the database) anything left over.
+    """Show (and with no --dry-run, remove or repair) anything left over.
 
-    Hosts remove what nothing wants on every pass of their agent; what they could not remove
-    is listed here. The database side (ports without a server, host usage that differs from the
-    sum of its servers) is repaired unless --dry-run.
+    Hosts list what nothing wants: instances (QEMU, disk) the desired state does not name are
+    removed only by this command without --dry-run, on each host's next pass. The database side
+    (ports without a server, host usage that differs from the sum of its servers) is repaired
+    unless --dry-run.
     """
     report = client().gc(repair=not dry_run)
     if output is Output.json:
