@@ -76,6 +76,8 @@ class Host(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     joined_via: Mapped[str] = mapped_column(String(16), default="")  # join-token | admin
     agent_version: Mapped[str] = mapped_column(String(32), default="")
+    # bumped with every change this host's agent must see (its long-poll waits on it alone)
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class JoinToken(Base):
