@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgc
 from sqlalchemy import event, insert, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from nubes.api import compute  # noqa: E402
 from nubes.api.bootstrap import seed_database  # noqa: E402
-from nubes.api.deps import Caller  # noqa: E402
-from nubes.api.state import AppState  # noqa: E402
 from nubes.conf import Settings  # noqa: E402
+from nubes.control import compute  # noqa: E402
+from nubes.control.caller import Caller  # noqa: E402
+from nubes.control.state import AppState  # noqa: E402
 from nubes.db.engine import make_engine, migrate, session_factory  # noqa: E402
 from nubes.db.models import Flavor, Host, Image, Instance, Network, Project, new_id, utcnow  # noqa: E402
 from nubes.scheduler.filters import Request  # noqa: E402

@@ -49,8 +49,19 @@ def main() -> None:
     run("keypair", "create", "demo")
     alpha = json.loads(
         run(
-            "server", "create", "alpha", "--image", "tiny", "--network", "demo-net",
-            "--key", "demo", "--wait", "-o", "json", capture=True,
+            "server",
+            "create",
+            "alpha",
+            "--image",
+            "tiny",
+            "--network",
+            "demo-net",
+            "--key",
+            "demo",
+            "--wait",
+            "-o",
+            "json",
+            capture=True,
         )
     )
     alpha_ip = alpha["addresses"]["demo-net"][0]
@@ -59,8 +70,18 @@ def main() -> None:
         fh.write(f"#!/bin/sh\necho pinging alpha\nping -c 3 {alpha_ip}\n")
         script = fh.name
     run(
-        "server", "create", "beta", "--image", "tiny", "--network", "demo-net",
-        "--key", "demo", "--user-data", script, "--wait",
+        "server",
+        "create",
+        "beta",
+        "--image",
+        "tiny",
+        "--network",
+        "demo-net",
+        "--key",
+        "demo",
+        "--user-data",
+        script,
+        "--wait",
     )
     Path(script).unlink()
     log = wait_console("beta", r"[1-9] packets received")

@@ -26,6 +26,7 @@ RANDOM = bool(os.environ.get("NUBES_FUZZ_RANDOM"))  # explore new cases instead 
 @pytest.fixture
 def cloud(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
     """On SQLite and PostgreSQL (tests/functional/conftest.py): they refuse different things."""
+
     # Generated image URLs must never reach a real resolver or the network: every name
     # resolves to a documentation address, which the SSRF check refuses.
     def fake_getaddrinfo(host: str, port: Any, *args: Any, **kw: Any) -> list[Any]:

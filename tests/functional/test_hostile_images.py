@@ -95,7 +95,7 @@ def hostile_set(tmp: Path, canary: Path) -> dict[str, tuple[Path, str]]:
     data_file = tmp / "datafile.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={decoy}", str(data_file), "1G")
     descriptor = (
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
         f'createType="monolithicFlat"\nRW 2048 FLAT "{canary}" 0\n'
     )
     vmdk = tmp / "extent.raw"
@@ -167,5 +167,3 @@ def test_a_good_image_still_passes(cloud: Cloud, tmp_path: Path) -> None:
     qemu_img("resize", "-q", "-f", "qcow2", str(grown), "300G")  # its L1 table grew
     for name, path in (("good", good), ("grown", grown)):
         assert upload(cloud, name, path, "qcow2").status == "active"
-
-

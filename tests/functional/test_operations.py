@@ -60,7 +60,7 @@ def test_failed_create_operation_has_the_error_and_rollback(ready: Cloud) -> Non
 
 
 def test_stale_operations_expire(ready: Cloud) -> None:
-    from nubes.api import operations
+    from nubes.control import operations
 
     ready.stop_agent(ready.agents[0][0])  # nobody carries the create out
     server = create(ready, "stuck")

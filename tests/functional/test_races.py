@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from nubes.api import compute
 from nubes.client import NubesClient
+from nubes.control import compute
 from nubes.db.models import Instance
 from nubes.schemas import resources as s
 from tests.cloud import Cloud

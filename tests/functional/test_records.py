@@ -150,9 +150,10 @@ def test_desired_state_of_another_cloud_is_refused(ready: Cloud) -> None:
     ):
         report = agent.converge(foreign)
         assert report.instances == [] and report.leftovers[0].startswith("error: ")
-    assert "this host belongs to cloud " + mine in agent.converge(
-        desired.model_copy(update={"cloud_id": "0123456789abcdef"})
-    ).leftovers[0]
+    assert (
+        "this host belongs to cloud " + mine
+        in agent.converge(desired.model_copy(update={"cloud_id": "0123456789abcdef"})).leftovers[0]
+    )
     assert_nothing_destroyed(agent, server.id)
     assert agent.converge(desired).leftovers == []  # its own cloud's is still acted on
 

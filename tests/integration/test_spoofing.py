@@ -77,9 +77,7 @@ class Capture:
 def seen(frames: list[str], *needles: str, src: str = "") -> list[str]:
     """Frames (tcpdump -e lines: time, source MAC, >, destination...) with every needle."""
     return [
-        f
-        for f in frames
-        if all(n in f for n in needles) and (not src or f.split()[1:2] == [src])
+        f for f in frames if all(n in f for n in needles) and (not src or f.split()[1:2] == [src])
     ]
 
 

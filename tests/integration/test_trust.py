@@ -64,9 +64,7 @@ def test_no_process_on_a_host_holds_a_secret_it_should_not(lab2: LabCloud) -> No
             seen[kind] = seen.get(kind, 0) + 1
             assert admin_token not in environ + cmdline, f"{kind} {pid} holds the admin token"
             for j, cred in credentials.items():
-                assert cred not in environ + cmdline, (
-                    f"{kind} {pid} on h{i}: h{j}'s credential"
-                )
+                assert cred not in environ + cmdline, f"{kind} {pid} on h{i}: h{j}'s credential"
             assert b"NUBES_TOKEN" not in environ
     assert seen.get("qemu") == 2 and seen.get("agent") == 2 and seen.get("dnsmasq", 0) >= 1
     hosts = {h.name: h for h in cloud.client.hosts()}

@@ -10,8 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from nubes import faults
-from nubes.api import errors, gateways
-from nubes.api import operations as operation_log
+from nubes.api import errors
 from nubes.api.bootstrap import seed_database, write_client_config
 from nubes.api.routes import (
     agent,
@@ -27,8 +26,10 @@ from nubes.api.routes import (
     projects,
     servers,
 )
-from nubes.api.state import AppState
 from nubes.conf import Settings
+from nubes.control import gateways
+from nubes.control import operations as operation_log
+from nubes.control.state import AppState
 from nubes.db.engine import make_engine, migrate, session_factory
 
 log = logging.getLogger("nubes.api")

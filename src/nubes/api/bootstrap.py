@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.api.deps import hash_token
-from nubes.api.desired import CLOUD_ID, GC_REQUEST
 from nubes.api.routes.flavors import DEFAULT_FLAVORS
+from nubes.control.caller import hash_token
+from nubes.control.desired import CLOUD_ID, GC_REQUEST
 from nubes.db.models import Flavor, Meta, Project, Token
 
 

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.api.state import AppState
+from nubes.control.caller import HOST_CREDENTIAL_PREFIX, Caller, hash_token
+from nubes.control.state import AppState
 from nubes.db.models import HostCredential, Token
 from nubes.errors import Forbidden, Unauthorized
-
-# a host's credential starts with this, so one lookup finds it (and logs can tell it apart)
-HOST_CREDENTIAL_PREFIX = "nh_"
-
-
-@dataclass(frozen=True)
-class Caller:
-    project_id: str
-    role: str  # admin | member | host
-    host_id: str = ""  # the one host a host credential speaks for
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 def app_state(request: Request) -> AppState:
@@ -38,10 +23,6 @@ def app_state(request: Request) -> AppState:
 def db_session(state: Annotated[AppState, Depends(app_state)]) -> Iterator[Session]:
     with state.sessions() as session:
         yield session
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def authenticate(state: AppState, header: str) -> Caller:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from nubes.api.deps import Caller
+from nubes.control.caller import Caller
 
 HIDDEN_PATH = "<host path>"
 # An absolute path: a "/" that does not continue a word, number, URL or CIDR ("10.0.0.0/24",

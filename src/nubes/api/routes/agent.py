@@ -9,10 +9,10 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from nubes import tls
-from nubes.api import compute, joining, operations
 from nubes.api.deps import AgentDep, Caller, SessionDep, StateDep, require_own_host
-from nubes.api.desired import desired_state
-from nubes.api.state import bump_generation, read_generation
+from nubes.control import compute, joining, operations
+from nubes.control.desired import desired_state
+from nubes.control.state import bump_generation, read_generation
 from nubes.db.models import Host, Instance, utcnow
 from nubes.errors import Forbidden, NotFound
 from nubes.schemas import agent as a

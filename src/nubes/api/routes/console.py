@@ -18,9 +18,9 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep, authenticate
-from nubes.api.state import AppState
+from nubes.control import lookup
+from nubes.control.state import AppState
 from nubes.db.models import Instance
 from nubes.errors import Conflict, Forbidden, NubesError
 from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from nubes.api import lookup
 from nubes.api.deps import AdminDep, CallerDep, SessionDep
+from nubes.control import lookup
 from nubes.db.models import Flavor, Instance
 from nubes.errors import Conflict
 from nubes.schemas import resources as s

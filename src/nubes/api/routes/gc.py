@@ -9,8 +9,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import AdminDep, SessionDep, StateDep
-from nubes.api.desired import GC_REQUEST
-from nubes.api.state import bump_generation
+from nubes.control.desired import GC_REQUEST
+from nubes.control.state import bump_generation
 from nubes.db.models import Host, Instance, Meta, Port
 from nubes.schemas import resources as s
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep
+from nubes.control import lookup
 from nubes.db.models import Host, Instance, ServerGroup
 from nubes.errors import Conflict
 from nubes.schemas import resources as s

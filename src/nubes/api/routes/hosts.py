@@ -4,10 +4,10 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from nubes import tls
-from nubes.api import joining, lookup
 from nubes.api.deps import AdminDep, CallerDep, SessionDep, StateDep
 from nubes.api.routes.servers import host_up
-from nubes.api.state import bump_generation
+from nubes.control import joining, lookup
+from nubes.control.state import bump_generation
 from nubes.db.models import Host, Instance
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from nubes.api import lookup
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
-from nubes.api.lookup import admin_project_id
+from nubes.control import lookup
+from nubes.control.lookup import admin_project_id
 from nubes.db.models import Image, Instance
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
 from nubes.schemas import resources as s

@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep
+from nubes.control import lookup
 from nubes.db.models import Keypair
 from nubes.errors import Conflict, InvalidInput
 from nubes.schemas import resources as s

@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nubes.api import lookup
 from nubes.api.deps import CallerDep, SessionDep, StateDep
-from nubes.api.state import bump_generation
+from nubes.control import lookup
+from nubes.control.state import bump_generation
 from nubes.db.ipam import gateway_for
 from nubes.db.models import Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput

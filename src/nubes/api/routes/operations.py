@@ -5,8 +5,9 @@ import json
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from nubes.api import lookup, redact
+from nubes.api import redact
 from nubes.api.deps import Caller, CallerDep, SessionDep
+from nubes.control import lookup
 from nubes.db.models import Instance, Operation
 from nubes.errors import NotFound
 from nubes.schemas import resources as s

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
-from nubes.api import compute, lookup, redact
-from nubes.api.compute import host_up
+from nubes.api import redact
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
-from nubes.api.idempotency import run_once
+from nubes.control import compute, lookup
+from nubes.control.compute import host_up
+from nubes.control.idempotency import run_once
 from nubes.db.models import Host, Instance
 from nubes.schemas import resources as s
 from nubes.storage import consolelog

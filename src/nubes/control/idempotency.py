@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.api.deps import Caller
-from nubes.api.state import AppState
+from nubes.control.caller import Caller
+from nubes.control.state import AppState
 from nubes.db.models import IdempotencyKey
 from nubes.errors import Conflict, InvalidInput
 

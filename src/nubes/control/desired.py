@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.api.state import read_meta
+from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
 from nubes.schemas import agent as a
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from nubes.api.deps import HOST_CREDENTIAL_PREFIX, hash_token
-from nubes.api.state import bump_generation
+from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
+from nubes.control.state import bump_generation
 from nubes.db.models import Host, HostCredential, Instance, JoinToken, Network, utcnow
 from nubes.errors import Conflict, Unauthorized
 

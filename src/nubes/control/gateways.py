@@ -19,7 +19,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from nubes.api.state import AppState, bump_generation
+from nubes.control.state import AppState, bump_generation
 from nubes.db.models import Host, Instance, Network, Port, utcnow
 
 log = logging.getLogger("nubes.api")

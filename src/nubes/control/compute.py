@@ -13,11 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from nubes.api import gateways, lookup, operations
-from nubes.api.deps import Caller
-from nubes.api.desired import UNCONFIRMED
-from nubes.api.state import AppState, bump_generation
 from nubes.conf import Settings
+from nubes.control import gateways, lookup, operations
+from nubes.control.caller import Caller
+from nubes.control.desired import UNCONFIRMED
+from nubes.control.state import AppState, bump_generation
 from nubes.db.ipam import allocate_ip, allocate_mac
 from nubes.db.models import (
     Flavor,

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from nubes.api.deps import Caller
+from nubes.control.caller import Caller
 from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Project, ServerGroup
 from nubes.errors import NotFound
 
