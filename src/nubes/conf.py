@@ -35,6 +35,9 @@ class Settings(BaseSettings):
 
     host_name: str = ""  # this agent's host; "" = the machine's hostname
     host_address: str = ""  # underlay address other hosts reach this one at
+    # where the agent serves consoles to the API, on host_address (127.0.0.1 without one);
+    # 0 = a free port (tests; the port is registered either way)
+    agent_console_port: int = 8775
 
     heartbeat_interval: float = 2.0
     host_down_after: float = 15.0

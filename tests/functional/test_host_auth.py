@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from nubes import tls
 from nubes.api.app import create_app
 from nubes.client import ApiError, NubesClient
 from nubes.conf import Settings
@@ -53,6 +54,7 @@ AGENT_OK = {
     ("POST", "/v1/agent/hosts"): 200,  # the own host's registration
     ("POST", "/v1/agent/hosts/{host_id}/heartbeat"): 204,
     ("POST", "/v1/agent/hosts/{host_id}/credential"): 200,
+    ("POST", "/v1/agent/hosts/{host_id}/certificate"): 200,
     ("GET", "/v1/agent/hosts/{host_id}/desired"): 200,
     ("POST", "/v1/agent/hosts/{host_id}/report"): 204,
     ("GET", "/v1/images/{ref}/{part}"): 200,
@@ -202,6 +204,8 @@ def _body(method: str, path: str, w: World) -> object:
         return {"instances": [], "leftovers": []}
     if path == "/v1/join":
         return {"token": "nj_nothing.00", "name": "x"}
+    if path.endswith("/certificate"):
+        return {"csr": tls.host_csr(tls.make_host_key()[1], "any-name").decode()}
     return {} if method in ("POST", "PUT") else None
 
 

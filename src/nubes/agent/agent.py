@@ -75,6 +75,7 @@ class Agent:
     host_id: str = ""
     metadata: MetadataService = field(default_factory=MetadataService)
     metadata_server: MetadataServer | None = None  # None: answers only in-process (tests)
+    console_port: int = 0  # where consoles are served to the API (agent/consoles.py); 0: not
 
     def register(self) -> None:
         caps = self.hypervisor.capabilities()
@@ -93,6 +94,7 @@ class Agent:
                 disk_gb=res.disk_gb,
                 overlays=",".join(self.network.overlays()),
                 agent_version=nubes.__version__,
+                console_port=self.console_port,
             )
         )
         log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)

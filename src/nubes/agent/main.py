@@ -9,9 +9,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from nubes.agent import guestuser
+from nubes import tls
+from nubes.agent import consoles, guestuser
 from nubes.agent.agent import Agent
+from nubes.agent.consoles import ConsoleServer
 from nubes.agent.drivers import make_hypervisor, make_network
 from nubes.agent.imagecache import ImageCache
 from nubes.agent.instances import InstanceReconciler
@@ -45,9 +50,12 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
     return agent
 
 
-def register_until_up(agent: Agent, stop: threading.Event) -> bool:
+def register_until_up(
+    agent: Agent, stop: threading.Event, before: Callable[[], None] = lambda: None
+) -> bool:
     while not stop.is_set():
         try:
+            before()
             agent.register()
             return True
         except ApiError as exc:
@@ -56,7 +64,50 @@ def register_until_up(agent: Agent, stop: threading.Event) -> bool:
     return False
 
 
-def joined_client(settings: Settings) -> tuple[Settings, NubesClient]:
+@dataclass
+class Joined:
+    settings: Settings
+    client: NubesClient
+    host_dir: Path
+    identity: identity.HostIdentity
+    ca_pem: bytes
+
+
+def console_starter(agent: Agent, joined: Joined) -> Callable[[], None]:
+    """Starts the console channel once, with a certificate the API signs (so it needs the API:
+    it runs in the registration loop). A port that cannot be bound leaves the agent running
+    without consoles, said in its log and by the API."""
+    started: list[ConsoleServer] = []
+
+    def start() -> None:
+        if started or not joined.ca_pem:
+            return
+        consoles.ensure_certificate(
+            joined.client, joined.host_dir, joined.identity.host_id, joined.ca_pem
+        )
+        context = tls.mutual_server_context(
+            joined.ca_pem,
+            joined.host_dir / consoles.CERT_FILE,
+            joined.host_dir / consoles.KEY_FILE,
+        )
+        settings = joined.settings
+        server = ConsoleServer(
+            agent.layout,
+            agent.hypervisor,
+            context,
+            settings.host_address or "127.0.0.1",
+            settings.agent_console_port,
+        )
+        try:
+            agent.console_port = server.start()
+        except OSError as exc:
+            log.error("cannot serve consoles on port %d: %s", settings.agent_console_port, exc)
+        started.append(server)
+
+    return start
+
+
+def joined_client(settings: Settings) -> Joined:
     """The client of the API this host joined, with its own credential; exits when the host
     has not joined. Nothing secret stays in the environment the agent's children inherit."""
     for name in SECRET_ENV:
@@ -72,17 +123,19 @@ def joined_client(settings: Settings) -> tuple[Settings, NubesClient]:
     if not settings.host_address and me.address:
         settings = settings.model_copy(update={"host_address": me.address})
     ca = identity.ca_pem(host_dir)
-    return settings, NubesClient(me.api_url, me.credential, ca_pem=ca)
+    client = NubesClient(me.api_url, me.credential, ca_pem=ca)
+    return Joined(settings, client, host_dir, me, ca or b"")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings, client = joined_client(get_settings())
+    joined = joined_client(get_settings())
+    settings = joined.settings
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    agent = build_agent(settings, client)
-    if not register_until_up(agent, stop):
+    agent = build_agent(settings, joined.client)
+    if not register_until_up(agent, stop, console_starter(agent, joined)):
         return
     beat = threading.Thread(target=agent.heartbeat_loop, args=(stop,), daemon=True)
     beat.start()

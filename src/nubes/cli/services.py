@@ -64,6 +64,8 @@ def up() -> None:
     if os.geteuid() != 0:
         fail("nubes up needs root (bridges, taps and QEMU)")
     env = base_env()
+    # one machine: the agent serves consoles to the API on a free loopback port it registers
+    env.setdefault("NUBES_AGENT_CONSOLE_PORT", "0")
     sd = state_dir()
     daemon.start_api(sd, env)
     name = os.environ.get("NUBES_HOST_NAME") or socket.gethostname()

@@ -244,6 +244,12 @@ class NubesClient:
         resp = self.request("POST", f"/v1/agent/hosts/{host_id}/credential")
         return a.Credential.model_validate(resp.json()).credential
 
+    def host_certificate(self, host_id: str, csr: str) -> str:
+        """The host's serving certificate for the console channel, signed by the cloud's CA."""
+        body = a.CertificateRequest(csr=csr).model_dump()
+        resp = self.request("POST", f"/v1/agent/hosts/{host_id}/certificate", json=body)
+        return a.Certificate.model_validate(resp.json()).certificate
+
     def register_host(self, body: a.HostRegister) -> str:
         return str(self.request("POST", "/v1/agent/hosts", json=body.model_dump()).json()["id"])
 

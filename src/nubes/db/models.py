@@ -78,6 +78,7 @@ class Host(Base):
     agent_version: Mapped[str] = mapped_column(String(32), default="")
     # bumped with every change this host's agent must see (its long-poll waits on it alone)
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    console_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JoinToken(Base):

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nubes.errors import DriverError
+
 
 class PowerState(enum.StrEnum):
     RUNNING = "running"
@@ -110,3 +112,11 @@ class HypervisorDriver(abc.ABC):
     def events(self) -> Iterator[HypervisorEvent]:
         """Power-state changes seen since the last call (polling drivers may return nothing)."""
         return iter(())
+
+    def console_socket(self, instance_id: str, kind: str) -> Path | None:
+        """The UNIX socket of the instance's `serial` or `vnc` console; None: there is none."""
+        return None
+
+    def set_vnc_password(self, instance_id: str, password: str, expires_in: int) -> None:
+        """A VNC password new connections may use for expires_in seconds. Raises DriverError."""
+        raise DriverError("this hypervisor has no VNC console")

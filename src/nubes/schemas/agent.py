@@ -25,6 +25,8 @@ class HostRegister(NoNul):
     # comma-separated overlay kinds the host's kernel has
     overlays: str = Field(default="vxlan", max_length=64)
     agent_version: str = Field(default="", max_length=32)
+    # where the agent serves consoles to the API (mutual TLS); 0: it does not
+    console_port: int = Field(default=0, ge=0, le=65535)
 
 
 class JoinTokenCreate(NoNul):
@@ -51,6 +53,14 @@ class Joined(BaseModel):
 
 class Credential(BaseModel):
     credential: str
+
+
+class CertificateRequest(NoNul):
+    csr: str = Field(max_length=8192, description="PEM certificate signing request (EC P-256)")
+
+
+class Certificate(BaseModel):
+    certificate: str  # PEM, signed by the cloud's CA for this host's id alone
 
 
 class DesiredPort(BaseModel):

@@ -14,7 +14,7 @@ from nubes.control import compute, joining, operations
 from nubes.control.desired import desired_state
 from nubes.control.state import bump_generation, read_generation
 from nubes.db.models import Host, Instance, utcnow
-from nubes.errors import Forbidden, NotFound
+from nubes.errors import Forbidden, InvalidInput, NotFound
 from nubes.schemas import agent as a
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
@@ -78,6 +78,20 @@ def heartbeat(host_id: str, session: SessionDep, who: AgentDep) -> None:
 def rotate_credential(host_id: str, session: SessionDep, who: AgentDep) -> a.Credential:
     """A new credential for this host; the one used here stops working at once."""
     return a.Credential(credential=joining.rotate(session, _host(session, host_id, who)))
+
+
+@router.post("/hosts/{host_id}/certificate")
+def host_certificate(
+    host_id: str, body: a.CertificateRequest, session: SessionDep, who: AgentDep, state: StateDep
+) -> a.Certificate:
+    """The host's serving certificate for the console channel: the CA signs the host's key for
+    the host's id alone, whatever names the request asks for."""
+    host = _host(session, host_id, who)
+    try:
+        pem = tls.sign_host_csr(state.settings.tls_dir, body.csr.encode(), host.id)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="csr") from exc
+    return a.Certificate(certificate=pem.decode())
 
 
 @router.get("/hosts/{host_id}/desired")

@@ -1,11 +1,11 @@
 """Interactive consoles through the API: the serial port over a websocket, and VNC.
 
-The API runs on the same machine as the hosts' QEMU sockets (/run/nubes/<id>/), as it does
-for console logs: it proxies the instance's serial socket (and VNC socket) to a websocket of
-raw bytes. Authentication is the bearer token, and a caller reaches only its own servers.
+The API dials the agent holding the instance over mutual TLS (control/consoles.py,
+agent/consoles.py) and relays raw bytes between that channel and the websocket. The bearer
+token authenticates the caller, who reaches only their own servers.
 
-A VNC password is one-time: each request sets a new random one over QMP that new connections
-may use for a minute only (QMP `expire_password`); sessions already open stay.
+A VNC password is one-time: each request has the agent set a new random one over QMP, which
+new connections may use for a minute only (QMP `expire_password`); sessions already open stay.
 """
 
 from __future__ import annotations
@@ -13,36 +13,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from pathlib import Path
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from nubes.api.deps import CallerDep, SessionDep, authenticate
-from nubes.control import lookup
+from nubes.api.deps import CallerDep, SessionDep, StateDep, authenticate
+from nubes.control import consoles, lookup
 from nubes.control.state import AppState
-from nubes.db.models import Instance
+from nubes.db.models import Host, Instance
 from nubes.errors import Conflict, Forbidden, NubesError
-from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
-from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
-from nubes.schemas.console import VncAccess
+from nubes.schemas.console import ChannelRequest, VncAccess
 
 router = APIRouter(prefix="/v1/servers", tags=["consoles"])
 VNC_PASSWORD_SECONDS = 60
 CHUNK = 64 * 1024
 
 
-def socket_path(instance_id: str, kind: str) -> Path:
-    """`serial`, `vnc` or `qmp`: the UNIX sockets the QEMU driver makes per instance."""
-    return SOCKET_ROOT / instance_id / f"{kind}.sock"
+def host_of(session: SessionDep, inst: Instance) -> consoles.Endpoint:
+    host = session.get(Host, inst.host_id) if inst.host_id else None
+    if host is None:
+        raise Conflict(f"server {inst.name} is on no host", field="server")
+    return consoles.endpoint(host)
 
 
-def _instance_id(state: AppState, header: str, ref: str) -> str:
+def _target(state: AppState, header: str, ref: str) -> tuple[str, consoles.Endpoint]:
     who = authenticate(state, header)
     if who.role == "host":
         raise Forbidden("a host credential may use only the agent API")
     with state.sessions() as session:
-        return lookup.owned(session, Instance, ref, who, "server").id
+        inst = lookup.owned(session, Instance, ref, who, "server")
+        return inst.id, host_of(session, inst)
 
 
 async def _pump_in(ws: WebSocket, writer: asyncio.StreamWriter) -> None:
@@ -66,14 +66,11 @@ async def _proxy(ws: WebSocket, ref: str, kind: str) -> None:
     await ws.accept()
     try:
         header = ws.headers.get("authorization", "")
-        instance_id = await run_in_threadpool(_instance_id, state, header, ref)
+        instance_id, ep = await run_in_threadpool(_target, state, header, ref)
+        request = ChannelRequest(op="serial" if kind == "serial" else "vnc", instance=instance_id)
+        reader, writer = await consoles.open_stream(state.settings, ep, request)
     except NubesError as exc:
         await ws.close(code=4000 + exc.status, reason=exc.message[:120])
-        return
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(socket_path(instance_id, kind)))
-    except OSError:
-        await ws.close(code=4409, reason=f"no {kind} console: is the server running here?")
         return
     tasks = [
         asyncio.create_task(_pump_in(ws, writer)),
@@ -104,18 +101,20 @@ async def vnc_console(websocket: WebSocket, ref: str) -> None:
 
 
 @router.post("/{ref}/vnc")
-def vnc_password(ref: str, session: SessionDep, who: CallerDep) -> VncAccess:
+def vnc_password(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> VncAccess:
     """A new one-time VNC password, valid for new connections during a minute."""
     inst = lookup.owned(session, Instance, ref, who, "server")
-    instance_id = inst.id
-    session.commit()  # no transaction held across QMP
+    instance_id, ep = inst.id, host_of(session, inst)
+    session.commit()  # no transaction held across the call to the host
     password = secrets.token_urlsafe(6)[:8]  # VNC authentication uses 8 characters
-    monitor = Monitor(socket_path(instance_id, "qmp"), timeout=5.0)
-    try:
-        monitor.set_vnc_password(password)
-        monitor.expire_password("vnc", f"+{VNC_PASSWORD_SECONDS}")
-    except MonitorError as exc:
-        raise Conflict(f"server {inst.name} has no VNC console now: {exc}") from exc
+    request = ChannelRequest(
+        op="vnc-password",
+        instance=instance_id,
+        password=password,
+        expires_in=VNC_PASSWORD_SECONDS,
+        max_bytes=0,
+    )
+    consoles.call(state.settings, ep, request)
     return VncAccess(
         password=password,
         expires_in=VNC_PASSWORD_SECONDS,

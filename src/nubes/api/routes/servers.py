@@ -1,19 +1,17 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
 from nubes.api import redact
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
-from nubes.control import compute, lookup
+from nubes.control import compute, consoles, lookup
 from nubes.control.compute import host_up
 from nubes.control.idempotency import run_once
 from nubes.db.models import Host, Instance
 from nubes.schemas import resources as s
-from nubes.storage import consolelog
+from nubes.schemas.console import ChannelRequest
 
 router = APIRouter(prefix="/v1/servers", tags=["servers"])
 
@@ -22,10 +20,6 @@ def shown(server: s.Server, who: Caller) -> s.Server:
     """Faults quote host paths: tenants see them redacted (api/redact.py), admins whole."""
     fault = redact.for_caller(who, server.fault)
     return server if fault == server.fault else server.model_copy(update={"fault": fault})
-
-
-def instance_dir(host: Host, instance_id: str) -> Path:
-    return Path(host.state_dir) / "instances" / instance_id
 
 
 @router.get("")
@@ -83,17 +77,16 @@ def console_log(
     ref: str,
     session: SessionDep,
     who: CallerDep,
+    state: StateDep,
     tail: int = Query(default=0, ge=0, le=100000, description="last N lines; 0 = all"),
 ) -> str:
     inst = lookup.owned(session, Instance, ref, who, "server")
     host = session.get(Host, inst.host_id) if inst.host_id else None
-    if host is None:
-        return ""
-    path = instance_dir(host, inst.id) / "console.log"
-    try:
-        data = consolelog.read_tail(path, 4 * 1024 * 1024)
-    except OSError:
-        return ""
+    if host is None or not host.console_port:
+        return ""  # not placed yet, or on a host whose agent serves no consoles
+    ep, request = consoles.endpoint(host), ChannelRequest(op="log", instance=inst.id)
+    session.commit()  # no transaction held across the call to the host
+    data = consoles.call(state.settings, ep, request)
     text = data.decode("utf-8", errors="replace")
     if tail:
         text = "\n".join(text.splitlines()[-tail:]) + "\n"

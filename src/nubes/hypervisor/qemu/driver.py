@@ -199,6 +199,24 @@ class QemuDriver(HypervisorDriver):
             log.info("instance %s ignored ACPI shutdown; resetting it", instance_id)
             monitor.system_reset()
 
+    def console_socket(self, instance_id: str, kind: str) -> Path | None:
+        record = self._load(instance_id)
+        if record is None or kind not in ("serial", "vnc"):
+            return None
+        paths = RuntimePaths(record.spec.instance_dir)
+        return paths.serial_sock if kind == "serial" else paths.vnc_sock
+
+    def set_vnc_password(self, instance_id: str, password: str, expires_in: int) -> None:
+        record = self._load(instance_id)
+        if record is None or self._live_pid(record) is None:
+            raise DriverError(f"instance {instance_id} is not running")
+        monitor = self._monitor(record.spec)
+        try:
+            monitor.set_vnc_password(password)
+            monitor.expire_password("vnc", f"+{expires_in}")
+        except MonitorError as exc:
+            raise DriverError(f"no VNC console now: {exc}") from exc
+
     # -- internals ----------------------------------------------------------------------------
 
     def _lock(self, instance_id: str) -> threading.Lock:
