@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from nubes.client import NubesClient
-from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.lab import netns
 
 CACHE = Path(os.environ.get("NUBES_TEST_CACHE", "/var/cache/nubes-test"))
@@ -54,6 +53,20 @@ class LabCloud:
     def host_ns(self, index: int = 1) -> str:
         return f"{self.prefix}-h{index}"
 
+    def host_root(self, index: int = 1) -> Path:
+        """The host's filesystem as the host sees it (its own mount namespace): the only
+        way to its files from here, as from another machine's console."""
+        holders = json.loads((self.state_dir / "lab" / "lab.json").read_text())["holders"]
+        return Path(f"/proc/{holders[self.host_ns(index)]}/root")
+
+    def host_path(self, path: str | Path, index: int = 1) -> Path:
+        """An absolute path on the host, seen from here."""
+        return self.host_root(index) / str(path).lstrip("/")
+
+    def host_dir(self, index: int = 1) -> Path:
+        """The host's agent's state directory (instances, images, identity), seen from here."""
+        return self.host_path(self.state_dir / "hosts" / self.host_ns(index), index)
+
     def in_host(self, argv: list[str], index: int = 1) -> str:
         return subprocess.run(
             ["ip", "netns", "exec", self.host_ns(index), *argv],
@@ -90,12 +103,15 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
 
 def stop_lab(cloud: LabCloud) -> None:
     cloud.client.close()
-    instances = [d.name for d in cloud.state_dir.glob("hosts/*/instances/*") if d.is_dir()]
     cloud.nubes("lab", "down", check=False, timeout=120)
     leftovers = netns.list_names(cloud.prefix + "-")
     assert not leftovers, f"lab down left namespaces: {leftovers}"
-    sockets = [i for i in instances if (SOCKET_ROOT / i).exists()]
-    assert not sockets, f"lab down left QEMU socket directories: {sockets}"
+    mounts = [
+        m
+        for m in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(cloud.state_dir) in m
+    ]
+    assert not mounts, f"lab down left mounts: {mounts}"
     marker = str(cloud.state_dir).encode()
     procs = []
     for proc in Path("/proc").iterdir():

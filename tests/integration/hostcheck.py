@@ -72,7 +72,7 @@ def taps(cloud: LabCloud, index: int = 1) -> list[str]:
 
 
 def host_dir(cloud: LabCloud, index: int = 1) -> Path:
-    return cloud.state_dir / "hosts" / cloud.host_ns(index)
+    return cloud.host_dir(index)
 
 
 def instance_dirs(cloud: LabCloud, index: int = 1) -> list[str]:

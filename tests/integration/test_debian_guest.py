@@ -56,7 +56,7 @@ def ssh(cloud: LabCloud, name: str, *command: str, check: bool = True) -> str:
 
 
 def seed_meta_data(cloud: LabCloud, server_id: str) -> str:
-    seed = cloud.state_dir / "hosts" / cloud.host_ns() / "instances" / server_id / "seed.iso"
+    seed = cloud.host_dir() / "instances" / server_id / "seed.iso"
     iso = pycdlib.PyCdlib()
     iso.open(str(seed))
     try:

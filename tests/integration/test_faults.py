@@ -142,7 +142,7 @@ def test_guests_run_unprivileged_with_private_files(lab: LabCloud) -> None:
             assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600), cached
         else:
             assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, user.pw_gid, 0o640), cached
-    sockets = Path(f"/run/nubes/{server.id}")
+    sockets = cloud.host_path(f"/run/nubes/{server.id}")
     assert (sockets.stat().st_uid, sockets.stat().st_mode & 0o777) == (0, 0o700)
     for sock in sockets.iterdir():  # QMP, serial, VNC: root's alone
         assert (sock.stat().st_uid, sock.stat().st_mode & 0o777) == (0, 0o600), sock

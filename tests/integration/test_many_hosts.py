@@ -14,7 +14,11 @@ order and each leaves the lab as the next expects it:
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import ClientConnection, unix_connect
 
 from nubes.client import NubesClient
 from nubes.lab import netns
@@ -32,6 +37,7 @@ from nubes.network.netlink import ZERO_MAC, Netlink
 from nubes.schemas import resources as s
 from tests.integration.capture import Capture, from_macs, mentioning_macs
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
+from tests.integration.hostcheck import api_pid
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +200,88 @@ def test_six_guests_spread_over_three_hosts_reach_each_other(world: World) -> No
     assert {h: dnsmasq_pids(cloud, h, world.blue.id) != [] for h in world.hosts} == {
         h: h == serving for h in world.hosts
     }
+
+
+def _websocket(cloud: LabCloud, path: str) -> ClientConnection:
+    token = json.loads((cloud.state_dir / "client.json").read_text())["token"]
+    return unix_connect(
+        str(cloud.state_dir / "api.sock"),
+        f"ws://nubes{path}",
+        additional_headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def _read_until(ws: ClientConnection, needle: bytes, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            seen += ws.recv(timeout=2)  # type: ignore[operator]
+    return seen
+
+
+def test_consoles_of_a_guest_on_each_host_come_through_its_agent(world: World) -> None:
+    """The API holds no QEMU socket and reads no host's disk: the log, the serial port and
+    VNC of a guest on each of the three hosts come over that host's console channel."""
+    cloud = world.cloud
+    one_per_host = {x.host: x for x in world.a_servers.values()}
+    assert set(one_per_host) == set(world.hosts)
+    for host, server in sorted(one_per_host.items()):
+        assert "nubes-tiny: ready" in cloud.client.console_log(server.id), host
+        with _websocket(cloud, f"/v1/servers/{server.id}/console") as ws:
+            ws.send(b"echo console-of-$((6*7))-on-$(hostname)\n")
+            seen = _read_until(ws, b"console-of-42")
+            assert b"console-of-42" in seen, f"{server.name} on {host}: {seen[-300:]!r}"
+        out = cloud.nubes("console", "url", server.name)
+        assert "password:" in out, out
+        with _websocket(cloud, f"/v1/servers/{server.id}/vnc") as ws:
+            greeting = _read_until(ws, b"\n", timeout=15)
+            assert greeting.startswith(b"RFB 003."), f"{server.name} on {host}: {greeting!r}"
+
+
+def test_the_api_and_the_hosts_see_none_of_each_others_files(world: World) -> None:
+    cloud = world.cloud
+    api = Path(f"/proc/{api_pid(cloud)}")
+    api_mounts = (api / "mountinfo").read_text()
+    secret_files = ("nubes.db", "client.json", "tls/ca.key")
+    for index in range(1, len(world.hosts) + 1):
+        host_dir = cloud.host_dir(index)
+        name = f"marker-{secrets.token_hex(4)}"
+        marker = host_dir / name
+        marker.write_text("the host's own")
+        as_the_host_has_it = cloud.state_dir / "hosts" / cloud.host_ns(index) / name
+        try:
+            # the host's state lives on a filesystem the API has mounted nowhere
+            dev = os.stat(host_dir).st_dev
+            majmin = f" {os.major(dev)}:{os.minor(dev)} "
+            assert majmin not in api_mounts, f"host {index}'s files are mounted in the API's view"
+            assert not (api / "root" / str(as_the_host_has_it).lstrip("/")).exists()
+            # and the host sees none of the API's files, where they are for the API
+            for name in secret_files:
+                assert (cloud.state_dir / name).exists()
+                assert not cloud.host_path(cloud.state_dir / name, index).exists(), name
+            assert not cloud.host_path(
+                cloud.state_dir / "hosts" / cloud.host_ns(index % 3 + 1), index
+            ).exists()
+            # /run is the host's own: its guests' QEMU sockets are there and nowhere else
+            guests = [x.id for x in world.a_servers.values() if x.host == cloud.host_ns(index)]
+            assert guests
+            for guest in guests:
+                assert cloud.host_path(f"/run/nubes/{guest}/qmp.sock", index).exists()
+                assert not Path(f"/run/nubes/{guest}").exists()
+            qemu = [p for p in netns.pids(cloud.host_ns(index)) if b"qemu-system" in _cmdline(p)]
+            assert qemu
+            for pid in qemu:
+                assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(api / "ns" / "mnt")
+        finally:
+            marker.unlink()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def dnsmasq_pids(cloud: LabCloud, host: str, network_id: str) -> list[int]:

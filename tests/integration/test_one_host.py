@@ -99,7 +99,7 @@ def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Pa
     assert re.search(r"3 packets transmitted, [1-3] packets received", log_b), log_b[-2000:]
 
     # the lease dnsmasq handed out is the address IPAM allocated
-    leases = next((cloud.state_dir / "hosts" / cloud.host_ns() / "network").rglob("leases"))
+    leases = next((cloud.host_dir() / "network").rglob("leases"))
     lease_text = leases.read_text()
     assert beta_ip in lease_text, lease_text
 
@@ -113,7 +113,7 @@ def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Pa
         cloud.nubes("server", "delete", name, "--wait")
     assert qemu_pids(cloud) == []
     assert "tap" not in cloud.in_host(["ip", "-o", "link"])
-    inst_dir = cloud.state_dir / "hosts" / cloud.host_ns() / "instances"
+    inst_dir = cloud.host_dir() / "instances"
     assert list(inst_dir.iterdir()) == []
     hosts_file = leases.with_name("hosts")
     assert not hosts_file.exists() or alpha_ip not in hosts_file.read_text()

@@ -154,7 +154,7 @@ def test_guest_cannot_spoof_mac_ip_or_arp(lab: LabCloud, tmp_path: Path) -> None
         "bridge": Capture(ns, bridge.group(1), tmp_path / "bridge.pcap"),
         "victim": Capture(ns, v_tap, tmp_path / "victim.pcap"),
     }
-    shell = SerialShell(Path(f"/run/nubes/{ids['attacker']}/serial.sock"))
+    shell = SerialShell(cloud.host_path(f"/run/nubes/{ids['attacker']}/serial.sock"))
     try:
         cloud.in_host(["ping", "-c", "1", "-W", "2", v_ip])  # the gateway knows the victim
         # the control: the attacker's own traffic passes

@@ -46,7 +46,7 @@ def test_no_process_on_a_host_holds_a_secret_it_should_not(lab2: LabCloud) -> No
     admin_token = json.loads((cloud.state_dir / "client.json").read_text())["token"].encode()
     credentials = {}
     for i in (1, 2):
-        me = cloud.state_dir / "hosts" / cloud.host_ns(i) / "identity.json"
+        me = cloud.host_dir(i) / "identity.json"
         assert me.stat().st_mode & 0o777 == 0o600
         assert json.loads(me.read_text())["api_url"].startswith("https://10.254.")
         credentials[i] = json.loads(me.read_text())["credential"].encode()

@@ -111,7 +111,8 @@ def agent_pids(host: LabHost) -> list[int]:
 def spawn_agent(lab: Lab, host: LabHost) -> int:
     """The host joins the lab's API over the underlay (TCP+TLS, its own token) and runs its
     agent, as a second machine would."""
-    host_dir = state_dir() / "hosts" / host.name
+    # the host's own state directory, as its mount namespace has it (the API sees none of it)
+    host_dir = lab.host_root(host) / str(state_dir() / "hosts" / host.name).lstrip("/")
     argv = join_argv(lab.api_url, host.name, host_dir, host.underlay_ip)
     log = lab.root / f"{host.name}.log"
     pid = lab.spawn(host, argv, log, base_env())

@@ -4,6 +4,11 @@
                         |-- <prefix>-h1-ul  ==veth==  eth0 in netns <prefix>-h1  10.255.0.11/24
                         |-- <prefix>-h2-ul  ==veth==  eth0 in netns <prefix>-h2  10.255.0.12/24
 
+Each host also has a mount namespace of its own (`<lab>/mnt/<host>`, kept by a bind mount):
+fresh tmpfs on /run, /tmp and the state directory, and the host's own /sys, so a host sees
+none of the API's files nor another host's, and the API sees none of a host's, as on separate
+machines. The lab reaches into a host's files only through `host_root()`, for tests.
+
 The underlay is a private range that exists only inside our namespaces and the lab's bridge.
 The root namespace, where the API runs, holds one address on it (the first: 10.255.0.1), as the
 API machine would on a real network: agents reach the API there over TCP+TLS with their own
@@ -93,6 +98,9 @@ class Lab:
         self.api_port = int(saved.get("api_port", api_port))
         self._hosts = [LabHost(**h) for h in saved.get("hosts", [])]
         self._pids: dict[str, list[int]] = saved.get("pids", {})
+        # a process per host that only sleeps in its mount namespace: /proc/<pid>/root is
+        # the host's view of the filesystem (tests look at a host's files through it)
+        self._holders: dict[str, int] = saved.get("holders", {})
 
     # -- names and state -----------------------------------------------------------------------
 
@@ -144,6 +152,27 @@ class Lab:
     def _veth(self, host: LabHost) -> str:
         return f"{host.netns}-ul"
 
+    @property
+    def mnt_dir(self) -> Path:
+        return self.state_dir / "mnt"
+
+    def mount_ns(self, host: LabHost) -> Path:
+        """The file that keeps the host's mount namespace (a bind mount of it)."""
+        return self.mnt_dir / host.name
+
+    def private_dirs(self) -> list[str]:
+        """Where each host has a fresh, empty filesystem of its own: /run and /tmp, the
+        default state directory, and the API's (the lab's parent), whichever it is."""
+        dirs = ["/run", "/tmp", "/var/lib/nubes", str(self.state_dir.resolve().parent)]
+        return list(dict.fromkeys(dirs))
+
+    def host_root(self, host: LabHost) -> Path:
+        """The host's filesystem as the host sees it, from outside (for tests and checks)."""
+        pid = self._holders.get(host.name)
+        if pid is None or not _alive(pid):
+            raise LabError(f"lab host {host.name} has no mount namespace (is the lab up?)")
+        return Path(f"/proc/{pid}/root")
+
     def _load(self) -> dict:
         try:
             data = json.loads((self.state_dir / STATE_FILE).read_text())
@@ -161,6 +190,7 @@ class Lab:
             "bridge": self.bridge,
             "hosts": [asdict(h) for h in self._hosts],
             "pids": self._pids,
+            "holders": self._holders,
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -226,12 +256,78 @@ class Lab:
         cidr = f"{host.underlay_ip}/{self.underlay.prefixlen}"
         _ip("-n", host.netns, "link", "set", "eth0", "mtu", str(self.mtu), "up")
         _ip("-n", host.netns, "addr", "replace", cidr, "dev", "eth0")
+        self._ensure_mount_ns(host)
+
+    def _ensure_mount_ns(self, host: LabHost) -> None:
+        """The host's own mount namespace, made once and kept until `lab down` (a host's
+        disks live in its tmpfs: they survive its agent's restarts, as on a machine)."""
+        holder = self._holders.get(host.name)
+        if holder is not None and _alive(holder) and _is_mountpoint(self.mount_ns(host)):
+            return
+        self._drop_mount_ns(host)
+        self.mnt_dir.mkdir(parents=True, exist_ok=True)
+        if not _is_mountpoint(self.mnt_dir):  # a namespace is bound only on a private mount
+            subprocess.run(["mount", "--bind", self.mnt_dir, self.mnt_dir], check=True)
+            subprocess.run(["mount", "--make-private", self.mnt_dir], check=True)
+        target = self.mount_ns(host)
+        target.touch()
+        netns_path = f"/run/netns/{netns.check_name(host.netns)}"
+        steps = [
+            # its own /sys, as `ip netns exec` gives (made while /run/netns is still visible)
+            "umount -l /sys",
+            f"nsenter --net={netns_path} mount -t sysfs nubes-sys /sys",
+        ]
+        for where in self.private_dirs():
+            steps.append(
+                f"mkdir -p '{where}' && mount -t tmpfs -o mode=0755 nubes-private '{where}'"
+            )
+        steps.append("chmod 1777 /tmp")
+        subprocess.run(
+            [
+                "unshare",
+                f"--mount={target}",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-ec",
+                "; ".join(steps),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        sleeper = subprocess.Popen(
+            ["nsenter", f"--mount={target}", "--wd=/", "--", "sleep", "infinity"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._holders[host.name] = sleeper.pid
+        self._save()
+
+    def _drop_mount_ns(self, host: LabHost) -> None:
+        pid = self._holders.pop(host.name, None)
+        if pid is not None and _alive(pid) and b"sleep" in _cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+            _reap([pid])
+        target = self.mount_ns(host)
+        if _is_mountpoint(target):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        target.unlink(missing_ok=True)
 
     # -- processes -----------------------------------------------------------------------------
 
     def exec_argv(self, host: LabHost, argv: list[str]) -> list[str]:
-        """argv run inside the host's namespace."""
-        return ["ip", "netns", "exec", netns.check_name(host.netns), *argv]
+        """argv run inside the host: its network and mount namespaces."""
+        return [
+            "nsenter",
+            f"--mount={self.mount_ns(host)}",
+            f"--net=/run/netns/{netns.check_name(host.netns)}",
+            "--wd=/",
+            "--",
+            *argv,
+        ]
 
     def spawn(
         self, host: LabHost, argv: list[str], log_path: Path, env: dict[str, str] | None = None
@@ -289,6 +385,13 @@ class Lab:
             if _link_exists(veth):
                 _ip("link", "del", veth)  # takes eth0 in the namespace with it
             netns.delete(ns)
+        for host in self._hosts:
+            self._drop_mount_ns(host)
+        for left in self.mnt_dir.glob("*") if self.mnt_dir.exists() else ():
+            subprocess.run(["umount", "-l", left], capture_output=True)
+            left.unlink(missing_ok=True)
+        if _is_mountpoint(self.mnt_dir):
+            subprocess.run(["umount", "-l", self.mnt_dir], capture_output=True)
         if _link_exists(self.bridge):
             _ip("link", "del", self.bridge)
         subprocess.run(["nft", "delete", "table", "inet", self.guard_table], capture_output=True)
@@ -297,6 +400,7 @@ class Lab:
                 shutil.rmtree(SOCKET_ROOT / instance_id, ignore_errors=True)
         self._hosts = []
         self._pids = {}
+        self._holders = {}
         self.state_path.unlink(missing_ok=True)
 
 
@@ -320,6 +424,20 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9-]+")  # an instance id, never a path
 def _guest_ids(ns: str) -> list[str]:
     """The instances whose QEMU runs in the namespace."""
     return [g for g in map(guest_of, netns.pids(ns)) if g is not None]
+
+
+def _is_mountpoint(path: Path) -> bool:
+    """From mountinfo: os.path.ismount misses a directory bound onto itself (same device)."""
+    target = str(path.resolve()).replace(" ", "\\040")
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return any(line.split()[4] == target for line in lines)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _is_agent(pid: int) -> bool:
