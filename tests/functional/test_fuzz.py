@@ -32,7 +32,7 @@ def cloud(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) ->
     def fake_getaddrinfo(host: str, port: Any, *args: Any, **kw: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 80))]
 
-    monkeypatch.setattr("nubes.api.routes.images.socket.getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr("nubes.control.images.socket.getaddrinfo", fake_getaddrinfo)
     c = Cloud(tmp_path, hosts=1, database_url=database_url)
     try:
         image = c.client.create_image(s.ImageCreate(name="img", disk_format="qcow2"))

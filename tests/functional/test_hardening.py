@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nubes.api.routes.images import download
 from nubes.client import ApiError, NubesClient
 from nubes.control.caller import hash_token
+from nubes.control.images import download
 from nubes.db.models import Project, Token
 from nubes.schemas import resources as s
 from tests.cloud import Cloud, make_image

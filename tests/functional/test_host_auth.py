@@ -28,6 +28,8 @@ PUBLIC = {("GET", "/v1"), ("GET", "/v1/join/ca"), ("POST", "/v1/join")}
 ADMIN_ONLY = {
     ("POST", "/v1/flavors"),
     ("DELETE", "/v1/flavors/{ref}"),
+    ("GET", "/v1/hosts"),
+    ("GET", "/v1/hosts/{ref}"),
     ("POST", "/v1/hosts/tokens"),
     ("DELETE", "/v1/hosts/{ref}"),
     ("POST", "/v1/hosts/{ref}/disable"),

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from nubes import tls
-from nubes.api.deps import AdminDep, CallerDep, SessionDep, StateDep
+from nubes.api.deps import AdminDep, SessionDep, StateDep
 from nubes.api.routes.servers import host_up
 from nubes.control import joining, lookup
 from nubes.control.state import bump_generation
@@ -53,7 +53,9 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
 
 
 @router.get("")
-def list_hosts(session: SessionDep, _: CallerDep, state: StateDep) -> list[s.Host]:
+def list_hosts(session: SessionDep, _: AdminDep, state: StateDep) -> list[s.Host]:
+    """Hosts are the cloud's machinery (underlay addresses, capacity): admins only, as Nova's
+    os-hypervisors. A member sees the host name of their own servers, nothing more."""
     rows = session.scalars(select(Host).order_by(Host.name))
     counts = live_counts(session)
     return [to_wire(session, h, state.settings.host_down_after, counts.get(h.id, 0)) for h in rows]
@@ -95,7 +97,7 @@ def remove_host(
 
 
 @router.get("/{ref}")
-def show_host(ref: str, session: SessionDep, _: CallerDep, state: StateDep) -> s.Host:
+def show_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.Host:
     return to_wire(session, lookup.host(session, ref), state.settings.host_down_after)
 
 

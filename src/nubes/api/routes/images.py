@@ -1,14 +1,10 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
-import socket
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import httpx
 from fastapi import APIRouter, Request
@@ -18,12 +14,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
-from nubes.control import lookup
+from nubes.control import images, lookup
 from nubes.control.lookup import admin_project_id
 from nubes.db.models import Image, Instance
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
 from nubes.schemas import resources as s
-from nubes.storage.images import ImageStore
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 BOOT_FILE_MAX = 512 * 1024 * 1024
@@ -49,60 +44,6 @@ def to_wire(i: Image) -> s.Image:
     )
 
 
-def store(state: StateDep) -> ImageStore:
-    state.settings.images_dir.mkdir(parents=True, exist_ok=True)
-    return ImageStore(state.settings.images_dir)
-
-
-def check_url(url: str, allow_private: bool) -> str | None:
-    """Refuse URLs that point back into the cloud's own or private networks (SSRF).
-
-    Returns the vetted address the download must connect to: looking the name up again when
-    connecting could answer differently (DNS rebinding). None when private addresses are allowed.
-    """
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidInput("url: must be an http:// or https:// URL", field="url")
-    if allow_private:
-        return None
-    try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"url: cannot resolve {parsed.hostname}", field="url") from exc
-    addrs = [ipaddress.ip_address(info[4][0]) for info in infos]
-    for addr in addrs:
-        plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-        if not (plain or addr).is_global or (plain or addr).is_multicast:
-            raise InvalidInput(
-                f"url: {parsed.hostname} resolves to a non-public address ({addr}); "
-                "set NUBES_ALLOW_PRIVATE_IMAGE_URLS=true to allow it",
-                field="url",
-            )
-    return str(addrs[0])
-
-
-def download(url: str, address: str | None = None) -> Iterator[bytes]:
-    """The body of GET url, in chunks, connecting to address when given (the name still goes
-    in the Host header, TLS SNI and the certificate check). Redirects are not followed: each
-    hop would need vetting. The caller's import stops a body that is too large or not an image."""
-    headers: dict[str, str] = {}
-    extensions: dict[str, str] = {}
-    if address is not None:
-        parsed = urlparse(url)
-        host = f"[{address}]" if ":" in address else address
-        headers["Host"] = parsed.netloc.rpartition("@")[2]
-        extensions["sni_hostname"] = parsed.hostname or ""
-        url = parsed._replace(netloc=f"{host}:{parsed.port}" if parsed.port else host).geturl()
-    with httpx.Client(follow_redirects=False, timeout=60) as http:
-        with http.stream("GET", url, headers=headers, extensions=extensions) as resp:
-            if resp.status_code != 200:
-                raise InvalidInput(
-                    f"url: download failed with HTTP {resp.status_code}", field="url"
-                )
-            yield from resp.iter_bytes(1 << 20)
-
-
 @router.get("")
 def list_images(session: SessionDep, who: CallerDep) -> list[s.Image]:
     projects = [who.project_id, admin_project_id(session)]
@@ -124,7 +65,7 @@ def create_image(
         raise Conflict(f"image {body.name!r} already exists", field="name")
     address = None
     if body.url:
-        address = check_url(body.url, state.settings.allow_private_image_urls)
+        address = images.check_url(body.url, state.settings.allow_private_image_urls)
     row = Image(
         project_id=who.project_id,
         name=body.name,
@@ -138,8 +79,8 @@ def create_image(
     if body.url:
         max_size = state.settings.max_image_virtual_size_gb * 1024**3
         try:
-            stored = store(state).import_stream(
-                row.id, download(body.url, address), row.disk_format, max_size
+            stored = images.store(state.settings).import_stream(
+                row.id, images.download(body.url, address), row.disk_format, max_size
             )
         except httpx.HTTPError as exc:
             session.delete(row)
@@ -153,13 +94,6 @@ def create_image(
         row.status = "active"
         session.commit()
     return to_wire(row)
-
-
-def _import(session: SessionDep, row: Image, st: ImageStore, src: Path, max_gb: int) -> None:
-    stored = st.import_file(row.id, src, row.disk_format, max_gb * 1024**3)
-    row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
-    row.status = "active"
-    session.commit()
 
 
 async def _spool(request: Request, dest: Path, limit: int | None) -> str:
@@ -194,7 +128,7 @@ async def upload_part(
     # Database work never runs on the event loop: a lock wait there would stall the requests
     # whose teardown (closing their session) releases that very lock.
     row = await run_in_threadpool(_upload_target, session, ref, part, who)
-    st = store(state)
+    st = images.store(state.settings)
     fd, tmp = tempfile.mkstemp(dir=state.settings.images_dir, prefix=".upload-")
     os.close(fd)
     path = Path(tmp)
@@ -203,7 +137,7 @@ async def upload_part(
         digest = await _spool(request, path, limit)
         if part == "file":
             max_gb = state.settings.max_image_virtual_size_gb
-            await run_in_threadpool(_import, session, row, st, path, max_gb)
+            await run_in_threadpool(images.import_file, session, row, st, path, max_gb)
         else:
             os.replace(path, state.settings.images_dir / f"{row.id}.{part}")
             setattr(row, f"{part}_sha256", digest)
@@ -243,7 +177,7 @@ def delete_image(ref: str, session: SessionDep, who: CallerDep, state: StateDep)
     live = select(Instance.id).where(Instance.image_id == row.id, Instance.deleted_at.is_(None))
     if session.scalar(live):
         raise Conflict(f"image {row.name!r} is used by servers; delete them first")
-    store(state).delete(row.id)
+    images.store(state.settings).delete(row.id)
     for part in ("kernel", "initrd"):
         (state.settings.images_dir / f"{row.id}.{part}").unlink(missing_ok=True)
     session.delete(row)
