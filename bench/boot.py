@@ -47,7 +47,7 @@ def nubes_boot(cloud: LabCloud, name: str) -> tuple[float, float]:
     server = cloud.client.create_server(
         s.ServerCreate(name=name, image="tiny", flavor="m1.tiny", network="bench")
     )
-    log = cloud.state_dir / "hosts" / cloud.host_ns() / "instances" / server.id / "console.log"
+    log = cloud.host_dir() / "instances" / server.id / "console.log"
     wait_for_text(log, READY_LINE, 180)
     elapsed = time.perf_counter() - start
     op = cloud.client.operations(server.id)[-1]
@@ -61,7 +61,7 @@ def nubes_boot(cloud: LabCloud, name: str) -> tuple[float, float]:
 
 def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
     """The same guest by hand: overlay, seed, tap, then the very argv nubes would run."""
-    host_dir = cloud.state_dir / "hosts" / cloud.host_ns()
+    host_dir = cloud.host_dir()  # the host's own files, through its mount namespace
     image = cloud.client.image("tiny")
     cache = host_dir / "images"
     inst = work / f"bare{index}"

@@ -66,7 +66,7 @@ def nubes_boot(cloud: LabCloud, name: str, key: Path) -> float:
 def bare_boot(cloud: LabCloud, work: Path, index: int, key: Path) -> float:
     """By hand: overlay, the same seed nubes writes, a tap, and the argv nubes would run."""
     image = cloud.client.image("debian")
-    cache = cloud.state_dir / "hosts" / cloud.host_ns() / "images"
+    cache = cloud.host_dir() / "images"  # the host's own cache, through its mount namespace
     inst = work / f"bare{index}"
     inst.mkdir()
     instance_id = "bare" + secrets.token_hex(6)

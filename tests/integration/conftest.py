@@ -63,6 +63,11 @@ class LabCloud:
         """An absolute path on the host, seen from here."""
         return self.host_root(index) / str(path).lstrip("/")
 
+    def in_host_mounts(self, argv: list[str], index: int = 1, check: bool = True) -> None:
+        """Run argv in the host's mount namespace (a mount made there is the host's alone)."""
+        where = self.state_dir / "lab" / "mnt" / self.host_ns(index)
+        subprocess.run(["nsenter", f"--mount={where}", "--", *argv], check=check)
+
     def host_dir(self, index: int = 1) -> Path:
         """The host's agent's state directory (instances, images, identity), seen from here."""
         return self.host_path(self.state_dir / "hosts" / self.host_ns(index), index)

@@ -314,20 +314,23 @@ def test_postgresql_down_answers_503_and_guests_keep_running(
     delete_all(cloud)
 
 
-def test_disk_full_during_create(lab: LabCloud, tmp_path: Path) -> None:
+def test_disk_full_during_create(lab: LabCloud) -> None:
     cloud = lab
-    small = tmp_path / "small"
-    small.mkdir()
     instances = host_dir(cloud) / "instances"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    on_host = "/" + str(instances.relative_to(cloud.host_root()))
+    # a small disk for the host's instances, mounted in the host's own mount namespace
+    small = "/tmp/nubes-small-disk"
+    cloud.in_host_mounts(["sh", "-ec", (
+        f"mkdir -p {small} && mount -t tmpfs -o size=32m nubes-small {small} && "
+        f"mkdir {small}/instances && mount --bind {small}/instances {on_host}"
+    )])  # fmt: skip
+    filler = cloud.host_path(f"{small}/filler")
     try:
-        (small / "instances").mkdir()
-        subprocess.run(["mount", "--bind", str(small / "instances"), str(instances)], check=True)
         restart_agent(cloud)  # its mount namespace now has the small disk
         before = create(cloud, "before")
         wait_status(cloud, before.id, "ACTIVE")
         pid = qemu_pids(cloud)[before.id]
-        fill(small / "filler")
+        fill(filler)
         full = create(cloud, "full")
         failed = wait_status(cloud, full.id, "ERROR")
         print(f"disk full: {failed.fault}")
@@ -338,13 +341,13 @@ def test_disk_full_during_create(lab: LabCloud, tmp_path: Path) -> None:
         assert cloud.client.server(before.id).status == "ACTIVE"
         cloud.client.delete_server(full.id)
         wait_gone(cloud, full.id)
-        (small / "filler").unlink()
+        filler.unlink()
         after = create(cloud, "after")
         wait_status(cloud, after.id, "ACTIVE")
         delete_all(cloud)
     finally:
-        subprocess.run(["umount", "-l", str(instances)], check=False)
-        subprocess.run(["umount", "-l", str(small)], check=False)
+        cloud.in_host_mounts(["umount", "-l", on_host], check=False)
+        cloud.in_host_mounts(["umount", "-l", small], check=False)
         restart_agent(cloud)
 
 
