@@ -165,18 +165,18 @@ def place(fx: Fixture, n: int, names: Iterator[int], out: Timings, session: bool
         i = next(names)
         begin = time.perf_counter()
         req = Request(f.vcpus, f.ram_mb, f.disk_gb, overlay="vxlan")
-        row = compute.instance_row(
+        values = dict(
             project_id=fx.who.project_id, name=f"{'s' if session else 'p'}{i}",
             image_id=fx.image_id, flavor_id=f.id,
             vcpus=f.vcpus, ram_mb=f.ram_mb, disk_gb=f.disk_gb,
         )  # fmt: skip
         if session:
             with sessions() as s:
-                compute.schedule(s.connection(), req, fx.state.settings, row)
+                compute.schedule(s.connection(), req, fx.state.settings, values)
                 s.commit()
         else:
             with engine.begin() as conn:
-                compute.schedule(conn, req, fx.state.settings, row)
+                compute.schedule(conn, req, fx.state.settings, values)
         out.latencies.append(time.perf_counter() - begin)
 
 
