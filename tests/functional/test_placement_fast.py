@@ -132,8 +132,8 @@ def test_the_first_read_walks_an_index(engine: Engine, weigher: str) -> None:
         conn.execute(insert(Host), random_hosts(rng, 1000))
         if engine.dialect.name == "postgresql":
             conn.execute(text("ANALYZE hosts"))
-        query = placement.candidates_query(Request(1, 256, 1), s, placement.CANDIDATES)
-        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        query, params = placement.candidates_for(Request(1, 256, 1), s, placement.CANDIDATES)
+        sql = str(query.params(params).compile(conn, compile_kwargs={"literal_binds": True}))
         explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
         plan = " ".join(str(row) for row in conn.execute(text(explain + sql)))
     index = "ix_hosts_least_free_ram" if weigher == "pack" else "ix_hosts_most_free_ram"

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
-    Executable,
+    DateTime,
     Float,
-    SQLColumnExpression,
+    Integer,
+    Select,
+    String,
+    bindparam,
     cast,
     func,
-    literal,
     or_,
     select,
     update,
@@ -48,6 +52,8 @@ COLUMNS = (
     Host.used_disk_gb,
     Host.overlays,
 )
+# the candidates are up and enabled (SQL checked): no need to read those (nor to parse the time)
+CANDIDATE_COLUMNS = tuple(c for c in COLUMNS if c not in (Host.last_heartbeat, Host.enabled))
 
 
 @dataclass(frozen=True)
@@ -93,43 +99,89 @@ def host_states(conn: Connection, s: Settings) -> list[HostState]:
     return [_state(r, cutoff) for r in conn.execute(select(*COLUMNS).order_by(Host.name))]
 
 
-def _times(column: SQLColumnExpression[int], ratio: float) -> SQLColumnExpression[Any]:
-    """`column * ratio`, left as the bare column at ratio 1: the form the indexes have. Ratios go
-    as double precision: psycopg2 sends a float as numeric, whose arithmetic over every host made
-    PostgreSQL's scan several times slower."""
-    return column if ratio == 1 else column * cast(literal(ratio), Float)
+# The statements are built once, with bound parameters (SQLAlchemy's compiled cache then skips
+# compiling them too): building these expressions took longer than running them.
+def _param(name: str) -> BindParameter[int]:
+    return bindparam(name, type_=Integer)
 
 
-def _free_ram_order(req: Request, s: Settings) -> tuple[ColumnElement[Any], ColumnElement[bool]]:
-    """The weigher's order (free RAM, as weighers.free_ram: most first, or least for pack) as an
-    ascending key, and the RAM filter in terms of that key. At RAM ratio 1 the key is the
-    expression of an index (models.py, migration 0005), so the database walks the index from
-    the first host with room and stops after LIMIT hosts; at another ratio it sorts them."""
-    ram = _times(Host.ram_mb, s.ram_allocation_ratio)
-    if s.scheduler_weigher == "pack":
-        least_free = ram - Host.used_ram_mb
-        return least_free, least_free >= req.ram_mb
-    most_free = Host.used_ram_mb - ram
-    return most_free, most_free <= -req.ram_mb
+def _ratio(name: str) -> ColumnElement[float]:
+    """Ratios as double precision: psycopg2 sends a float as numeric, whose arithmetic over
+    every host made PostgreSQL's scan several times slower."""
+    return cast(bindparam(name, type_=Float), Float)
 
 
-def _usable(req: Request, s: Settings, cutoff: datetime) -> list[ColumnElement[bool]]:
-    """What SQL can check of the filters: up, enabled, room for vCPUs and disk (RAM: see
-    _free_ram_order)."""
+def _usable() -> list[ColumnElement[bool]]:
+    """What SQL checks of the filters but for RAM: up, enabled, room for vCPUs and disk."""
     return [
         Host.enabled.is_(True),
-        Host.last_heartbeat >= cutoff,
-        Host.used_vcpus + req.vcpus <= _times(Host.vcpus, s.cpu_allocation_ratio),
-        Host.used_disk_gb + req.disk_gb <= _times(Host.disk_gb, s.disk_allocation_ratio),
+        Host.last_heartbeat >= bindparam("cutoff", type_=DateTime),
+        Host.used_vcpus + _param("need_vcpus") <= Host.vcpus * _ratio("cpu_ratio"),
+        Host.used_disk_gb + _param("need_disk_gb") <= Host.disk_gb * _ratio("disk_ratio"),
     ]
 
 
-def candidates_query(req: Request, s: Settings, limit: int | None) -> Executable:
-    order, ram_fits = _free_ram_order(req, s)
-    query = select(*COLUMNS).where(*_usable(req, s, _cutoff(s)), ram_fits)
-    if req.force_host:
-        query = query.where(or_(Host.name == req.force_host, Host.id == req.force_host))
-    return query.order_by(order, Host.name).limit(limit)
+@functools.cache
+def candidates_query(
+    pack: bool, ram_ratio_one: bool, forced: bool, limited: bool
+) -> Select[*tuple[Any, ...]]:
+    """Hosts that pass what SQL checks, by free RAM (as weighers.free_ram: most first, or least
+    for `pack`), ties by name. At RAM ratio 1 the order is an index's (models.py, migration
+    0005), and the room for RAM is stated in its terms too: the database walks the index from
+    the first host with room and stops after LIMIT hosts. At another ratio it sorts them."""
+    capacity = Host.ram_mb if ram_ratio_one else Host.ram_mb * _ratio("ram_ratio")
+    if pack:
+        key = capacity - Host.used_ram_mb  # ascending: least free first
+        room = key >= _param("need_ram_mb")
+    else:
+        key = Host.used_ram_mb - capacity  # ascending: most free first
+        room = key <= -_param("need_ram_mb")
+    query = select(*CANDIDATE_COLUMNS).where(*_usable(), room).order_by(key, Host.name)
+    if forced:
+        forced_host = bindparam("force_host", type_=String)
+        query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
+    return query.limit(_param("limit")) if limited else query
+
+
+# the claim: room re-checked inside the write
+_TAKE = (
+    update(Host)
+    .where(
+        Host.id == bindparam("host_id"),
+        *_usable(),
+        Host.used_ram_mb + _param("need_ram_mb") <= Host.ram_mb * _ratio("ram_ratio"),
+    )
+    .values(
+        used_vcpus=Host.used_vcpus + _param("need_vcpus"),
+        used_ram_mb=Host.used_ram_mb + _param("need_ram_mb"),
+        used_disk_gb=Host.used_disk_gb + _param("need_disk_gb"),
+    )
+)
+
+
+def _params(req: Request, s: Settings) -> dict[str, Any]:
+    return {
+        "cutoff": _cutoff(s),
+        "need_vcpus": req.vcpus,
+        "need_ram_mb": req.ram_mb,
+        "need_disk_gb": req.disk_gb,
+        "cpu_ratio": s.cpu_allocation_ratio,
+        "ram_ratio": s.ram_allocation_ratio,
+        "disk_ratio": s.disk_allocation_ratio,
+    }
+
+
+def candidates_for(
+    req: Request, s: Settings, limit: int | None
+) -> tuple[Select[*tuple[Any, ...]], dict[str, Any]]:
+    """The candidates' query for this request and its parameters."""
+    query = candidates_query(
+        s.scheduler_weigher == "pack",
+        s.ram_allocation_ratio == 1,
+        bool(req.force_host),
+        limit is not None,
+    )
+    return query, _params(req, s) | {"force_host": req.force_host, "limit": limit}
 
 
 def candidates(
@@ -138,8 +190,11 @@ def candidates(
     """Hosts that pass the filters SQL can check (up, enabled, room, forced host), best first
     by free RAM, ties by name; with `limit`, only that many. A pre-filter: Python's filters
     still decide."""
-    cutoff = _cutoff(s)
-    return [_state(r, cutoff) for r in conn.execute(candidates_query(req, s, limit))]
+    query, params = candidates_for(req, s, limit)
+    return [
+        HostState(r[0], r[1], True, True, r[2], r[3], r[4], r[5], r[6], r[7], _overlays(r[8] or ""))
+        for r in conn.execute(query, params)
+    ]
 
 
 def explain(hosts: list[HostState], req: Request, s: Settings) -> list[Verdict]:
@@ -191,16 +246,7 @@ def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
     """Add the request to the host's usage if it still fits, in one conditional UPDATE: the
     WHERE re-checks inside the write (on PostgreSQL an UPDATE racing another for the row waits
     for it, then re-evaluates its WHERE on the committed row). False: the claim lost."""
-    _, ram_fits = _free_ram_order(req, s)
-    taken = conn.execute(
-        update(Host)
-        .where(Host.id == host.id, *_usable(req, s, _cutoff(s)), ram_fits)
-        .values(
-            used_vcpus=Host.used_vcpus + req.vcpus,
-            used_ram_mb=Host.used_ram_mb + req.ram_mb,
-            used_disk_gb=Host.used_disk_gb + req.disk_gb,
-        )
-    )
+    taken = conn.execute(_TAKE, _params(req, s) | {"host_id": host.id})
     return bool(taken.rowcount == 1)
 
 
@@ -208,13 +254,14 @@ def passes(host: HostState, req: Request, s: Settings) -> bool:
     return all(f(host, req, s) is None for _, f in DEFAULT_FILTERS)
 
 
-def _best_first(hosts: list[HostState], req: Request, s: Settings) -> list[HostState]:
+def _best_first(hosts: list[HostState], req: Request, s: Settings) -> Iterator[HostState]:
     """The hosts that pass every filter, best first. With free RAM the only weigher that is
-    SQL's order already; otherwise the weighers rank them."""
+    SQL's order already (and the filters run only until a claim is taken); otherwise the
+    weighers rank them."""
     if len(weighers_for(req, s)) == 1:
-        return [h for h in hosts if passes(h, req, s)]
+        return (h for h in hosts if passes(h, req, s))
     by_id = {h.id: h for h in hosts}
-    return [by_id[v.host_id] for v in explain(hosts, req, s) if v.weight is not None]
+    return iter([by_id[v.host_id] for v in explain(hosts, req, s) if v.weight is not None])
 
 
 def claim(conn: Connection, req: Request, s: Settings) -> HostState:
