@@ -7,9 +7,9 @@ interleaved blocks so that the machine's other load falls on all of them alike:
   transaction each: INSERT an instance row and UPDATE its host's usage (the host chosen
   round-robin: no choice at all).
 - `placement`: `compute.schedule`, what `compute.create` runs to place a server: choose a host
-  (the fast path: the best host of a remembered, SQL-ordered shortlist that passes the filters),
-  claim it with the conditional UPDATE ... RETURNING, and INSERT the instance row (both prepared
-  statements on the driver), in a transaction of its own on a pooled SQLAlchemy connection.
+  (the best few candidates by SQL's ORDER BY free RAM ... LIMIT, an index walk, then the filters
+  in Python), claim it with the conditional UPDATE, and INSERT the instance row (plain Core
+  statements), in a transaction of its own on a pooled SQLAlchemy connection.
 - `in-session`: the same inside an ORM session, as the API's request holds one: the session's
   own cost (about 0.1 ms a transaction here) is what the API pays per request, whatever it does.
 - `create`: all of `compute.create` on top: lookups and validation, IPAM (port, MAC), the
@@ -17,8 +17,8 @@ interleaved blocks so that the machine's other load falls on all of them alike:
 
     .venv/bin/python bench/scheduler.py [--hosts 1000] [--placements 10000] [--db sqlite,postgresql]
 
-The goal is placement >= 50% of bare. PostgreSQL is a throwaway cluster with Debian's server
-(durable settings: fsync and synchronous_commit on).
+The goals at 1,000 hosts on SQLite: placement >= 25% of bare, creates >= 100/s. PostgreSQL is
+a throwaway cluster with Debian's server (durable settings: fsync and synchronous_commit on).
 """
 
 from __future__ import annotations
@@ -165,18 +165,18 @@ def place(fx: Fixture, n: int, names: Iterator[int], out: Timings, session: bool
         i = next(names)
         begin = time.perf_counter()
         req = Request(f.vcpus, f.ram_mb, f.disk_gb, overlay="vxlan")
-        row = compute.instance_row(
+        values = dict(
             project_id=fx.who.project_id, name=f"{'s' if session else 'p'}{i}",
             image_id=fx.image_id, flavor_id=f.id,
             vcpus=f.vcpus, ram_mb=f.ram_mb, disk_gb=f.disk_gb,
         )  # fmt: skip
         if session:
             with sessions() as s:
-                compute.schedule(s.connection(), req, fx.state.settings, row)
+                compute.schedule(s.connection(), req, fx.state.settings, values)
                 s.commit()
         else:
             with engine.begin() as conn:
-                compute.schedule(conn, req, fx.state.settings, row)
+                compute.schedule(conn, req, fx.state.settings, values)
         out.latencies.append(time.perf_counter() - begin)
 
 
@@ -239,7 +239,9 @@ def report(db: str, hosts: int, timings: dict[str, Timings], note: str = "") -> 
     for kind, t in timings.items():
         ratio = f"{t.rate / base:6.1%} of bare" if base and kind != "bare" else ""
         if ratio and kind == "placement":
-            ratio += " (goal >= 50%: " + ("met)" if t.rate >= base / 2 else "not met)")
+            ratio += " (goal >= 25%: " + ("met)" if t.rate >= base / 4 else "not met)")
+        if kind == "create":
+            ratio += " (goal >= 100/s: " + ("met)" if t.rate >= 100 else "not met)")
         lines.append(
             f"  {kind:<10} {len(t.latencies):>6} in {sum(t.latencies):6.2f} s"
             f"  {t.rate:8.0f}/s  p50 {t.pct(0.5):6.2f} ms  p99 {t.pct(0.99):6.2f} ms  {ratio}"

@@ -41,7 +41,7 @@ def install_api_hooks(sessions: sessionmaker[Session], configured: str) -> None:
     from nubes.db.models import Instance, Operation
 
     def creating(o: object) -> bool:
-        # a create's instance row is a prepared INSERT (compute.schedule), not an ORM object:
+        # a create's instance row is a Core INSERT (compute.schedule), not an ORM object:
         # its "create" operation, flushed with the port, marks the transaction instead
         return isinstance(o, Instance) or (isinstance(o, Operation) and o.kind == "create")
 

@@ -1,6 +1,7 @@
-"""The placement fast path (shortlist, one conditional UPDATE) chooses the very host the whole
-pipeline (every host through the filters and weighers, ties by name) would, on random host
-tables, on SQLite and PostgreSQL; and a closed PostgreSQL connection is replaced unnoticed."""
+"""Placement's SQL path (the best few candidates by ORDER BY ... LIMIT, Python's filters, one
+conditional UPDATE) chooses the very host the whole pipeline (every host through the filters and
+weighers, ties by name) would, on random host tables, on SQLite and PostgreSQL; at RAM ratio 1
+the database walks an index for it; and a closed PostgreSQL connection is replaced unnoticed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from nubes.db.engine import make_engine, migrate
 from nubes.db.models import Host, new_id, utcnow
 from nubes.errors import NoValidHost
 from nubes.scheduler import placement
-from nubes.scheduler.filters import Request
+from nubes.scheduler.filters import POLICIES, GroupState, Request
 from tests.pgcluster import PgCluster
 
 # names whose order differs between code points and a locale's collation
@@ -58,12 +59,20 @@ def random_hosts(rng: random.Random, n: int) -> list[dict[str, object]]:
     return rows
 
 
-@pytest.mark.parametrize("shortlist", [3, placement.SHORTLIST])
+def random_group(rng: random.Random, names: list[str]) -> GroupState | None:
+    """None half the time; else a group of any policy with members on a few of the hosts."""
+    if rng.random() < 0.5:
+        return None
+    members = {n: rng.randint(1, 3) for n in rng.sample(names, rng.choice([0, 1, 3, 10]))}
+    return GroupState("g", rng.choice(POLICIES), members)
+
+
+@pytest.mark.parametrize("first_read", [1, placement.CANDIDATES])
 @pytest.mark.parametrize("seed", range(6))
-def test_fast_path_chooses_what_the_whole_pipeline_would(
-    engine: Engine, seed: int, shortlist: int, monkeypatch: pytest.MonkeyPatch
+def test_placement_chooses_what_the_whole_pipeline_would(
+    engine: Engine, seed: int, first_read: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(placement, "SHORTLIST", shortlist)  # short lists: many floors to cross
+    monkeypatch.setattr(placement, "CANDIDATES", first_read)  # 1: many reads of every host
     rng = random.Random(seed)
     s = Settings(
         host_down_after=60.0,
@@ -72,13 +81,16 @@ def test_fast_path_chooses_what_the_whole_pipeline_would(
         disk_allocation_ratio=rng.choice([1.0, 2.0]),
         scheduler_weigher=rng.choice(["spread", "pack"]),
     )
+    hosts = random_hosts(rng, rng.choice([20, 40, 120]))
+    names = [str(h["name"]) for h in hosts]
     with engine.begin() as conn:
-        conn.execute(insert(Host), random_hosts(rng, rng.choice([20, 40, 120])))
+        conn.execute(insert(Host), hosts)
     placed = 0
     for _ in range(60):
         req = Request(
             vcpus=1, ram_mb=rng.choice([128, 256, 512]), disk_gb=1,
             overlay=rng.choice(["vxlan", "vxlan", "geneve", None]),
+            group=random_group(rng, names),
         )  # fmt: skip
         with engine.begin() as conn:
             verdicts = placement.explain(placement.host_states(conn, s), req, s)
@@ -108,3 +120,22 @@ def test_a_connection_the_server_closed_is_replaced(request: pytest.FixtureReque
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
     finally:
         e.dispose()
+
+
+@pytest.mark.parametrize("weigher", ["spread", "pack"])
+def test_the_first_read_walks_an_index(engine: Engine, weigher: str) -> None:
+    """At RAM ratio 1 the candidates' ORDER BY ... LIMIT is an index's order: the database
+    reads the first hosts of the index with room, not every host."""
+    s = Settings(scheduler_weigher=weigher)
+    rng = random.Random(1)
+    with engine.begin() as conn:
+        conn.execute(insert(Host), random_hosts(rng, 1000))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ANALYZE hosts"))
+        query, params = placement.candidates_for(Request(1, 256, 1), s, placement.CANDIDATES)
+        sql = str(query.params(params).compile(conn, compile_kwargs={"literal_binds": True}))
+        explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+        plan = " ".join(str(row) for row in conn.execute(text(explain + sql)))
+    index = "ix_hosts_least_free_ram" if weigher == "pack" else "ix_hosts_most_free_ram"
+    assert index in plan, plan
+    assert "TEMP B-TREE" not in plan and " Sort " not in plan, plan

@@ -8,7 +8,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,13 +72,12 @@ def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
         cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cur.close()
 
-    # BEGIN IMMEDIATE as the dialect's own begin, not a "begin" event: any engine event makes
-    # SQLAlchemy dispatch around every statement, which cost more than the BEGIN itself on the
-    # create path (bench/scheduler.py). A failure here is wrapped like any statement's.
-    def _begin_immediate(dbapi_conn: Any) -> None:
-        dbapi_conn.cursor().execute("BEGIN IMMEDIATE")
-
-    engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign,assignment]
+    # SQLAlchemy's recipe for pysqlite (its SQLite docs, "Serializable isolation / Savepoints /
+    # Transactional DDL"): the driver's own BEGIN is off (isolation_level None above) and the
+    # "begin" event emits ours, IMMEDIATE so the write lock is taken at the start.
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def migrate(url: str) -> None:

@@ -59,7 +59,11 @@ class Token(Base):
 class Host(Base):
     __tablename__ = "hosts"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # names compare by code point on both databases (PostgreSQL's default collation may follow a
+    # locale, "web-2" after "web10"), as Python sorts them: the scheduler's ties go by name
+    name: Mapped[str] = mapped_column(
+        String(64).with_variant(String(64, collation="C"), "postgresql"), unique=True
+    )
     address: Mapped[str] = mapped_column(String(64), default="")
     accel: Mapped[str] = mapped_column(String(16), default="tcg")
     accel_note: Mapped[str] = mapped_column(String(255), default="")
@@ -79,6 +83,12 @@ class Host(Base):
     # bumped with every change this host's agent must see (its long-poll waits on it alone)
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     console_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+# The scheduler's order (free RAM at RAM ratio 1, then name), one index per weigher: the
+# database walks it and stops after LIMIT hosts instead of sorting them all (migration 0005).
+Index("ix_hosts_most_free_ram", Host.used_ram_mb - Host.ram_mb, Host.name)  # spread
+Index("ix_hosts_least_free_ram", Host.ram_mb - Host.used_ram_mb, Host.name)  # pack
 
 
 class JoinToken(Base):

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     DateTime,
-    Executable,
     Float,
     Integer,
+    Select,
     String,
-    and_,
     bindparam,
     cast,
     func,
@@ -28,19 +29,14 @@ from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
 from nubes.db.models import Host, Instance, ServerGroup, utcnow
-from nubes.db.prepared import Prepared
 from nubes.errors import NoValidHost
-from nubes.scheduler import shortlist
 from nubes.scheduler.filters import DEFAULT_FILTERS, GroupState, HostState, Request
-from nubes.scheduler.weighers import weigh
+from nubes.scheduler.weighers import weigh, weighers_for
 
-# Without a group, the weighers rank by free RAM alone, which SQL can order: the claim then
-# reads the best candidates and remembers them for the next placements (shortlist.py). With
-# spread, a list of N equal hosts serves about N placements, and one that holds every candidate
-# serves until it expires (1 s). A read asks for 64 hosts (~0.3 ms at 1,000 hosts), twice as
-# many each time a list is used up before it expires, up to this many (~2 ms): a busy cloud of
-# up to 1,024 hosts is then read about once a second, a quiet one reads little each create.
-SHORTLIST = 1024
+# Hosts a first read returns, best first by SQL's order. Enough for the filters only Python has
+# (overlay, hard groups) and for claims lost to racing creates; if none of them is taken, every
+# candidate is read.
+CANDIDATES = 8
 MAX_LISTED = 50  # hosts named in a "no valid host" message; --explain shows them all
 
 COLUMNS = (
@@ -56,8 +52,7 @@ COLUMNS = (
     Host.used_disk_gb,
     Host.overlays,
 )
-# candidates() passes only hosts SQL found up and enabled: those two need no reading (nor
-# SQLite's datetime parsing, a good part of a shortlist read's cost)
+# the candidates are up and enabled (SQL checked): no need to read those (nor to parse the time)
 CANDIDATE_COLUMNS = tuple(c for c in COLUMNS if c not in (Host.last_heartbeat, Host.enabled))
 
 
@@ -83,7 +78,6 @@ def _overlays(text: str) -> frozenset[str]:
 
 
 def _state(row: Any, cutoff: datetime) -> HostState:
-    overlays = _overlays(row.overlays or "")
     return HostState(
         id=row.id,
         name=row.name,
@@ -95,7 +89,7 @@ def _state(row: Any, cutoff: datetime) -> HostState:
         used_vcpus=row.used_vcpus,
         used_ram_mb=row.used_ram_mb,
         used_disk_gb=row.used_disk_gb,
-        overlays=overlays,
+        overlays=_overlays(row.overlays or ""),
     )
 
 
@@ -105,41 +99,69 @@ def host_states(conn: Connection, s: Settings) -> list[HostState]:
     return [_state(r, cutoff) for r in conn.execute(select(*COLUMNS).order_by(Host.name))]
 
 
-# The statements are built once with bound parameters: at 1,000 hosts and thousands of
-# placements, building SQL expressions per call cost more than running them (bench/scheduler.py).
-# Ratios are cast to double precision: psycopg2 sends a float as a numeric literal, and numeric
-# arithmetic over every host made PostgreSQL's scan several times slower.
+# The statements are built once, with bound parameters (SQLAlchemy's compiled cache then skips
+# compiling them too): building these expressions took longer than running them.
+def _param(name: str) -> BindParameter[int]:
+    return bindparam(name, type_=Integer)
+
+
 def _ratio(name: str) -> ColumnElement[float]:
+    """Ratios as double precision: psycopg2 sends a float as numeric, whose arithmetic over
+    every host made PostgreSQL's scan several times slower."""
     return cast(bindparam(name, type_=Float), Float)
 
 
-_FITS = and_(
-    Host.used_vcpus + bindparam("need_vcpus", type_=Integer) <= Host.vcpus * _ratio("cpu_ratio"),
-    Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer) <= Host.ram_mb * _ratio("ram_ratio"),
-    Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer)
-    <= Host.disk_gb * _ratio("disk_ratio"),
-)
-# The claim: run for every create, on the driver (db/prepared.py). RETURNING gives the host's
-# usage as it now is in the database, which the shortlist keeps (SQLite >= 3.35, PostgreSQL).
-_TAKE = Prepared(
+def _usable() -> list[ColumnElement[bool]]:
+    """What SQL checks of the filters but for RAM: up, enabled, room for vCPUs and disk."""
+    return [
+        Host.enabled.is_(True),
+        Host.last_heartbeat >= bindparam("cutoff", type_=DateTime),
+        Host.used_vcpus + _param("need_vcpus") <= Host.vcpus * _ratio("cpu_ratio"),
+        Host.used_disk_gb + _param("need_disk_gb") <= Host.disk_gb * _ratio("disk_ratio"),
+    ]
+
+
+@functools.cache
+def candidates_query(
+    pack: bool, ram_ratio_one: bool, forced: bool, limited: bool
+) -> Select[*tuple[Any, ...]]:
+    """Hosts that pass what SQL checks, by free RAM (as weighers.free_ram: most first, or least
+    for `pack`), ties by name. At RAM ratio 1 the order is an index's (models.py, migration
+    0005), and the room for RAM is stated in its terms too: the database walks the index from
+    the first host with room and stops after LIMIT hosts. At another ratio it sorts them."""
+    capacity = Host.ram_mb if ram_ratio_one else Host.ram_mb * _ratio("ram_ratio")
+    if pack:
+        key = capacity - Host.used_ram_mb  # ascending: least free first
+        room = key >= _param("need_ram_mb")
+    else:
+        key = Host.used_ram_mb - capacity  # ascending: most free first
+        room = key <= -_param("need_ram_mb")
+    query = select(*CANDIDATE_COLUMNS).where(*_usable(), room).order_by(key, Host.name)
+    if forced:
+        forced_host = bindparam("force_host", type_=String)
+        query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
+    return query.limit(_param("limit")) if limited else query
+
+
+# the claim: room re-checked inside the write
+_TAKE = (
     update(Host)
     .where(
         Host.id == bindparam("host_id"),
-        Host.enabled.is_(True),
-        Host.last_heartbeat >= bindparam("cutoff", type_=DateTime),
-        _FITS,
+        *_usable(),
+        Host.used_ram_mb + _param("need_ram_mb") <= Host.ram_mb * _ratio("ram_ratio"),
     )
     .values(
-        used_vcpus=Host.used_vcpus + bindparam("need_vcpus", type_=Integer),
-        used_ram_mb=Host.used_ram_mb + bindparam("need_ram_mb", type_=Integer),
-        used_disk_gb=Host.used_disk_gb + bindparam("need_disk_gb", type_=Integer),
+        used_vcpus=Host.used_vcpus + _param("need_vcpus"),
+        used_ram_mb=Host.used_ram_mb + _param("need_ram_mb"),
+        used_disk_gb=Host.used_disk_gb + _param("need_disk_gb"),
     )
-    .returning(Host.used_vcpus, Host.used_ram_mb, Host.used_disk_gb)
 )
 
 
 def _params(req: Request, s: Settings) -> dict[str, Any]:
     return {
+        "cutoff": _cutoff(s),
         "need_vcpus": req.vcpus,
         "need_ram_mb": req.ram_mb,
         "need_disk_gb": req.disk_gb,
@@ -149,38 +171,26 @@ def _params(req: Request, s: Settings) -> dict[str, Any]:
     }
 
 
-@functools.cache
-def _candidates_query(forced: bool, limited: bool, pack: bool, collate: bool) -> Executable:
-    up = Host.last_heartbeat >= bindparam("cutoff", type_=DateTime)
-    query = select(*CANDIDATE_COLUMNS).where(Host.enabled.is_(True), up, _FITS)
-    if forced:
-        forced_host = bindparam("force_host", type_=String)
-        query = query.where(or_(Host.name == forced_host, Host.id == forced_host))
-    if limited:
-        free = Host.ram_mb * _ratio("ram_ratio") - Host.used_ram_mb
-        # ties by name as Python compares them (code points): SQLite's default; PostgreSQL's
-        # may follow a locale ("web-2" after "web10"), so ask for "C" there
-        name = Host.name.collate("C") if collate else Host.name
-        query = query.order_by(free.asc() if pack else free.desc(), name)
-        query = query.limit(bindparam("limit", type_=Integer))
-    return query
+def candidates_for(
+    req: Request, s: Settings, limit: int | None
+) -> tuple[Select[*tuple[Any, ...]], dict[str, Any]]:
+    """The candidates' query for this request and its parameters."""
+    query = candidates_query(
+        s.scheduler_weigher == "pack",
+        s.ram_allocation_ratio == 1,
+        bool(req.force_host),
+        limit is not None,
+    )
+    return query, _params(req, s) | {"force_host": req.force_host, "limit": limit}
 
 
 def candidates(
     conn: Connection, req: Request, s: Settings, limit: int | None = None
 ) -> list[HostState]:
-    """Hosts that pass the filters SQL can check (up, enabled, room, forced host).
-
-    A pre-filter only: the filters in Python still decide. With `limit`, the best `limit` hosts
-    by free RAM in the direction the weigher wants.
-    """
-    cutoff = _cutoff(s)
-    collate = conn.dialect.name == "postgresql"
-    query = _candidates_query(
-        bool(req.force_host), limit is not None, s.scheduler_weigher == "pack", collate
-    )
-    params = _params(req, s) | {"cutoff": cutoff, "force_host": req.force_host, "limit": limit}
-    # Core, not ORM, execution: these are plain columns, and this runs on every create
+    """Hosts that pass the filters SQL can check (up, enabled, room, forced host), best first
+    by free RAM, ties by name; with `limit`, only that many. A pre-filter: Python's filters
+    still decide."""
+    query, params = candidates_for(req, s, limit)
     return [
         HostState(r[0], r[1], True, True, r[2], r[3], r[4], r[5], r[6], r[7], _overlays(r[8] or ""))
         for r in conn.execute(query, params)
@@ -232,89 +242,55 @@ def group_state(session: Session, group: ServerGroup, lock: bool = True) -> Grou
     return GroupState(group.name, group.policy, {name: int(n) for name, n in rows})
 
 
-def _take(
-    conn: Connection, host: HostState, req: Request, s: Settings,
-    lists: shortlist.Shortlists | None = None,
-) -> bool:  # fmt: skip
-    """Add the request to the host's usage if it still fits (re-checked inside the write: on
-    PostgreSQL a racing UPDATE of the row makes this one wait, then re-evaluate its WHERE on the
-    committed row). False: the claim lost. `lists`: the engine's, if the caller has them."""
-    params = _params(req, s)
-    params["host_id"] = host.id
-    params["cutoff"] = _cutoff(s)
-    rows = _TAKE.execute(conn, params).fetchall()  # fetch all: ends the statement
-    if rows:  # this process's shortlists take the host's usage as the database now has it
-        lists = lists or shortlist.for_engine(conn.engine)
-        lists.changed(host.id, host.name, host.ram_mb, rows[0])
-    return bool(rows)
+def _take(conn: Connection, host: HostState, req: Request, s: Settings) -> bool:
+    """Add the request to the host's usage if it still fits, in one conditional UPDATE: the
+    WHERE re-checks inside the write (on PostgreSQL an UPDATE racing another for the row waits
+    for it, then re-evaluates its WHERE on the committed row). False: the claim lost."""
+    taken = conn.execute(_TAKE, _params(req, s) | {"host_id": host.id})
+    return bool(taken.rowcount == 1)
 
 
 def passes(host: HostState, req: Request, s: Settings) -> bool:
-    for _, f in DEFAULT_FILTERS:  # a loop, not all(...): this runs for every create
-        if f(host, req, s) is not None:
-            return False
-    return True
+    return all(f(host, req, s) is None for _, f in DEFAULT_FILTERS)
 
 
-def _ranked(hosts: list[HostState], req: Request, s: Settings) -> list[HostState]:
-    """The hosts that pass every filter, best first."""
+def _best_first(hosts: list[HostState], req: Request, s: Settings) -> Iterator[HostState]:
+    """The hosts that pass every filter, best first. With free RAM the only weigher that is
+    SQL's order already (and the filters run only until a claim is taken); otherwise the
+    weighers rank them."""
+    if len(weighers_for(req, s)) == 1:
+        return (h for h in hosts if passes(h, req, s))
     by_id = {h.id: h for h in hosts}
-    return [by_id[v.host_id] for v in explain(hosts, req, s) if v.weight is not None]
-
-
-def _claim_shortlisted(
-    conn: Connection, req: Request, s: Settings, tried: set[str]
-) -> HostState | None:
-    """The fast path, without a group or a forced host (free RAM the only weigher): claim the
-    first host of a shortlist that passes the filters, remembered between placements while it
-    provably still holds the best host (see shortlist.py). None: let the full path decide."""
-    lists = shortlist.for_engine(conn.engine)
-    key = lists.key(req, s)
-
-    def ok(h: HostState) -> bool:
-        return h.id not in tried and passes(h, req, s)
-
-    for _ in range(3):
-        best = lists.best(key, ok, s)
-        if best is None:
-            limit = lists.read_size(key, SHORTLIST)
-            lists.remember(key, candidates(conn, req, s, limit), limit, s)
-            best = lists.best(key, ok, s)  # from a fresh read: None only if none passes
-            if best is None:
-                return None
-        tried.add(best.id)
-        if _take(conn, best, req, s, lists):
-            return best
-        lists.forget(key)  # lost a race for it: read the hosts again
-    return None
+    return iter([by_id[v.host_id] for v in explain(hosts, req, s) if v.weight is not None])
 
 
 def claim(conn: Connection, req: Request, s: Settings) -> HostState:
     """Pick the best host and add the request to its usage, atomically, in `conn`'s transaction
     (a session's: `session.connection()`).
 
-    The conditional UPDATE re-checks capacity inside the write, so two racing creates can
-    never both take the last room on a host, on SQLite or PostgreSQL alike (PostgreSQL
-    re-evaluates the WHERE on the row the other transaction committed). Without a group or a
-    forced host the fast path picks from a remembered shortlist; otherwise, or when it finds
-    nothing, every candidate is read and ranked by the whole pipeline.
+    SQL returns the best few candidates (free RAM being the only weigher: soft groups have
+    another, and read every candidate), Python's filters drop those they refuse, and the first
+    one left is claimed; a claim lost to a racing create goes on to the next. If none of the
+    few is taken, every candidate is read and tried the same way.
     """
     tried: set[str] = set()
-    if req.group is None and not req.force_host:
-        host = _claim_shortlisted(conn, req, s, tried)
-        if host is not None:
-            return host
-    hosts = candidates(conn, req, s)
-    for h in _ranked(hosts, req, s):
-        if h.id not in tried and _take(conn, h, req, s):
-            return h  # its usage as before the claim
-        tried.add(h.id)
+    limit: int | None = CANDIDATES if len(weighers_for(req, s)) == 1 else None
+    while True:
+        hosts = candidates(conn, req, s, limit)
+        for h in _best_first(hosts, req, s):
+            if h.id not in tried:
+                tried.add(h.id)
+                if _take(conn, h, req, s):
+                    return h  # its usage as before the claim
+        if limit is None or len(hosts) < limit:
+            break  # that read held every candidate
+        limit = None
     # re-read after the failed claims so the message reflects the current usage
     raise NoValidHost(no_host_message(explain(host_states(conn, s), req, s)), field="flavor")
 
 
 def release(session: Session, host_id: str, vcpus: int, ram_mb: int, disk_gb: int) -> None:
-    row = session.execute(
+    session.execute(
         update(Host)
         .where(Host.id == host_id)
         .values(
@@ -322,10 +298,5 @@ def release(session: Session, host_id: str, vcpus: int, ram_mb: int, disk_gb: in
             used_ram_mb=Host.used_ram_mb - ram_mb,
             used_disk_gb=Host.used_disk_gb - disk_gb,
         )
-        .returning(Host.name, Host.ram_mb, Host.used_vcpus, Host.used_ram_mb, Host.used_disk_gb)
         .execution_options(synchronize_session=False)
-    ).first()
-    if row is not None:  # the shortlists of this process see the room come back
-        name, total_ram_mb, *used = row
-        lists = shortlist.for_engine(session.get_bind())
-        lists.changed(host_id, name, total_ram_mb, (used[0], used[1], used[2]))
+    )
