@@ -75,6 +75,7 @@ def _host_cert(api_tls: Path, host_dir: Path, host_id: str) -> None:
 def channel(tmp_path: Path) -> Iterator[Channel]:
     settings = Settings(state_dir=tmp_path / "api")
     ca = tls.ensure_ca(settings.tls_dir).read_bytes()
+    tls.issue_api_client_cert(settings.tls_dir)  # as the API does at start
     host_dir = tmp_path / "host"
     host_dir.mkdir()
     _host_cert(settings.tls_dir, host_dir, HOST_ID)
@@ -192,6 +193,7 @@ def test_a_signed_certificate_names_only_the_host_that_asked(tmp_path: Path) -> 
 
 def test_a_host_down_is_a_clear_503(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "api")
+    tls.issue_api_client_cert(settings.tls_dir)
     with contextlib.closing(socket.socket()) as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]

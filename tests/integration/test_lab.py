@@ -105,11 +105,16 @@ def test_underlay_in_use_is_refused(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_destroy_finds_namespaces_a_lost_state_file_forgot(lab: Lab) -> None:
-    lab.create_hosts(1)
+    (host,) = lab.create_hosts(1)
+    sleeper = lab.host_root(host).parent.name  # the pid that holds the host's mount namespace
     lab.state_path.unlink()
     Lab(lab.root, name_prefix=lab.prefix).destroy()
     assert not netns.exists(f"{lab.prefix}-h1")
     assert not _link_exists(lab.bridge)
+    assert not Path(f"/proc/{sleeper}").exists(), "the host's mount namespace is still held"
+    assert not [
+        m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(lab.root) in m
+    ]
 
 
 def test_names_fit_and_prefixes_are_checked(tmp_path: Path) -> None:

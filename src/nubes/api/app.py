@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from nubes import faults
+from nubes import faults, tls
 from nubes.api import errors
 from nubes.api.bootstrap import seed_database, write_client_config
 from nubes.api.routes import (
@@ -58,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     sessions = session_factory(engine)
     if settings.fault_api_crash:  # TEST ONLY
         faults.install_api_hooks(sessions, settings.fault_api_crash)
+    # the certificate the API presents to agents' console channels, made anew at each start
+    tls.issue_api_client_cert(settings.tls_dir)
     with sessions() as session:
         token = seed_database(session)
     if token:

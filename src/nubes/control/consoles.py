@@ -8,7 +8,6 @@ agent checks the API's client certificate. Nothing is read from a host's disk or
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 import ssl
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from nubes.schemas.console import ChannelAnswer, ChannelRequest
 
 CONNECT_TIMEOUT = 10.0
 ANSWER_LIMIT = 4096
-RENEW_BEFORE = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -44,19 +42,12 @@ def endpoint(host: Host) -> Endpoint:
 
 
 def client_context(settings: Settings) -> ssl.SSLContext:
-    """Trusts the cloud's CA alone and presents the API's client certificate (made at first
-    use, made again near its end)."""
+    """Trusts the cloud's CA alone and presents the API's client certificate, which the API
+    issues at each start (`tls.issue_api_client_cert`, from create_app): made once, by one
+    process, never by two requests at a time."""
     directory = settings.tls_dir
-    ca = tls.ensure_ca(directory)
     cert, key = directory / "api-client.pem", directory / "api-client.key"
-    if not cert.exists() or not key.exists() or _ending(cert.read_bytes()):
-        files = tls.issue_api_client_cert(directory)
-        cert, key = files.cert, files.key
-    return tls.mutual_client_context(ca.read_bytes(), cert, key)
-
-
-def _ending(pem: bytes) -> bool:
-    return tls.cert_expires(pem) - dt.datetime.now(dt.UTC) < RENEW_BEFORE
+    return tls.mutual_client_context((directory / "ca.pem").read_bytes(), cert, key)
 
 
 def _line(request: ChannelRequest) -> bytes:

@@ -20,6 +20,7 @@ so `lab down` from another process finds everything.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -261,15 +262,17 @@ class Lab:
     def _ensure_mount_ns(self, host: LabHost) -> None:
         """The host's own mount namespace, made once and kept until `lab down` (a host's
         disks live in its tmpfs: they survive its agent's restarts, as on a machine)."""
-        holder = self._holders.get(host.name)
-        if holder is not None and _alive(holder) and _is_mountpoint(self.mount_ns(host)):
+        target = self.mount_ns(host)
+        if _is_mountpoint(target):  # made before: the host's files are in it, keep them
+            holder = self._holders.get(host.name)
+            if holder is None or not _alive(holder):
+                self._hold(host)
             return
         self._drop_mount_ns(host)
         self.mnt_dir.mkdir(parents=True, exist_ok=True)
         if not _is_mountpoint(self.mnt_dir):  # a namespace is bound only on a private mount
             subprocess.run(["mount", "--bind", self.mnt_dir, self.mnt_dir], check=True)
             subprocess.run(["mount", "--make-private", self.mnt_dir], check=True)
-        target = self.mount_ns(host)
         target.touch()
         netns_path = f"/run/netns/{netns.check_name(host.netns)}"
         steps = [
@@ -296,8 +299,12 @@ class Lab:
             check=True,
             capture_output=True,
         )
+        self._hold(host)
+
+    def _hold(self, host: LabHost) -> None:
+        """A process that sleeps in the host's mount namespace, for host_root()."""
         sleeper = subprocess.Popen(
-            ["nsenter", f"--mount={target}", "--wd=/", "--", "sleep", "infinity"],
+            ["nsenter", f"--mount={self.mount_ns(host)}", "--wd=/", "--", "sleep", "infinity"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -307,14 +314,8 @@ class Lab:
         self._save()
 
     def _drop_mount_ns(self, host: LabHost) -> None:
-        pid = self._holders.pop(host.name, None)
-        if pid is not None and _alive(pid) and b"sleep" in _cmdline(pid):
-            os.kill(pid, signal.SIGKILL)
-            _reap([pid])
-        target = self.mount_ns(host)
-        if _is_mountpoint(target):
-            subprocess.run(["umount", "-l", target], capture_output=True)
-        target.unlink(missing_ok=True)
+        self._holders.pop(host.name, None)
+        _drop_mount_file(self.mount_ns(host))
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -388,8 +389,7 @@ class Lab:
         for host in self._hosts:
             self._drop_mount_ns(host)
         for left in self.mnt_dir.glob("*") if self.mnt_dir.exists() else ():
-            subprocess.run(["umount", "-l", left], capture_output=True)
-            left.unlink(missing_ok=True)
+            _drop_mount_file(left)  # also those a lost state file forgot
         if _is_mountpoint(self.mnt_dir):
             subprocess.run(["umount", "-l", self.mnt_dir], capture_output=True)
         if _link_exists(self.bridge):
@@ -424,6 +424,31 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9-]+")  # an instance id, never a path
 def _guest_ids(ns: str) -> list[str]:
     """The instances whose QEMU runs in the namespace."""
     return [g for g in map(guest_of, netns.pids(ns)) if g is not None]
+
+
+def _drop_mount_file(target: Path) -> None:
+    """Kill whatever still lives in the mount namespace bound at target (the sleeper; agents
+    and guests are gone with the network namespace), unbind it and remove the file."""
+    if _is_mountpoint(target):
+        inode = os.stat(target).st_ino  # the namespace's own inode, as /proc/<pid>/ns/mnt has
+        inside = [p for p in _all_pids() if _mount_ns_inode(p) == inode and p != os.getpid()]
+        for pid in inside:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap(inside)
+        subprocess.run(["umount", "-l", target], capture_output=True)
+    target.unlink(missing_ok=True)
+
+
+def _all_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+
+
+def _mount_ns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 def _is_mountpoint(path: Path) -> bool:
