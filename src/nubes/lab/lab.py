@@ -28,11 +28,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nubes
 from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.hypervisor.qemu.process import guest_of
 from nubes.lab import netns
@@ -280,11 +282,23 @@ class Lab:
             "umount -l /sys",
             f"nsenter --net={netns_path} mount -t sysfs nubes-sys /sys",
         ]
-        for where in self.private_dirs():
+        # what the host must still run from (this checkout and its venv, say under /tmp) is
+        # bound aside under the new /run before /tmp and the rest are covered, then moved back
+        carried = carried_paths(self.private_dirs())
+        for i, where in enumerate(self.private_dirs()):
             steps.append(
                 f"mkdir -p '{where}' && mount -t tmpfs -o mode=0755 nubes-private '{where}'"
             )
-        steps.append("chmod 1777 /tmp")
+            if i == 0:  # /run: the place to keep things aside
+                steps += [
+                    f"mkdir -p /run/nubes-carry/{n} && mount --bind '{path}' /run/nubes-carry/{n}"
+                    for n, path in enumerate(carried)
+                ]
+        steps += [
+            f"mkdir -p '{path}' && mount --move /run/nubes-carry/{n} '{path}'"
+            for n, path in enumerate(carried)
+        ]
+        steps += ["rm -rf /run/nubes-carry", "chmod 1777 /tmp"]
         subprocess.run(
             [
                 "unshare",
@@ -424,6 +438,16 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9-]+")  # an instance id, never a path
 def _guest_ids(ns: str) -> list[str]:
     """The instances whose QEMU runs in the namespace."""
     return [g for g in map(guest_of, netns.pids(ns)) if g is not None]
+
+
+def carried_paths(private: list[str]) -> list[str]:
+    """This checkout and the Python environment running it, where a host's private tmpfs
+    would hide them (a clone under /tmp): the host must still run `nubes` from them."""
+    wanted = [Path(sys.prefix).resolve(), Path(nubes.__file__).resolve().parents[2]]
+    covered = [Path(p) for p in private if p != "/run"]
+    inside = [w for w in wanted if any(w.is_relative_to(c) for c in covered)]
+    outermost = [w for w in inside if not any(w != o and w.is_relative_to(o) for o in inside)]
+    return [str(p) for p in dict.fromkeys(outermost)]
 
 
 def _drop_mount_file(target: Path) -> None:
