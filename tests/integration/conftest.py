@@ -100,7 +100,11 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
     env.pop("NUBES_URL", None)
     env.pop("NUBES_TOKEN", None)
     cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]
-    cloud.nubes("lab", "up", "--hosts", str(hosts), timeout=120)
+    try:
+        cloud.nubes("lab", "up", "--hosts", str(hosts), timeout=120)
+    except BaseException:
+        cloud.nubes("lab", "down", check=False, timeout=120)  # a failed start leaves nothing
+        raise
     token = json.loads((state / "client.json").read_text())["token"]
     cloud.client = NubesClient(f"unix://{state / 'api.sock'}", token)
     return cloud
