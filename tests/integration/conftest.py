@@ -81,6 +81,14 @@ class LabCloud:
         ).stdout
 
 
+def free_underlay() -> str:
+    """A 10.254.x.0/24 no interface of this machine has an address in (a lab left up by a user,
+    or by a killed run, keeps its own)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    free = [x for x in range(256) if f" 10.254.{x}." not in used]
+    return f"10.254.{secrets.choice(free)}.0/24"
+
+
 def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
     """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL."""
     needs_root()
@@ -92,7 +100,7 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
         NUBES_CACHE_DIR=str(CACHE),
         NUBES_LAB_PREFIX=prefix,
         # its own underlay: a user's lab (`make demo` leaves one up) keeps 10.255.0.0/24
-        NUBES_LAB_UNDERLAY=f"10.254.{secrets.randbelow(256)}.0/24",
+        NUBES_LAB_UNDERLAY=free_underlay(),
         NUBES_API_PORT=str(20000 + secrets.randbelow(20000)),
         NUBES_HOST_DOWN_AFTER="6",
     )
