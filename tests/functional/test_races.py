@@ -110,7 +110,7 @@ def test_racing_same_name_creates_one_wins(make_cloud: MakeCloud) -> None:
 
 def test_an_agent_sees_what_another_api_server_did(make_cloud: MakeCloud) -> None:
     """Agents long-poll the first API (8 s here); the second's commits reach them through the
-    generation row, which a waiting long-poll re-reads every second."""
+    host's generation, which the long-polls' watcher re-reads every second."""
     cloud = make_cloud(hosts=1, apis=2, sync_interval=8.0)
     other = NubesClient(cloud.apis[1].url, cloud.token)
     try:

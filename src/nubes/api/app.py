@@ -103,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
     expiring = threading.Event()
     threading.Thread(target=_expire_loop, args=(app.state.nubes, expiring), daemon=True).start()
     keeper = gateways.start_keeper(app.state.nubes)
-    stoppers.extend([expiring.set, keeper.set, engine.dispose])
+    stoppers.extend([expiring.set, keeper.set, app.state.nubes.notifier.close, engine.dispose])
 
     @app.get("/v1", tags=["meta"])
     def version() -> dict[str, str]:

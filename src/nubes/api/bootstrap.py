@@ -18,8 +18,6 @@ from nubes.db.models import Flavor, Meta, Project, Token
 
 def seed_database(session: Session) -> str | None:
     """Idempotent. Returns the new admin token on first start, else None."""
-    if session.get(Meta, "generation") is None:
-        session.add(Meta(key="generation", value=1))
     if session.get(Meta, CLOUD_ID) is None:
         # made once: agents act only on desired state that carries the id they first saw
         session.add(Meta(key=CLOUD_ID, value=secrets.randbits(62) + 1))

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import gateways, lookup, operations
+from nubes.control import gateways, generations, lookup, operations
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
-from nubes.control.state import AppState, bump_generation
+from nubes.control.state import AppState
 from nubes.db.ipam import allocate_ip, allocate_mac
 from nubes.db.models import (
     Flavor,
@@ -214,7 +214,7 @@ def create(
             try:
                 inst, host = _place(session, state.settings, body, who)
                 operations.begin(session, inst, "create", f"scheduled on {host.name}")
-                bump_generation(session)
+                generations.instance_changed(session, inst, ports=True)
                 # the answer from inside the transaction: no second one (SQLite: write lock)
                 server = to_wire(session, inst, state.settings.host_down_after)
                 if also is not None:
@@ -268,6 +268,7 @@ def finish_delete(session: Session, inst: Instance) -> None:
     claim twice: host usage stays the sum of its live instances.
     """
     now = utcnow()
+    nets = generations.instance_networks(session, inst.id)  # before its ports go
     marked = session.execute(
         update(Instance)
         .where(Instance.id == inst.id, Instance.deleted_at.is_(None))
@@ -284,7 +285,8 @@ def finish_delete(session: Session, inst: Instance) -> None:
     if inst.host_id:
         release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
     operations.finish(session, inst.id, "delete")
-    bump_generation(session)
+    generations.bump(session, [inst.host_id])
+    generations.bump_after_commit(session, generations.network_hosts(session, nets))
 
 
 def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> None:
@@ -297,7 +299,7 @@ def request_delete(state: AppState, session: Session, inst: Instance, host_up: b
         finish_delete(session, inst)
         if inst.host_id is not None:
             inst.task_state = UNCONFIRMED
-    bump_generation(session)
+    generations.instance_changed(session, inst)  # its desired state, or its tombstone
     session.commit()
     state.notifier.notify()
 
@@ -320,6 +322,6 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
         inst.hard_reboot = body.hard
         inst.task_state = "rebooting"
     operations.begin(session, inst, body.action)
-    bump_generation(session)
+    generations.instance_changed(session, inst)
     session.commit()
     state.notifier.notify()

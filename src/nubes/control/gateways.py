@@ -19,7 +19,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from nubes.control.state import AppState, bump_generation
+from nubes.control import generations
+from nubes.control.state import AppState
 from nubes.db.models import Host, Instance, Network, Port, utcnow
 
 log = logging.getLogger("nubes.api")
@@ -133,8 +134,9 @@ def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, s
                 "network %s: gateway and DHCP move from %s to %s",
                 net.name, view.names.get(old or "", "nowhere"), view.names[new],
             )  # fmt: skip
-    if moved:
-        bump_generation(session)
+    if moved:  # every host of those networks is told where their gateway is now
+        hosts = generations.network_hosts(session, [net_id for net_id, _, _ in moved])
+        generations.bump_after_commit(session, hosts | {old for _, old, _ in moved if old})
     return moved
 
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from nubes.control import generations
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
-from nubes.control.state import bump_generation
 from nubes.db.models import Host, HostCredential, Instance, JoinToken, Network, utcnow
 from nubes.errors import Conflict, Unauthorized
 
@@ -77,8 +77,7 @@ def join(session: Session, token: str, name: str) -> tuple[Host, str]:
         session.flush()
     host.joined_via = "join-token"
     credential = new_credential(session, host)
-    bump_generation(session)
-    session.commit()
+    session.commit()  # a new host: nobody's desired state names it yet
     return host, credential
 
 
@@ -93,6 +92,7 @@ def rotate(session: Session, host: Host) -> str:
 def remove(session: Session, host: Host, force: bool) -> None:
     """Revoke the host's credentials and forget it. Refused while it has servers, unless
     forced: then those servers go to ERROR, on no host, and can only be deleted."""
+    generations.bump_after_commit(session, generations.neighbours(session, host.id))
     live = list(
         session.scalars(
             select(Instance).where(Instance.host_id == host.id, Instance.deleted_at.is_(None))
@@ -120,5 +120,4 @@ def remove(session: Session, host: Host, force: bool) -> None:
     )
     session.execute(delete(HostCredential).where(HostCredential.host_id == host.id))
     session.delete(host)
-    bump_generation(session)
     session.commit()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from nubes.control import generations
 from nubes.db.models import Instance, Operation, utcnow
 from nubes.schemas.agent import ObservedInstance
 
@@ -97,4 +98,5 @@ def expire(session: Session, older_than: float) -> int:
             inst.task_state = ""
             if inst.status == "BUILD":
                 inst.status, inst.fault = "ERROR", op.error
+                generations.bump(session, [inst.host_id])  # its agent stops building it
     return len(stale)

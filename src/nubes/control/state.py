@@ -1,49 +1,16 @@
-"""Process-wide API state: settings, database, and the change notifier agents long-poll."""
+"""Process-wide API state: settings, database, and the watcher agents long-poll."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nubes.conf import Settings
-from nubes.db.models import Meta
-
-
-class Notifier:
-    """Wakes long-polling agents when this process commits a change.
-
-    Changes made by another API server (shared PostgreSQL) are seen through the generation
-    row instead, which waiters re-read every second.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._local = 0
-
-    def notify(self) -> None:
-        with self._cond:
-            self._local += 1
-            self._cond.notify_all()
-
-    def wait(self, seen_local: int, timeout: float) -> int:
-        with self._cond:
-            self._cond.wait_for(lambda: self._local != seen_local, timeout=timeout)
-            return self._local
-
-    @property
-    def local(self) -> int:
-        return self._local
-
-
-def bump_generation(session: Session) -> None:
-    session.execute(update(Meta).where(Meta.key == "generation").values(value=Meta.value + 1))
-
-
-def read_generation(session: Session) -> int:
-    return read_meta(session, "generation")
+from nubes.control import generations
+from nubes.control.watch import Notifier
+from nubes.db.models import Host, Meta
 
 
 def read_meta(session: Session, key: str) -> int:
@@ -55,6 +22,14 @@ class AppState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    notifier: Notifier = field(default_factory=Notifier)
     # each host's latest report of what it has that nothing wants (`nubes gc --dry-run`)
     leftovers: dict[str, list[str]] = field(default_factory=dict)
+    notifier: Notifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notifier = Notifier(self.read_generations)
+        generations.install(self.sessions, self.engine, self.notifier.notify)
+
+    def read_generations(self) -> dict[str, int]:
+        with self.sessions() as session:
+            return {h: g for h, g in session.execute(select(Host.id, Host.generation))}

@@ -33,7 +33,8 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Key/value rows; `generation` is bumped on every change agents must see."""
+    """Key/value rows: the cloud's id, the `nubes gc` request count (each host has its own
+    generation, `hosts.generation`)."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

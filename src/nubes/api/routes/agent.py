@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import select
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
 
 from nubes import tls
 from nubes.api.deps import AgentDep, Caller, SessionDep, StateDep, require_own_host
-from nubes.control import compute, joining, operations
+from nubes.control import compute, generations, joining, operations
 from nubes.control.desired import desired_state
-from nubes.control.state import bump_generation, read_generation
+from nubes.control.state import AppState
 from nubes.db.models import Host, Instance, utcnow
 from nubes.errors import Forbidden, InvalidInput, NotFound
 from nubes.schemas import agent as a
@@ -59,10 +58,14 @@ def register(
             found = Host(name=body.name, joined_via="admin")
             session.add(found)
         host = found
+    moved = host.address != body.address
     for key, value in body.model_dump().items():
         setattr(host, key, value)
     host.last_heartbeat = utcnow()
-    bump_generation(session)
+    session.flush()  # a new host's row, for the bumps
+    generations.bump(session, [host.id])
+    if moved:  # the other hosts of its networks reach it at the new address
+        generations.bump_after_commit(session, generations.neighbours(session, host.id))
     session.commit()
     state.notifier.notify()
     return {"id": host.id}
@@ -70,7 +73,16 @@ def register(
 
 @router.post("/hosts/{host_id}/heartbeat", status_code=204)
 def heartbeat(host_id: str, session: SessionDep, who: AgentDep) -> None:
-    _host(session, host_id, who).last_heartbeat = utcnow()
+    """One UPDATE after the credential's lookup: a thousand hosts send these all the time."""
+    require_own_host(who, host_id)
+    done = session.execute(
+        update(Host)
+        .where(Host.id == host_id)
+        .values(last_heartbeat=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise NotFound(f"host {host_id} is not registered", field="host")
     session.commit()
 
 
@@ -95,25 +107,36 @@ def host_certificate(
 
 
 @router.get("/hosts/{host_id}/desired")
-def desired(
+async def desired(
     host_id: str,
-    session: SessionDep,
     who: AgentDep,
     state: StateDep,
     since: int = Query(default=-1),
     wait: float = Query(default=0.0, ge=0.0, le=60.0),
 ) -> a.DesiredState:
-    """Long-poll: answers when the generation differs from `since`, or after `wait` seconds."""
-    deadline = time.monotonic() + wait
-    local = state.notifier.local
-    _host(session, host_id, who)  # an unknown host is told at once, not after the wait
-    while True:
-        generation = read_generation(session)
-        left = deadline - time.monotonic()
-        if generation != since or left <= 0:
-            return desired_state(session, _host(session, host_id, who), generation)
-        session.rollback()  # never hold a transaction (and SQLite's lock) while waiting
-        local = state.notifier.wait(local, min(left, 1.0))
+    """Long-poll: answers when the host's generation differs from `since`, or after `wait`
+    seconds. The wait holds no thread and no database connection (control/watch.py)."""
+    require_own_host(who, host_id)
+    if wait > 0 and await run_in_threadpool(_generation, state, host_id) == since:
+        await state.notifier.wait(host_id, since, wait)
+    return await run_in_threadpool(_desired, state, host_id)
+
+
+def _generation(state: AppState, host_id: str) -> int:
+    """An unknown host is told at once (NotFound), not after the wait."""
+    with state.sessions() as session:
+        generation = session.scalar(select(Host.generation).where(Host.id == host_id))
+    if generation is None:
+        raise NotFound(f"host {host_id} is not registered", field="host")
+    return generation
+
+
+def _desired(state: AppState, host_id: str) -> a.DesiredState:
+    with state.sessions() as session:
+        host = session.get(Host, host_id)
+        if host is None:
+            raise NotFound(f"host {host_id} is not registered", field="host")
+        return desired_state(session, host, host.generation)
 
 
 @router.post("/hosts/{host_id}/report", status_code=204)
@@ -122,13 +145,17 @@ def report(
 ) -> None:
     host = _host(session, host_id, who)
     state.leftovers[host.name] = body.leftovers
-    changed = False
+    changed = shown_changed = False
     for obs in body.instances:
         inst = session.get(Instance, obs.id)
         if inst is None or inst.host_id != host_id or inst.deleted_at is not None:
             continue
+        shown = (inst.status, inst.desired_state)  # what the host's desired state says
         changed |= operations.observe(session, inst, obs, host.name)
         changed |= apply_observation(session, inst, obs)
+        shown_changed |= inst.deleted_at is None and shown != (inst.status, inst.desired_state)
+    if shown_changed:  # its agent acts on these: it is told (one extra fetch, then quiet)
+        generations.bump(session, [host_id])
     if changed:
         session.commit()
 
@@ -159,7 +186,6 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
         if obs.fault and inst.desired_state == "running":
             # the guest died on its own: the hypervisor is the authority, record it as stopped
             inst.desired_state, inst.fault = "stopped", obs.fault
-            bump_generation(session)
         elif obs.fault:
             inst.fault = obs.fault
         if inst.task_state == "stopping" or inst.desired_state == "stopped":

@@ -9,8 +9,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import AdminDep, SessionDep, StateDep
+from nubes.control import generations
 from nubes.control.desired import GC_REQUEST
-from nubes.control.state import bump_generation
 from nubes.db.models import Host, Instance, Meta, Port
 from nubes.schemas import resources as s
 
@@ -51,7 +51,7 @@ def request_host_gc(session: Session) -> None:
     """Bump the gc request every desired state carries (the row is made at bootstrap; one
     UPDATE, so racing API servers each count theirs)."""
     session.execute(update(Meta).where(Meta.key == GC_REQUEST).values(value=Meta.value + 1))
-    bump_generation(session)
+    generations.bump_after_commit(session, None)  # every host
 
 
 @router.get("")

@@ -7,7 +7,6 @@ from nubes import tls
 from nubes.api.deps import AdminDep, SessionDep, StateDep
 from nubes.api.routes.servers import host_up
 from nubes.control import joining, lookup
-from nubes.control.state import bump_generation
 from nubes.db.models import Host, Instance
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
@@ -104,9 +103,7 @@ def show_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.
 def _set_enabled(ref: str, enabled: bool, session: SessionDep, state: StateDep) -> s.Host:
     h = lookup.host(session, ref)
     h.enabled = enabled
-    bump_generation(session)
-    session.commit()
-    state.notifier.notify()
+    session.commit()  # in no desired state: the scheduler and the gateway keeper read it
     return to_wire(session, h, state.settings.host_down_after)
 
 

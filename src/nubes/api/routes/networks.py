@@ -9,8 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
-from nubes.control import lookup
-from nubes.control.state import bump_generation
+from nubes.control import generations, lookup
 from nubes.db.ipam import gateway_for
 from nubes.db.models import Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput
@@ -146,7 +145,7 @@ def delete_network(ref: str, session: SessionDep, who: CallerDep, state: StateDe
     row = lookup.owned(session, Network, ref, who, "network")
     if session.scalar(select(Port.id).where(Port.network_id == row.id)):
         raise Conflict(f"network {row.name!r} has servers on it; delete them first")
+    generations.bump_after_commit(session, [row.dhcp_host_id])  # it keeps the bridge till now
     session.delete(row)
-    bump_generation(session)
     session.commit()
     state.notifier.notify()

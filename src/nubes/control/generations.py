@@ -1,0 +1,129 @@
+"""Per-host generations: a change bumps exactly the hosts whose desired state it alters, so an
+agent's long-poll wakes only for changes that concern it (control/desired.py says what a host's
+desired state holds; each helper here names the hosts one kind of change reaches).
+
+Two ways to bump, for PostgreSQL's row locks:
+
+- `bump`: in the change's own transaction, for hosts whose row it already holds or may take
+  alone (the instance's host: a create has just claimed it). Crash-safe: the bump commits with
+  the change.
+- `bump_after_commit`: everyone else (the other hosts of a network, all hosts). A create holds
+  its claimed host's row until it commits; if it also bumped another host in the transaction,
+  two creates on one network would each wait for the other's claimed host (a deadlock). These
+  go in a transaction of their own right after the change commits (an API that dies in
+  between leaves those agents to their next periodic fetch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Engine, event, select, union, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from nubes.db.models import Host, Instance, Network, Port
+
+log = logging.getLogger("nubes.api")
+LATER = "nubes.bump_after_commit"  # session.info key: host ids, or ALL
+BUMPED = "nubes.bumped"  # session.info key: this transaction bumped someone
+ALL = "*"
+
+
+def _statement(host_ids: Iterable[str] | None) -> Any:
+    stmt = update(Host).values(generation=Host.generation + 1)
+    if host_ids is not None:
+        stmt = stmt.where(Host.id.in_(sorted(host_ids)))
+    return stmt.execution_options(synchronize_session=False)
+
+
+def bump(session: Session, host_ids: Iterable[str | None]) -> None:
+    ids = {h for h in host_ids if h}
+    if ids:
+        session.execute(_statement(ids))
+        session.info[BUMPED] = True
+
+
+def bump_after_commit(session: Session, host_ids: Iterable[str | None] | None) -> None:
+    """`None`: every host (a `nubes gc`, say)."""
+    pending: set[str] = session.info.setdefault(LATER, set())
+    if host_ids is None:
+        pending.add(ALL)
+    else:
+        pending.update(h for h in host_ids if h)
+
+
+def network_hosts(session: Session, network_ids: Iterable[str]) -> set[str]:
+    """The hosts whose desired state shows these networks: those with a live port on one (its
+    peers and remote ports list every other) and the one serving it (reservations, metadata)."""
+    ids = sorted(set(network_ids))
+    if not ids:
+        return set()
+    with_ports = (
+        select(Instance.host_id)
+        .join(Port, Port.instance_id == Instance.id)
+        .where(Port.network_id.in_(ids), Instance.deleted_at.is_(None))
+    )
+    serving = select(Network.dhcp_host_id).where(Network.id.in_(ids))
+    return {h for h in session.scalars(union(with_ports, serving)) if h}
+
+
+def instance_networks(session: Session, instance_id: str) -> set[str]:
+    return set(session.scalars(select(Port.network_id).where(Port.instance_id == instance_id)))
+
+
+def host_networks(session: Session, host_id: str) -> set[str]:
+    """The networks a host shows up in: where it has live ports or serves the gateway."""
+    with_ports = (
+        select(Port.network_id)
+        .join(Instance, Instance.id == Port.instance_id)
+        .where(Instance.host_id == host_id, Instance.deleted_at.is_(None))
+    )
+    serving = select(Network.id).where(Network.dhcp_host_id == host_id)
+    return set(session.scalars(union(with_ports, serving)))
+
+
+def neighbours(session: Session, host_id: str) -> set[str]:
+    """The other hosts whose desired state names this one (its address, its ports)."""
+    return network_hosts(session, host_networks(session, host_id)) - {host_id}
+
+
+def install(sessions: sessionmaker[Session], engine: Engine, notify: Callable[[], None]) -> None:
+    """After each commit: the deferred bumps, then wake this process's long-polls."""
+
+    @event.listens_for(sessions, "after_commit")
+    def _committed(session: Session) -> None:
+        pending = session.info.pop(LATER, set())
+        bumped = session.info.pop(BUMPED, False)
+        if pending:
+            _bump_now(engine, None if ALL in pending else pending)
+        if pending or bumped:
+            notify()
+
+    @event.listens_for(sessions, "after_transaction_end")
+    def _ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # rolled back or closed: nothing of it was kept
+            session.info.pop(LATER, None)
+            session.info.pop(BUMPED, None)
+
+
+def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                conn.execute(_statement(host_ids))
+            return
+        except OperationalError:  # a deadlock PostgreSQL broke, or a locked SQLite: again
+            if attempt == 2:
+                log.exception("could not bump the generation of %s", host_ids or "all hosts")
+
+
+def instance_changed(session: Session, inst: Instance, ports: bool = False) -> None:
+    """An instance's own fields changed: its host. `ports`: a port of it came or goes, which
+    every host of its networks lists (remote ports, peers, the gateway host's reservations)."""
+    nets = instance_networks(session, inst.id) if ports else set()
+    bump(session, [inst.host_id])
+    if nets:
+        bump_after_commit(session, network_hosts(session, nets) - {inst.host_id})
