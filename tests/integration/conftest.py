@@ -102,6 +102,8 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
         # its own underlay: a user's lab (`make demo` leaves one up) keeps 10.255.0.0/24
         NUBES_LAB_UNDERLAY=free_underlay(),
         NUBES_API_PORT=str(20000 + secrets.randbelow(20000)),
+        # hosts seen down within seconds (the defaults, Nova's 10 s and 60 s, are for 1,000)
+        NUBES_HEARTBEAT_INTERVAL="2",
         NUBES_HOST_DOWN_AFTER="6",
     )
     env.update(extra_env)

@@ -41,6 +41,7 @@ from nubes.schemas.agent import (
 )
 
 log = logging.getLogger("nubes.agent")
+RESYNC = 60.0  # seconds: a report at least this often, changed or not
 
 
 def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec:
@@ -76,6 +77,8 @@ class Agent:
     metadata: MetadataService = field(default_factory=MetadataService)
     metadata_server: MetadataServer | None = None  # None: answers only in-process (tests)
     console_port: int = 0  # where consoles are served to the API (agent/consoles.py); 0: not
+    _latest: DesiredState | None = None  # the long-poll's last answer
+    _fresh: threading.Event = field(default_factory=threading.Event)
 
     def register(self) -> None:
         caps = self.hypervisor.capabilities()
@@ -107,24 +110,41 @@ class Agent:
             except ApiError as exc:
                 log.warning("heartbeat failed: %s", exc.detail)
 
-    def run(self, stop: threading.Event) -> None:
+    def poll_loop(self, stop: threading.Event) -> None:
+        """Long-poll the desired state: the API answers when this host's generation moves (or
+        after poll_timeout); each answer starts a pass at once."""
         since = -1
-        passed = time.monotonic()
         while not stop.is_set():
-            # a pass starts at most sync_interval after the previous one did (converging and
-            # reporting take part of it): a guest that dies is reported within one period
-            wait = max(0.0, self.settings.sync_interval - (time.monotonic() - passed))
             try:
-                desired = self.client.desired(self.host_id, since, wait)
-                passed = time.monotonic()
+                desired = self.client.desired(self.host_id, since, self.settings.poll_timeout)
             except ApiError as exc:
                 log.warning("cannot read desired state: %s", exc.detail)
                 stop.wait(self.settings.sync_interval)
                 continue
             since = desired.generation
+            self._latest = desired
+            self._fresh.set()
+
+    def run(self, stop: threading.Event) -> None:
+        threading.Thread(target=self.poll_loop, args=(stop,), daemon=True).start()
+        last: tuple[int, Report] | None = None
+        reported = 0.0
+        while not stop.is_set():
+            # a pass at least every sync_interval (a guest that dies is reported within one),
+            # and at once when the desired state moves
+            self._fresh.wait(self.settings.sync_interval)
+            self._fresh.clear()
+            desired = self._latest
+            if desired is None or stop.is_set():
+                continue
             report = self.converge(desired)
+            # only what is news: an idle host sends nothing but its heartbeat (and a resync,
+            # for an API that restarted and forgot the leftovers)
+            if last == (desired.generation, report) and time.monotonic() - reported < RESYNC:
+                continue
             try:
                 self.client.report(self.host_id, report)
+                last, reported = (desired.generation, report), time.monotonic()
             except ApiError as exc:
                 log.warning("report failed: %s", exc.detail)
         if self.metadata_server is not None:

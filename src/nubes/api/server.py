@@ -49,6 +49,9 @@ def main() -> None:
         uvicorn.Config(
             app,
             log_level="warning",
+            # longer than an agent's heartbeat interval: each heartbeat reuses its connection
+            # instead of a new TLS handshake (uvicorn's default is 5 s)
+            timeout_keep_alive=max(75, 2 * round(settings.heartbeat_interval)),
             ssl_certfile=str(files.cert),
             ssl_keyfile=str(files.key),
         )

@@ -72,18 +72,24 @@ def register(
 
 
 @router.post("/hosts/{host_id}/heartbeat", status_code=204)
-def heartbeat(host_id: str, session: SessionDep, who: AgentDep) -> None:
-    """One UPDATE after the credential's lookup: a thousand hosts send these all the time."""
+async def heartbeat(host_id: str, who: AgentDep, state: StateDep) -> None:
+    """One UPDATE after the credential's lookup: a thousand hosts send these all the time (and
+    one thread hop for it, no request session)."""
     require_own_host(who, host_id)
-    done = session.execute(
-        update(Host)
-        .where(Host.id == host_id)
-        .values(last_heartbeat=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise NotFound(f"host {host_id} is not registered", field="host")
-    session.commit()
+    await run_in_threadpool(_beat, state, host_id)
+
+
+def _beat(state: AppState, host_id: str) -> None:
+    with state.sessions() as session:
+        done = session.execute(
+            update(Host)
+            .where(Host.id == host_id)
+            .values(last_heartbeat=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise NotFound(f"host {host_id} is not registered", field="host")
+        session.commit()
 
 
 @router.post("/hosts/{host_id}/credential")
