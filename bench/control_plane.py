@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -237,7 +237,10 @@ async def one_agent(http: httpx.AsyncClient, host: dict[str, str], settings: Set
         "name": host["name"], "address": host["address"], "accel": "kvm", "state_dir": "/",
         "vcpus": 1024, "ram_mb": 1 << 20, "disk_gb": 1 << 16, "overlays": "vxlan,geneve",
     }  # fmt: skip
-    (await http.post("/v1/agent/hosts", json=body, headers=auth)).raise_for_status()
+    # hosts come up over a while, as after a power cut, not all in one instant
+    await asyncio.sleep(random.uniform(0, settings.heartbeat_interval))
+    while not await _ok(http.post("/v1/agent/hosts", json=body, headers=auth)):
+        await asyncio.sleep(settings.sync_interval)
     count[0] += 1
     if count[0] == count[1]:
         registered.set()
@@ -245,24 +248,42 @@ async def one_agent(http: httpx.AsyncClient, host: dict[str, str], settings: Set
     async def heartbeats() -> None:
         await asyncio.sleep(random.uniform(0, settings.heartbeat_interval))  # not all at once
         while True:
-            await http.post(f"{base}/heartbeat", headers=auth)
+            await _ok(http.post(f"{base}/heartbeat", headers=auth))
             await asyncio.sleep(settings.heartbeat_interval)
 
     beating = asyncio.create_task(heartbeats())
     since, last, reported = -1, None, 0.0
     while True:
         params = {"since": since, "wait": settings.poll_timeout}
-        got = await http.get(f"{base}/desired", params=params, headers=auth,
-                             timeout=settings.poll_timeout + 30)  # fmt: skip
-        got.raise_for_status()
-        desired = got.json()
+        got = http.get(f"{base}/desired", params=params, headers=auth,
+                       timeout=settings.poll_timeout + 30)  # fmt: skip
+        answer = await _ok(got)
+        if answer is None:  # as the agent does: try again a period later
+            await asyncio.sleep(settings.sync_interval)
+            continue
+        desired = answer.json()
         report = {"instances": observed(desired), "leftovers": []}
         moved = desired["generation"] != since
         since = desired["generation"]
         if moved or report != last or time.monotonic() - reported > RESYNC:
-            (await http.post(f"{base}/report", json=report, headers=auth)).raise_for_status()
-            last, reported = report, time.monotonic()
+            if await _ok(http.post(f"{base}/report", json=report, headers=auth)):
+                last, reported = report, time.monotonic()
     beating.cancel()
+
+
+FAILURES = [0]  # requests that failed (the agent logs them and goes on)
+
+
+async def _ok(request: Awaitable[httpx.Response]) -> httpx.Response | None:
+    try:
+        answer = await request
+    except httpx.HTTPError:
+        FAILURES[0] += 1
+        return None
+    if answer.status_code >= 400:
+        FAILURES[0] += 1
+        return None
+    return answer
 
 
 async def agents_main(spec: dict[str, Any]) -> None:
@@ -316,7 +337,7 @@ def start_agents(api: Api, hosts: list[dict[str, str]], procs: int,
 
 
 def run(db: str, db_url: str, agents: int, procs: int, duration: float, window: float,
-        settle: float = 5.0) -> Result:  # fmt: skip
+        settle: float = 15.0) -> Result:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="nubes-cp-") as tmp:
         workdir = Path(tmp)
         api = Api(workdir, db_url)

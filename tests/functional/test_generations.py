@@ -1,0 +1,80 @@
+"""Each kind of change moves the generation of exactly the hosts whose desired state it alters,
+and no other: an agent's long-poll wakes only for what concerns it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from nubes.db.models import Host
+from nubes.schemas import resources as s
+from tests.cloud import Cloud
+
+MakeCloud = Callable[..., Cloud]
+
+
+def generations(cloud: Cloud) -> dict[str, int]:
+    """By host name."""
+    state = cloud.app.state.nubes
+    names = {}
+    with state.sessions() as session:
+        names = dict(session.execute(select(Host.id, Host.name)).tuples())
+    return {names[h]: g for h, g in state.read_generations().items()}
+
+
+def moved(cloud: Cloud, change: Callable[[], object]) -> set[str]:
+    """The hosts whose generation `change` moved, once the agents are quiet again."""
+    settle(cloud)
+    before = generations(cloud)
+    change()
+    settle(cloud)
+    after = generations(cloud)
+    return {h for h in after if after[h] != before.get(h)}
+
+
+def settle(cloud: Cloud) -> None:
+    """Agents report what they did, which moves their own host once more: let that pass."""
+    time.sleep(4 * cloud.settings.sync_interval)
+
+
+def create(cloud: Cloud, name: str, host: str, network: str = "net") -> s.Server:
+    body = s.ServerCreate(name=name, image="img", flavor="m1.tiny", network=network, host=host)
+    server = cloud.client.create_server(body)
+    return cloud.wait_status(server.id, "ACTIVE")
+
+
+def test_each_change_moves_exactly_its_hosts(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(hosts=3)
+    c = cloud.client
+    c.create_network(s.NetworkCreate(name="other", cidr="10.30.0.0/24"))
+    a = create(cloud, "a", "host1")  # host1 serves "net" (its first port)
+    # a create: its host, and every host of its network (remote ports, the gateway's DHCP)
+    assert moved(cloud, lambda: create(cloud, "b", "host2")) == {"host1", "host2"}
+    # an action: its host alone
+    assert moved(cloud, lambda: c.server_action(a.id, "stop")) == {"host1"}
+    # a create on another network: its host (which serves that network) alone
+    assert moved(cloud, lambda: create(cloud, "c", "host3", "other")) == {"host3"}
+    # a delete: its host, then the other hosts of its network once its port is gone
+    b = c.server("b")
+    assert moved(cloud, lambda: c.delete_server(b.id)) == {"host1", "host2"}
+    # an address that changes: the host, and those that reach it (peers, remote ports)
+    host1 = next(agent for agent, _, _ in cloud.agents if agent.host_name == "host1")
+    host1.settings = host1.settings.model_copy(update={"host_address": "10.255.0.99"})
+    assert moved(cloud, host1.register) == {"host1"}  # host2 has no port left on "net"
+    # a host disabled: in nobody's desired state
+    assert moved(cloud, lambda: c.set_host_enabled("host2", False)) == set()
+    # `nubes gc`: every host
+    assert moved(cloud, lambda: c.gc(repair=True)) == {"host1", "host2", "host3"}
+
+
+def test_a_network_deleted_moves_its_gateway_host(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(hosts=2)
+    c = cloud.client
+    c.create_network(s.NetworkCreate(name="other", cidr="10.30.0.0/24"))
+    gone = create(cloud, "x", "host2", "other")
+    c.delete_server(gone.id)
+    cloud.wait(lambda: not c.servers(), what="the delete")
+    # host2 keeps serving "other" (bridge, dnsmasq) while it exists: it is told it is gone
+    assert moved(cloud, lambda: c.delete("networks", "other")) == {"host2"}
