@@ -33,7 +33,7 @@ def test_bench_smoke(db: str, request: pytest.FixtureRequest) -> None:
         url = postgres.create_database("cp")
     result = bench.run(db, url, agents=6, procs=2, duration=1.0, window=0.5, settle=0.2)
     assert result.none.values and result.busy.values
-    assert result.cpu_idle > 0
+    assert result.cpu_idle >= 0 and result.per_agent >= 0  # a short window may see no tick
     lines = bench.report(result)
     assert lines[0].startswith(f"{db}, 6 agents")
     assert "p99 with agents / without" in lines[4] and "per idle agent" in lines[5]
