@@ -121,6 +121,10 @@ class Agent:
                 log.warning("cannot read desired state: %s", exc.detail)
                 stop.wait(self.settings.sync_interval)
                 continue
+            except Exception:  # this thread must outlive anything: the passes depend on it
+                log.exception("cannot read desired state")
+                stop.wait(self.settings.sync_interval)
+                continue
             since = desired.generation
             self._latest = desired
             self._fresh.set()
