@@ -18,9 +18,8 @@ MakeCloud = Callable[..., Cloud]
 def generations(cloud: Cloud) -> dict[str, int]:
     """By host name."""
     state = cloud.app.state.nubes
-    names = {}
     with state.sessions() as session:
-        names = dict(session.execute(select(Host.id, Host.name)).tuples())
+        names = {h: n for h, n in session.execute(select(Host.id, Host.name))}
     return {names[h]: g for h, g in state.read_generations().items()}
 
 
