@@ -47,12 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgc
 import httpx  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
+from nubes.client.core import KEEPALIVE_SECONDS  # noqa: E402
 from nubes.conf import Settings  # noqa: E402
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token  # noqa: E402
 from nubes.db.engine import make_engine  # noqa: E402
 from nubes.db.models import Host, HostCredential, new_id, utcnow  # noqa: E402
 
-RESYNC = 60.0  # the agent reports at least this often, changed or not (nubes.agent.agent)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -256,20 +256,24 @@ async def one_agent(http: httpx.AsyncClient, host: dict[str, str], settings: Set
             await asyncio.sleep(settings.heartbeat_interval)
 
     beating = asyncio.create_task(heartbeats())
-    since, last, reported = -1, None, 0.0
+    since, last, reported, fetched = -1, None, 0.0, 0.0
+    desired: dict[str, Any] = {"instances": [], "generation": -1}
     while True:
-        params = {"since": since, "wait": settings.poll_timeout}
+        if time.monotonic() - fetched > settings.resync_interval:
+            since = -1  # the whole desired state now and then, as the agent does
+        params = {"since": since, "wait": settings.poll_timeout * random.uniform(0.8, 1.0)}
         got = http.get(f"{base}/desired", params=params, headers=auth,
                        timeout=settings.poll_timeout + 30)  # fmt: skip
         answer = await _ok(got)
         if answer is None:  # as the agent does: try again a period later
             await asyncio.sleep(settings.sync_interval)
             continue
-        desired = answer.json()
+        if answer.status_code != 304:  # 304: no change, what it has is current
+            desired, fetched = answer.json(), time.monotonic()
         report = {"instances": observed(desired), "leftovers": []}
         moved = desired["generation"] != since
         since = desired["generation"]
-        if moved or report != last or time.monotonic() - reported > RESYNC:
+        if moved or report != last or time.monotonic() - reported > settings.resync_interval:
             if await _ok(http.post(f"{base}/report", json=report, headers=auth)):
                 last, reported = report, time.monotonic()
     beating.cancel()
@@ -294,7 +298,11 @@ async def agents_main(spec: dict[str, Any]) -> None:
     settings = Settings()
     hosts = spec["hosts"]
     ctx = ssl.create_default_context(cafile=spec["ca"])
-    limits = httpx.Limits(max_connections=3 * len(hosts), max_keepalive_connections=3 * len(hosts))
+    limits = httpx.Limits(
+        max_connections=3 * len(hosts),
+        max_keepalive_connections=3 * len(hosts),
+        keepalive_expiry=KEEPALIVE_SECONDS,  # as the agent's client keeps its connections
+    )
     async with httpx.AsyncClient(base_url=spec["url"], verify=ctx, limits=limits,
                                  timeout=60) as http:  # fmt: skip
         registered = asyncio.Event()

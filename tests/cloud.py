@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import threading
@@ -14,6 +15,7 @@ import uvicorn
 from nubes.agent.agent import Agent
 from nubes.agent.main import build_agent
 from nubes.api.app import create_app
+from nubes.api.server import release_long_polls_on_exit
 from nubes.client import NubesClient
 from nubes.conf import Settings
 
@@ -26,11 +28,17 @@ class Api:
         self.app = create_app(settings)
         sock = settings.api_socket
         self.server = uvicorn.Server(uvicorn.Config(self.app, uds=str(sock), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.02)
         self.url = f"unix://{sock}"
+
+    async def _serve(self) -> None:
+        notifier = self.app.state.nubes.notifier
+        await asyncio.gather(
+            self.server.serve(), release_long_polls_on_exit([self.server], notifier)
+        )
 
     def close(self) -> None:
         self.server.should_exit = True  # the app's shutdown stops its loops and its pool

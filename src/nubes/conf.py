@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # changed is sent, so an idle host costs the API a heartbeat and one long-poll per timeout
     sync_interval: float = 2.0
     poll_timeout: float = 55.0  # a long-poll with no change answers after this (at most 60)
+    # the agent re-reads its whole desired state and re-sends its whole report at least this
+    # often, changed or not: what a bug or a lost answer missed heals within it
+    resync_interval: float = 120.0
     operation_timeout: float = 900.0  # an operation still running after this fails
 
     cpu_allocation_ratio: float = 4.0

@@ -117,7 +117,9 @@ def quiet(cloud: Cloud) -> tuple[Agent, DesiredState]:
     """The agent's loop stopped; its last desired state, to hand it variants by hand."""
     agent = cloud.agents[0][0]
     cloud.stop_agent(agent)
-    return agent, agent.client.desired(agent.host_id, -1, 0)
+    desired = agent.client.desired(agent.host_id, -1, 0)
+    assert desired is not None
+    return agent, desired
 
 
 def assert_nothing_destroyed(agent: Agent, server_id: str) -> None:
@@ -171,9 +173,10 @@ def test_cloud_id_is_remembered_private_and_stable(ready: Cloud) -> None:
 def test_gc_removes_a_leftover_instance_only_when_asked(ready: Cloud) -> None:
     server, agent, fake = boot(ready)
     with ready.app.state.nubes.sessions() as session:  # the API forgets it (a restore, say)
-        from nubes.db.models import Instance
+        from nubes.db.models import Host, Instance
 
         session.get(Instance, server.id).host_id = None  # type: ignore[union-attr]
+        session.get(Host, agent.host_id).generation -= 1  # type: ignore[union-attr]
         session.commit()
     left = {"host1": [f"instance {server.id}"]}
     ready.wait(lambda: ready.client.gc(repair=False).hosts.get("host1", [])[:1] == left["host1"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,6 @@ from nubes.schemas.agent import (
 )
 
 log = logging.getLogger("nubes.agent")
-RESYNC = 60.0  # seconds: a report at least this often, changed or not
 
 
 def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec:
@@ -113,10 +113,15 @@ class Agent:
     def poll_loop(self, stop: threading.Event) -> None:
         """Long-poll the desired state: the API answers when this host's generation moves (or
         after poll_timeout); each answer starts a pass at once."""
-        since = -1
+        since, fetched = -1, 0.0
         while not stop.is_set():
+            if time.monotonic() - fetched > self.settings.resync_interval:
+                since = -1  # the whole desired state at once, changed or not
+            # each wait a little shorter at random: hosts that came up together (after a power
+            # cut, or the API's restart) do not all come back in the same second, every time
+            wait = self.settings.poll_timeout * random.uniform(0.8, 1.0)
             try:
-                desired = self.client.desired(self.host_id, since, self.settings.poll_timeout)
+                desired = self.client.desired(self.host_id, since, wait)
             except ApiError as exc:
                 log.warning("cannot read desired state: %s", exc.detail)
                 stop.wait(self.settings.sync_interval)
@@ -125,7 +130,9 @@ class Agent:
                 log.exception("cannot read desired state")
                 stop.wait(self.settings.sync_interval)
                 continue
-            since = desired.generation
+            if desired is None:  # no change in `wait`: what this host has is current
+                continue
+            since, fetched = desired.generation, time.monotonic()
             self._latest = desired
             self._fresh.set()
 
@@ -144,7 +151,10 @@ class Agent:
             report = self.converge(desired)
             # only what is news: an idle host sends nothing but its heartbeat (and a resync,
             # for an API that restarted and forgot the leftovers)
-            if last == (desired.generation, report) and time.monotonic() - reported < RESYNC:
+            if (
+                last == (desired.generation, report)
+                and time.monotonic() - reported < self.settings.resync_interval
+            ):
                 continue
             try:
                 self.client.report(self.host_id, report)

@@ -10,12 +10,16 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
 
 import uvicorn
 
 from nubes import tls
 from nubes.api.app import create_app
+from nubes.client.core import KEEPALIVE_SECONDS
 from nubes.conf import Settings, get_settings
+from nubes.control.state import AppState
+from nubes.control.watch import Notifier
 
 log = logging.getLogger("nubes.api")
 
@@ -37,10 +41,20 @@ def server_names(settings: Settings) -> list[str]:
     return [*settings.listen_addresses, "localhost", socket.gethostname(), *extra]
 
 
+async def release_long_polls_on_exit(servers: Sequence[uvicorn.Server], notifier: Notifier) -> None:
+    """uvicorn lets running requests finish before the app's shutdown, and a waiting long-poll
+    would hold that up for a whole poll_timeout: answer them as soon as a server is told to
+    exit (SIGTERM, SIGINT or `should_exit`)."""
+    while not any(s.should_exit for s in servers):
+        await asyncio.sleep(0.1)
+    notifier.release()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     app = create_app(settings)
+    state: AppState = app.state.nubes
     files = tls.issue_server_cert(settings.tls_dir, server_names(settings))
     sock = settings.api_socket
     sock.unlink(missing_ok=True)
@@ -49,9 +63,9 @@ def main() -> None:
         uvicorn.Config(
             app,
             log_level="warning",
-            # longer than an agent's heartbeat interval: each heartbeat reuses its connection
-            # instead of a new TLS handshake (uvicorn's default is 5 s)
-            timeout_keep_alive=max(75, 2 * round(settings.heartbeat_interval)),
+            # longer than the clients keep an idle connection (uvicorn's default is 5 s): each
+            # heartbeat reuses its connection instead of a new TLS handshake
+            timeout_keep_alive=round(KEEPALIVE_SECONDS) + 15,
             ssl_certfile=str(files.cert),
             ssl_keyfile=str(files.key),
         )
@@ -62,6 +76,7 @@ def main() -> None:
         tasks = [
             asyncio.create_task(unix.serve()),
             asyncio.create_task(https.serve(sockets=listeners)),
+            asyncio.create_task(release_long_polls_on_exit([unix, https], state.notifier)),
         ]
         while not unix.started or not sock.exists():
             await asyncio.sleep(0.05)
@@ -70,7 +85,10 @@ def main() -> None:
         log.info("nubes API on unix:%s and %s (CA %s)", sock, where, files.ca_cert)
         await asyncio.gather(*tasks)
 
-    asyncio.run(serve())
+    # uvloop when installed (uvicorn[standard]), as `uvicorn.run` would pick: its TLS and
+    # sockets are in C, where asyncio's own TLS is Python (half an idle agent's cost)
+    with asyncio.Runner(loop_factory=https.config.get_loop_factory()) as runner:
+        runner.run(serve())
 
 
 if __name__ == "__main__":

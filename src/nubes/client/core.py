@@ -74,6 +74,12 @@ def ca_from_env() -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+# An idle connection is kept this long (httpx's default is 5 s): an agent's heartbeat then
+# reuses its connection instead of paying a TLS handshake each time, on both sides. The API
+# keeps its end open longer (api/server.py), so a request never races the server's close.
+KEEPALIVE_SECONDS = 60.0
+
+
 class NubesClient:
     def __init__(
         self, url: str, token: str, timeout: float = 60.0, ca_pem: bytes | None = None
@@ -86,7 +92,12 @@ class NubesClient:
         else:
             ca = ca_pem if ca_pem is not None else ca_from_env()
             verify: ssl.SSLContext | bool = tls.client_context(ca) if ca else True
-            self._http = httpx.Client(base_url=url, timeout=timeout, verify=verify)
+            self._http = httpx.Client(
+                base_url=url,
+                timeout=timeout,
+                verify=verify,
+                limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
+            )
         if token:
             self._http.headers["authorization"] = f"Bearer {token}"
 
@@ -256,11 +267,18 @@ class NubesClient:
     def heartbeat(self, host_id: str) -> None:
         self.request("POST", f"/v1/agent/hosts/{host_id}/heartbeat")
 
-    def desired(self, host_id: str, since: int, wait: float) -> a.DesiredState:
-        params = {"since": since, "wait": wait}
-        return self._get(
-            f"/v1/agent/hosts/{host_id}/desired", a.DesiredState, params=params, timeout=wait + 30
+    def desired(self, host_id: str, since: int, wait: float) -> a.DesiredState | None:
+        """The host's desired state once its generation is not `since`; None if `wait` seconds
+        passed with no change (304: what the caller has is still current)."""
+        resp = self.request(
+            "GET",
+            f"/v1/agent/hosts/{host_id}/desired",
+            params={"since": since, "wait": wait},
+            timeout=wait + 30,
         )
+        if resp.status_code == 304:
+            return None
+        return a.DesiredState.model_validate(resp.json())
 
     def report(self, host_id: str, body: a.Report) -> None:
         self.request("POST", f"/v1/agent/hosts/{host_id}/report", json=body.model_dump(mode="json"))

@@ -226,7 +226,6 @@ def create(
                 if attempt == CLAIM_RETRIES - 1:
                     raise Conflict("too many concurrent creates; try again") from None
                 continue
-            state.notifier.notify()
             return server
     raise AssertionError("unreachable")
 
@@ -300,8 +299,7 @@ def request_delete(state: AppState, session: Session, inst: Instance, host_up: b
         if inst.host_id is not None:
             inst.task_state = UNCONFIRMED
     generations.instance_changed(session, inst)  # its desired state, or its tombstone
-    session.commit()
-    state.notifier.notify()
+    session.commit()  # wakes its host's long-poll (control/generations.py)
 
 
 def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction) -> None:
@@ -323,5 +321,4 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
         inst.task_state = "rebooting"
     operations.begin(session, inst, body.action)
     generations.instance_changed(session, inst)
-    session.commit()
-    state.notifier.notify()
+    session.commit()  # wakes its host's long-poll (control/generations.py)

@@ -28,7 +28,7 @@ from nubes.db.models import Host, Instance, Network, Port
 
 log = logging.getLogger("nubes.api")
 LATER = "nubes.bump_after_commit"  # session.info key: host ids, or ALL
-BUMPED = "nubes.bumped"  # session.info key: this transaction bumped someone
+BUMPED = "nubes.bumped"  # session.info key: the host ids this transaction bumped
 ALL = "*"
 
 
@@ -43,7 +43,7 @@ def bump(session: Session, host_ids: Iterable[str | None]) -> None:
     ids = {h for h in host_ids if h}
     if ids:
         session.execute(_statement(ids))
-        session.info[BUMPED] = True
+        session.info.setdefault(BUMPED, set()).update(ids)
 
 
 def bump_after_commit(session: Session, host_ids: Iterable[str | None] | None) -> None:
@@ -90,17 +90,22 @@ def neighbours(session: Session, host_id: str) -> set[str]:
     return network_hosts(session, host_networks(session, host_id)) - {host_id}
 
 
-def install(sessions: sessionmaker[Session], engine: Engine, notify: Callable[[], None]) -> None:
-    """After each commit: the deferred bumps, then wake this process's long-polls."""
+def install(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    notify: Callable[[set[str] | None], None],
+) -> None:
+    """After each commit: the deferred bumps, then wake this process's long-polls of exactly
+    the hosts bumped (`None`: all of them)."""
 
     @event.listens_for(sessions, "after_commit")
     def _committed(session: Session) -> None:
-        pending = session.info.pop(LATER, set())
-        bumped = session.info.pop(BUMPED, False)
+        pending: set[str] = session.info.pop(LATER, set())
+        bumped: set[str] = session.info.pop(BUMPED, set())
         if pending:
             _bump_now(engine, None if ALL in pending else pending)
         if pending or bumped:
-            notify()
+            notify(None if ALL in pending else pending | bumped)
 
     @event.listens_for(sessions, "after_transaction_end")
     def _ended(session: Session, transaction: SessionTransaction) -> None:

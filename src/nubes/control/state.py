@@ -31,5 +31,5 @@ class AppState:
         generations.install(self.sessions, self.engine, self.notifier.notify)
 
     def read_generations(self) -> dict[str, int]:
-        with self.sessions() as session:
-            return {h: g for h, g in session.execute(select(Host.id, Host.generation))}
+        with self.engine.connect() as conn:
+            return {h: g for h, g in conn.execute(select(Host.id, Host.generation))}

@@ -2,16 +2,19 @@
 whose host's generation moved, so a thousand waiting agents hold no thread and cost nothing
 until a change concerns them.
 
-It re-reads every host's generation at once when this process commits a change (`notify`, from
-the threadpool the sync routes run in) and every `period` seconds otherwise, for changes that
-another API server sharing the database made.
+A commit in this process wakes the long-polls of the hosts it bumped directly (`notify`, from
+the threadpool the sync routes run in; control/generations.py says which hosts). Every `period`
+seconds the watcher re-reads every host's generation, for changes that another API server
+sharing the database made (and at once for a change whose hosts are not known, `notify(None)`).
+Reading a thousand hosts' generations on every commit had made each create cost a thousand-row
+read (bench/control_plane.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from anyio import to_thread
@@ -35,26 +38,46 @@ class Notifier:
     _loop: asyncio.AbstractEventLoop | None = None
     _poke: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
+    _released: bool = False
 
-    def notify(self) -> None:
-        """This process committed a change: look now (thread-safe, cheap, coalesced)."""
+    def notify(self, host_ids: Collection[str] | None = None) -> None:
+        """This process committed a change for these hosts: wake their long-polls at once, with
+        no database read. `None`: a change whose hosts are not known here (a host removed, say):
+        re-read every generation now. Thread-safe and cheap."""
         loop, poke = self._loop, self._poke
-        if loop is not None and poke is not None and not loop.is_closed():
+        if loop is None or poke is None or loop.is_closed():
+            return
+        if host_ids is None:
             loop.call_soon_threadsafe(poke.set)
+        elif host_ids:
+            loop.call_soon_threadsafe(self._wake_hosts, frozenset(host_ids))
 
-    async def wait(self, host_id: str, since: int, timeout: float) -> None:
-        """Until the host's generation is no longer `since`, or `timeout` seconds."""
+    async def wait(self, host_id: str, since: int, timeout: float) -> bool:
+        """Until the host's generation is no longer `since` (True), or `timeout` seconds
+        (False)."""
+        if self._released:
+            return False
         loop = self._start()
         waiter = _Waiter(since, loop.create_future())
         self._waiters.setdefault(host_id, set()).add(waiter)
         try:
-            await asyncio.wait([waiter.woken], timeout=timeout)
+            done, _ = await asyncio.wait([waiter.woken], timeout=timeout)
+            return bool(done) and not self._released
         finally:
             mine = self._waiters.get(host_id)
             if mine is not None:
                 mine.discard(waiter)
                 if not mine:
                     del self._waiters[host_id]
+
+    def release(self) -> None:
+        """The server is shutting down: every long-poll answers now (no change), and any new one
+        at once. Called in the server's event loop."""
+        self._released = True
+        for waiters in self._waiters.values():
+            for w in waiters:
+                if not w.woken.done():
+                    w.woken.set_result(None)
 
     def close(self) -> None:
         loop, task = self._loop, self._task
@@ -85,6 +108,13 @@ class Notifier:
                 await asyncio.sleep(self.period)
                 continue
             self._wake(generations)
+
+    def _wake_hosts(self, host_ids: frozenset[str]) -> None:
+        # their generation moved in a commit that is done: each waiter's route re-reads it
+        for host_id in host_ids:
+            for w in self._waiters.get(host_id, ()):
+                if not w.woken.done():
+                    w.woken.set_result(None)
 
     def _wake(self, generations: dict[str, int]) -> None:
         # a waiter registers right after reading its generation; comparing with the current

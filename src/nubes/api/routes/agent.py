@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from nubes import tls
-from nubes.api.deps import AgentDep, Caller, SessionDep, StateDep, require_own_host
+from nubes.api.deps import (
+    AgentDep,
+    Caller,
+    SessionDep,
+    StateDep,
+    agent,
+    any_caller,
+    require_own_host,
+)
 from nubes.control import compute, generations, joining, operations
+from nubes.control import heartbeat as heartbeats
 from nubes.control.desired import desired_state
 from nubes.control.state import AppState
 from nubes.db.models import Host, Instance, utcnow
@@ -30,7 +39,6 @@ def ca_certificate(state: StateDep) -> str:
 def join(body: a.JoinRequest, session: SessionDep, state: StateDep) -> a.Joined:
     """A new machine trades its one-time join token for its own host credential."""
     host, credential = joining.join(session, body.token, body.name)
-    state.notifier.notify()
     return a.Joined(host_id=host.id, host_name=host.name, credential=credential)
 
 
@@ -66,30 +74,21 @@ def register(
     generations.bump(session, [host.id])
     if moved:  # the other hosts of its networks reach it at the new address
         generations.bump_after_commit(session, generations.neighbours(session, host.id))
-    session.commit()
-    state.notifier.notify()
+    session.commit()  # wakes its long-poll and its neighbours' (control/generations.py)
     return {"id": host.id}
 
 
 @router.post("/hosts/{host_id}/heartbeat", status_code=204)
-async def heartbeat(host_id: str, who: AgentDep, state: StateDep) -> None:
-    """One UPDATE after the credential's lookup: a thousand hosts send these all the time (and
-    one thread hop for it, no request session)."""
+async def heartbeat(host_id: str, request: Request, state: StateDep) -> None:
+    """One statement and one thread hop for a host's own heartbeat (control/heartbeat.py); the
+    dependencies' checks only when that fails, for their precise answer."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    if await run_in_threadpool(heartbeats.beat_as_own_host, state.engine, host_id, token):
+        return
+    who = await run_in_threadpool(any_caller, request, state)
+    await agent(who)
     require_own_host(who, host_id)
-    await run_in_threadpool(_beat, state, host_id)
-
-
-def _beat(state: AppState, host_id: str) -> None:
-    with state.sessions() as session:
-        done = session.execute(
-            update(Host)
-            .where(Host.id == host_id)
-            .values(last_heartbeat=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            raise NotFound(f"host {host_id} is not registered", field="host")
-        session.commit()
+    await run_in_threadpool(heartbeats.beat, state.engine, host_id)
 
 
 @router.post("/hosts/{host_id}/credential")
@@ -112,19 +111,26 @@ def host_certificate(
     return a.Certificate(certificate=pem.decode())
 
 
-@router.get("/hosts/{host_id}/desired")
+@router.get(
+    "/hosts/{host_id}/desired",
+    response_model=a.DesiredState,
+    responses={304: {"description": "no change in `wait` seconds"}},
+)
 async def desired(
     host_id: str,
     who: AgentDep,
     state: StateDep,
     since: int = Query(default=-1),
     wait: float = Query(default=0.0, ge=0.0, le=60.0),
-) -> a.DesiredState:
-    """Long-poll: answers when the host's generation differs from `since`, or after `wait`
-    seconds. The wait holds no thread and no database connection (control/watch.py)."""
+) -> a.DesiredState | Response:
+    """Long-poll: answers when the host's generation differs from `since`; after `wait` seconds
+    with no change, 304 Not Modified and no body (the agent keeps what it has: a thousand idle
+    hosts' polls then cost no desired state each). The wait holds no thread and no database
+    connection (control/watch.py)."""
     require_own_host(who, host_id)
     if wait > 0 and await run_in_threadpool(_generation, state, host_id) == since:
-        await state.notifier.wait(host_id, since, wait)
+        if not await state.notifier.wait(host_id, since, wait):
+            return Response(status_code=304)
     return await run_in_threadpool(_desired, state, host_id)
 
 
