@@ -6,8 +6,9 @@ directory, on SQLite and on PostgreSQL. N hosts are written to its database with
 credentials (a join each would only slow the set-up); N simulated agents, in a few processes of
 asyncio and httpx over HTTPS (keep-alive, the cloud's CA), each register with room for
 servers, heartbeat and long-poll at the agent's default intervals (nubes.conf) and report
-their instances as the agent does: after each desired state that moved, and when a resync is
-due. One client then creates and deletes servers through the API for a while:
+their instances as the agent does: when the report changed, after a desired state that moved
+and shows other statuses than it sees, and when a resync is due. One client then creates and
+deletes servers through the API for a while:
 
 - `none`: no agent runs (the hosts read as up); the client itself reports each deleted server
   gone, as its host's agent would, so both runs do the same work per server.
@@ -273,7 +274,11 @@ async def one_agent(http: httpx.AsyncClient, host: dict[str, str], settings: Set
         report = {"instances": observed(desired), "leftovers": []}
         moved = desired["generation"] != since
         since = desired["generation"]
-        if moved or report != last or time.monotonic() - reported > settings.resync_interval:
+        shown = {i["id"]: i["status"] for i in desired["instances"]}
+        news = report != last or (moved and any(
+            shown.get(o["id"], o["status"]) != o["status"] for o in report["instances"]
+        ))  # fmt: skip
+        if news or time.monotonic() - reported > settings.resync_interval:
             if await _ok(http.post(f"{base}/report", json=report, headers=auth)):
                 last, reported = report, time.monotonic()
     beating.cancel()
@@ -298,23 +303,29 @@ async def agents_main(spec: dict[str, Any]) -> None:
     settings = Settings()
     hosts = spec["hosts"]
     ctx = ssl.create_default_context(cafile=spec["ca"])
-    limits = httpx.Limits(
-        max_connections=3 * len(hosts),
-        max_keepalive_connections=3 * len(hosts),
-        keepalive_expiry=KEEPALIVE_SECONDS,  # as the agent's client keeps its connections
-    )
-    async with httpx.AsyncClient(base_url=spec["url"], verify=ctx, limits=limits,
-                                 timeout=60) as http:  # fmt: skip
+    # a client of its own per agent, as each real agent has (its heartbeat and its long-poll
+    # on their own connections): one shared pool of thousands of connections costs httpx a
+    # scan of all of them per request, which had the simulators eat both cores
+    limits = httpx.Limits(max_connections=3, keepalive_expiry=KEEPALIVE_SECONDS)
+    clients = [
+        httpx.AsyncClient(base_url=spec["url"], verify=ctx, limits=limits, timeout=60)
+        for _ in hosts
+    ]
+    try:
         registered = asyncio.Event()
         count = [0, len(hosts)]
         tasks = [
-            asyncio.create_task(one_agent(http, h, settings, registered, count)) for h in hosts
+            asyncio.create_task(one_agent(http, h, settings, registered, count))
+            for http, h in zip(clients, hosts, strict=True)
         ]
         await registered.wait()
         print("ready", flush=True)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
             t.result()  # an agent that failed fails the worker, loudly
+    finally:
+        for http in clients:
+            await http.aclose()
 
 
 def worker(path: str) -> None:

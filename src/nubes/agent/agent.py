@@ -64,6 +64,13 @@ def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec
     )
 
 
+def shows(desired: DesiredState, report: Report) -> bool:
+    """The desired state already shows each reported instance's status (or no longer names
+    it): the API has nothing to learn from the report."""
+    wanted = {i.id: i.status for i in desired.instances}
+    return all(wanted.get(obs.id, obs.status) == obs.status for obs in report.instances)
+
+
 @dataclass
 class Agent:
     settings: Settings
@@ -149,10 +156,14 @@ class Agent:
             if desired is None or stop.is_set():
                 continue
             report = self.converge(desired)
-            # only what is news: an idle host sends nothing but its heartbeat (and a resync,
-            # for an API that restarted and forgot the leftovers)
+            # only what is news: a report that changed, or a new desired state whose statuses
+            # say otherwise; an idle host sends nothing but its heartbeat (and a resync, for an
+            # API that restarted and forgot the leftovers). A host woken only because a
+            # neighbour's port came or went has nothing to say.
             if (
-                last == (desired.generation, report)
+                last is not None
+                and last[1] == report
+                and (last[0] == desired.generation or shows(desired, report))
                 and time.monotonic() - reported < self.settings.resync_interval
             ):
                 continue

@@ -22,8 +22,12 @@ async def app_state(request: Request) -> AppState:
     return state
 
 
-def db_session(state: Annotated[AppState, Depends(app_state)]) -> Iterator[Session]:
-    with state.sessions() as session:
+def db_session(
+    request: Request, state: Annotated[AppState, Depends(app_state)]
+) -> Iterator[Session]:
+    """A GET only reads (no SQLite write lock taken for it); anything else may write."""
+    factory = state.reads if request.method in ("GET", "HEAD") else state.sessions
+    with factory() as session:
         yield session
 
 
@@ -35,7 +39,7 @@ def authenticate(state: AppState, header: str) -> Caller:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     token = token.strip()
-    with state.sessions() as session:
+    with state.reads() as session:
         if token.startswith(HOST_CREDENTIAL_PREFIX):
             cred = session.scalar(
                 select(HostCredential).where(HostCredential.secret_sha256 == hash_token(token))

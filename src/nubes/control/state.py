@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from nubes.conf import Settings
 from nubes.control import generations
 from nubes.control.watch import Notifier
+from nubes.db.engine import read_only, session_factory
 from nubes.db.models import Host, Meta
 
 
@@ -25,11 +26,14 @@ class AppState:
     # each host's latest report of what it has that nothing wants (`nubes gc --dry-run`)
     leftovers: dict[str, list[str]] = field(default_factory=dict)
     notifier: Notifier = field(init=False)
+    # sessions that only read (every GET, credential checks, desired states): no write lock
+    reads: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reads = session_factory(read_only(self.engine))
         self.notifier = Notifier(self.read_generations)
         generations.install(self.sessions, self.engine, self.notifier.notify)
 
     def read_generations(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            return {h: g for h, g in conn.execute(select(Host.id, Host.generation))}
+        with self.reads() as session:
+            return {h: g for h, g in session.execute(select(Host.id, Host.generation))}

@@ -58,8 +58,20 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))  # POLLHUP and POLLERR are reported too
 
 
+READ_ONLY = "nubes_read_only"  # execution option: this connection's transactions only read
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool for transactions that only read. On SQLite they begin
+    DEFERRED: WAL gives them a snapshot and they take no lock, where BEGIN IMMEDIATE would queue
+    every read (a heartbeat's credential check, an agent's desired state, any GET) behind the
+    writers and SQLite's sleeping busy handler. On PostgreSQL nothing changes."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
-    """WAL, and BEGIN IMMEDIATE so racing writers queue instead of failing on lock upgrade."""
+    """WAL, and BEGIN IMMEDIATE so racing writers queue instead of failing on lock upgrade
+    (DEFERRED for connections marked read-only: `read_only`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -77,7 +89,8 @@ def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
     # "begin" event emits ours, IMMEDIATE so the write lock is taken at the start.
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
 def migrate(url: str) -> None:

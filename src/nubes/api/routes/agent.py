@@ -136,7 +136,7 @@ async def desired(
 
 def _generation(state: AppState, host_id: str) -> int:
     """An unknown host is told at once (NotFound), not after the wait."""
-    with state.sessions() as session:
+    with state.reads() as session:
         generation = session.scalar(select(Host.generation).where(Host.id == host_id))
     if generation is None:
         raise NotFound(f"host {host_id} is not registered", field="host")
@@ -144,7 +144,7 @@ def _generation(state: AppState, host_id: str) -> int:
 
 
 def _desired(state: AppState, host_id: str) -> a.DesiredState:
-    with state.sessions() as session:
+    with state.reads() as session:
         host = session.get(Host, host_id)
         if host is None:
             raise NotFound(f"host {host_id} is not registered", field="host")
