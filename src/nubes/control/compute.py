@@ -288,7 +288,10 @@ def finish_delete(session: Session, inst: Instance) -> None:
     generations.bump_after_commit(session, generations.network_hosts(session, nets))
 
 
-def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> None:
+def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> s.Server:
+    """The server as it is once the delete is requested (read inside the transaction: a read
+    after the commit would begin another, which on SQLite takes the write lock again and holds
+    it until the request's session closes)."""
     inst.desired_state = "deleted"
     inst.task_state = "deleting"
     operations.begin(session, inst, "delete")
@@ -299,10 +302,13 @@ def request_delete(state: AppState, session: Session, inst: Instance, host_up: b
         if inst.host_id is not None:
             inst.task_state = UNCONFIRMED
     generations.instance_changed(session, inst)  # its desired state, or its tombstone
+    answer = to_wire(session, inst, state.settings.host_down_after)
     session.commit()  # wakes its host's long-poll (control/generations.py)
+    return answer
 
 
-def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction) -> None:
+def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction) -> s.Server:
+    """The server as the action leaves it (read before the commit, as `request_delete`)."""
     if inst.desired_state == "deleted":
         raise Conflict("server is being deleted")
     if body.action == "start":
@@ -321,4 +327,6 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
         inst.task_state = "rebooting"
     operations.begin(session, inst, body.action)
     generations.instance_changed(session, inst)
+    answer = to_wire(session, inst, state.settings.host_down_after)
     session.commit()  # wakes its host's long-poll (control/generations.py)
+    return answer

@@ -59,8 +59,8 @@ def show_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep) 
 def delete_server(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> s.Server:
     inst = lookup.owned(session, Instance, ref, who, "server")
     host = session.get(Host, inst.host_id) if inst.host_id else None
-    compute.request_delete(state, session, inst, host_up(host, state.settings.host_down_after))
-    return shown(compute.to_wire(session, inst, state.settings.host_down_after), who)
+    up = host_up(host, state.settings.host_down_after)
+    return shown(compute.request_delete(state, session, inst, up), who)
 
 
 @router.post("/{ref}/action", status_code=202)
@@ -68,8 +68,7 @@ def server_action(
     ref: str, body: s.ServerAction, session: SessionDep, who: CallerDep, state: StateDep
 ) -> s.Server:
     inst = lookup.owned(session, Instance, ref, who, "server")
-    compute.act(state, session, inst, body)
-    return shown(compute.to_wire(session, inst, state.settings.host_down_after), who)
+    return shown(compute.act(state, session, inst, body), who)
 
 
 @router.get("/{ref}/console-log", response_class=PlainTextResponse)
