@@ -48,7 +48,7 @@ def test_an_unchanged_long_poll_answers_304_and_a_change_answers_at_once(cloud: 
         assert answer is not None and answer.generation == now.generation + 1  # type: ignore[attr-defined]
 
 
-def test_a_heartbeat_with_another_hosts_or_a_revoked_credential_is_refused(cloud: Cloud) -> None:
+def test_a_heartbeat_with_another_hosts_or_an_unknown_credential_is_refused(cloud: Cloud) -> None:
     host1 = cloud.agents[0][0].host_id
     cloud.start_agent("host2", "10.255.0.12")
     cloud.wait(lambda: len(cloud.client.hosts()) == 2, what="host2")
@@ -77,7 +77,7 @@ def test_reads_do_not_wait_for_an_open_write_transaction(cloud: Cloud) -> None:
         writer.rollback()
 
 
-def test_a_shutdown_answers_waiting_long_polls_at_once(tmp_path: object, cloud: Cloud) -> None:
+def test_a_shutdown_answers_waiting_long_polls_at_once(cloud: Cloud) -> None:
     settings: Settings = cloud.settings.model_copy(
         update={"state_dir": cloud.root / "state-second", "database_url": cloud.settings.db_url}
     )
