@@ -241,16 +241,18 @@ def test_database_locked_answers_503_and_guests_keep_running(lab: LabCloud) -> N
     pid, agent = qemu_pids(cloud)[server.id], agent_pid(cloud)
     restart_api(cloud, NUBES_DB_TIMEOUT="1")
     db = sqlite3.connect(cloud.state_dir / "nubes.db", isolation_level=None, timeout=30)
-    db.execute("BEGIN IMMEDIATE")  # another process holds the write lock: every request waits
+    db.execute("BEGIN IMMEDIATE")  # another process holds the write lock: every write waits
     try:
         with pytest.raises(ApiError) as err:
-            cloud.client.servers()
+            create(cloud, "blocked")
         assert err.value.status == 503, err.value.detail
         assert "database" in err.value.detail
+        assert [x.name for x in cloud.client.servers()] == ["dbwait"]  # reads take no lock
         time.sleep(8)  # longer than host_down_after: a while, for agents and guests
         with pytest.raises(ApiError) as err:
-            cloud.client.server(server.id)
+            cloud.client.server_action(server.id, "reboot")
         assert err.value.status == 503
+        assert cloud.client.server(server.id).id == server.id
     finally:
         db.rollback()
         db.close()
