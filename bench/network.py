@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nubes.lab import netns  # noqa: E402
+from nubes.network import netns  # noqa: E402
 from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec, RemotePort  # noqa: E402
 from nubes.network.linuxbridge import LinuxBridgeDriver  # noqa: E402
 

@@ -7,7 +7,7 @@ import socket
 import struct
 import threading
 
-from nubes.lab import netns
+from nubes.network import netns
 
 _ETH_P_ALL = 0x0003
 _SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC = 263, 1, 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nubes.client import NubesClient
-from nubes.lab import netns
+from nubes.network import netns
 
 CACHE = Path(os.environ.get("NUBES_TEST_CACHE", "/var/cache/nubes-test"))
 
@@ -78,6 +78,30 @@ class LabCloud:
             text=True,
             capture_output=True,
             check=True,
+        ).stdout
+
+    def gateway_ns(self, network_id: str) -> tuple[int, str]:
+        """(host index, namespace) of a network's gateway, on whichever host serves it now.
+        A host's named namespaces are in its own /run/netns, as on a machine of its own."""
+        found = []
+        index = 1
+        while netns.exists(self.host_ns(index)):
+            where = self.host_path("/run/netns", index)
+            names = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+            found += [(index, n) for n in names if n.endswith("-" + network_id)]
+            index += 1
+        assert len(found) == 1, f"gateway namespaces of {network_id}: {found}"
+        return found[0]
+
+    def in_gateway(self, network_id: str, argv: list[str], check: bool = True) -> str:
+        """Run argv where the network's gateway lives (its DHCP server, metadata, NAT)."""
+        index, name = self.gateway_ns(network_id)
+        mounts = self.state_dir / "lab" / "mnt" / self.host_ns(index)
+        return subprocess.run(
+            ["nsenter", f"--mount={mounts}", "--", "ip", "netns", "exec", name, *argv],
+            text=True,
+            capture_output=True,
+            check=check,
         ).stdout
 
 

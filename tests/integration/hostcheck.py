@@ -12,7 +12,7 @@ from typing import Any
 
 from nubes.cli.daemon import read_pid
 from nubes.client import ApiError
-from nubes.lab import netns
+from nubes.network import netns
 from tests.integration.conftest import LabCloud
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nubes.lab import netns
+from nubes.network import netns
 
 pytestmark = [
     pytest.mark.integration,

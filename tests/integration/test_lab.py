@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nubes.lab import Lab, LabError, LabHost, netns
+from nubes.lab import Lab, LabError, LabHost
+from nubes.network import netns
 
 pytestmark = [
     pytest.mark.integration,

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from nubes.errors import DriverError, InvalidInput
-from nubes.lab import Lab, netns
+from nubes.lab import Lab
 from nubes.lab.lab import kill_namespace_processes
-from nubes.network import firewall, linuxbridge
+from nubes.network import firewall, gateway, linuxbridge, netns
 from nubes.network.base import DhcpHost, NetworkSpec, OverlayPeer, PortSpec
 from nubes.network.linuxbridge import LinuxBridgeDriver, geneve_supported, vxlan_name
 from nubes.network.netlink import Netlink
@@ -67,6 +67,11 @@ def state_dir() -> Iterator[Path]:
     try:
         yield d
     finally:
+        # a failed test's gateways (of this directory's drivers, or of a lab host's under it)
+        for where in (d, *(p for p in d.iterdir() if p.is_dir())):
+            for name in netns.list_names(f"{gateway.NS_PREFIX}{gateway.host_tag(where)}-"):
+                kill_namespace_processes(name)
+            gateway.remove_all(where)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -121,11 +126,20 @@ def test_network_lifecycle_and_dnsmasq(make_ns: Callable[[str], str], state_dir:
             bridge = nl.get_link(net.bridge)
             assert bridge is not None and bridge.kind == "bridge" and bridge.up
             assert bridge.mtu == 1450 and bridge.alias == "nubes network net-1"
-            # the gateway, and the metadata service the serving host answers at
-            assert nl.addresses(net.bridge) == ["10.20.0.1/24", "169.254.169.254/32"]
+            # no tenant address on the host: the gateway and the metadata address live in the
+            # network's namespace, on the far end of a veth plugged into the bridge
+            assert nl.addresses(net.bridge) == []
+            veth = nl.get_link(gateway.veth_name(net.id))
+            assert veth is not None and veth.master == bridge.index and veth.up
+        gw_ns = driver.gateways.namespace(net.id)
+        with netns.inside(gw_ns), Netlink() as nl:
+            assert nl.addresses(gateway.GW_DEV) == ["10.20.0.1/24", "169.254.169.254/32"]
+            gw = nl.get_link(gateway.GW_DEV)
+            assert gw is not None and gw.mac == gateway.gateway_mac(net.id) and gw.mtu == 1450
+            gw_inode = netns.current_inode()
 
-        # dnsmasq lives in our namespace, unprivileged, with the reservation on file
-        assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns.current_inode()
+        # dnsmasq lives in the gateway's namespace, unprivileged, with the reservation on file
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == gw_inode
         assert "\nUid:\t65534\t" in Path(f"/proc/{pid}/status").read_text()
         paths = driver.dhcp.paths(net.id)
         assert paths.hosts.read_text() == f"{MAC1},10.20.0.5,i-1\n"
@@ -155,6 +169,7 @@ def test_network_lifecycle_and_dnsmasq(make_ns: Callable[[str], str], state_dir:
         assert firewall.tables() == []
         _wait_for(lambda: not alive(pid3))
         assert not paths.dir.exists()
+        assert not netns.exists(gw_ns)
     assert netns.pids(ns) == []
 
 
@@ -297,26 +312,31 @@ def test_anti_spoofing_and_host_guard(
             spoofed_ip = icmp_echo(MAC1, gw_mac, "10.20.0.9", gw)
             assert not tap.exchange(spoofed_ip, mentions_ip("10.20.0.9"))
             assert not tap.exchange(icmp_echo(MAC2, gw_mac, "10.20.0.5", gw), is_echo_reply(gw))
-            # the guard: no TCP from guests to the host behind the gateway...
+            # the gateway's namespace: no TCP but the metadata service's...
             syn = tcp_syn(MAC1, gw_mac, "10.20.0.5", gw, 5555)
             assert not tap.exchange(syn, is_tcp_rst(gw))
-            # ...and both negatives above are real: without our tables they get through
+            # ...and the negatives are real: without our tables they get through
             firewall.apply(firewall.delete_tables_script(firewall.tables()))
-            assert tap.exchange(syn, is_tcp_rst(gw))
             assert tap.exchange(spoofed_ip, mentions_ip("10.20.0.9"))
             # tables gone behind the driver's back: its next ensure puts every rule back, and
             # so does a restarted agent's driver (the port's rules from the tap's alias)
             monkeypatch.setattr(linuxbridge, "TABLES_CHECK_EVERY", 0.0)
-            # (a new spoofed address each time: the host still ARPs for the one that got in)
+            # (a new spoofed address each time: the gateway still ARPs for the one that got in)
             restarted = LinuxBridgeDriver(state_dir)
             for ensuring, spoof in ((driver, "10.20.0.10"), (restarted, "10.20.0.11")):
                 ensuring.ensure_network(net)
                 assert sorted(firewall.tables()) == ["bridge", "inet"]
-                assert not tap.exchange(syn, is_tcp_rst(gw))
                 spoofed = icmp_echo(MAC1, gw_mac, spoof, gw)
                 assert not tap.exchange(spoofed, mentions_ip(spoof))
                 assert tap.exchange(icmp_echo(MAC1, gw_mac, "10.20.0.5", gw), is_echo_reply(gw))
                 firewall.apply(firewall.delete_tables_script(firewall.tables()))
+            # the gateway namespace's own table: without it the SYN is answered; an agent
+            # that starts again puts it back
+            with netns.inside(driver.gateways.namespace(net.id)):
+                firewall.apply(firewall.delete_tables_script(firewall.tables()))
+            assert tap.exchange(syn, is_tcp_rst(gw))
+            LinuxBridgeDriver(state_dir).ensure_network(net)
+            assert not tap.exchange(syn, is_tcp_rst(gw))
         driver.unplug_port(port.tap)
         driver.delete_network(net.id)
         assert link_names() == ["lo"]
@@ -451,34 +471,39 @@ def test_geneve_is_refused_clearly_without_kernel_support(
         assert link_names() == ["lo"]
 
 
-def test_guard_stops_routing_between_networks_of_a_host(
+def test_two_networks_with_the_same_addresses_share_a_host(
     make_ns: Callable[[str], str], state_dir: Path
 ) -> None:
+    """Two tenants both pick 10.20.0.0/24: each gateway lives in its own namespace, each guest
+    reaches its own, and nothing crosses (same addresses, even the same guest address)."""
     host = make_ns("r")
     a = net_spec("net-5", dhcp_hosts=())
-    b = net_spec("net-6", cidr="10.21.0.0/24", gateway="10.21.0.1", dhcp_hosts=())
+    b = net_spec("net-6", dhcp_hosts=())
     with netns.inside(host):
         driver = LinuxBridgeDriver(state_dir)
         driver.ensure_network(a)
         driver.ensure_network(b)
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")  # this namespace's, as NAT would
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")  # routing on, to be sure
     ga, gb, ga2 = make_ns("a"), make_ns("b"), make_ns("c")
-    for guest, net, ip in [(ga, a, "10.20.0.7"), (gb, b, "10.21.0.7"), (ga2, a, "10.20.0.8")]:
+    for guest, net, ip in [(ga, a, "10.20.0.7"), (gb, b, "10.20.0.7"), (ga2, a, "10.20.0.8")]:
         netns.attach_endpoint(host, net.bridge, guest, f"v{_uid()}r", f"{ip}/24", mtu=1450)
-        subprocess.run(
-            ["ip", "-n", guest, "route", "add", "default", "via", net.gateway], check=True
-        )
     assert _ping(ga, "10.20.0.8", count=3)  # bridged traffic on one network flows
-    assert _ping(ga, "10.20.0.1") and _ping(gb, "10.21.0.1")
-    assert not _ping(ga, "10.21.0.7", count=2)  # but nothing is routed between networks
-    with netns.inside(host):
-        firewall.apply(
-            firewall.guard_remove_script(a.bridge) + firewall.guard_remove_script(b.bridge)
-        )
-    assert _ping(ga, "10.21.0.7", count=3)  # the control: without the guard, it would be
+    assert _ping(ga, "10.20.0.1") and _ping(gb, "10.20.0.1")
+    assert not _ping(gb, "10.20.0.8", count=2)  # but the other tenant's guest is not there
+    for guest, net in ((ga, a), (gb, b)):  # each answered by its own gateway
+        neigh = subprocess.run(
+            ["ip", "-n", guest, "neigh", "show", "10.20.0.1"], capture_output=True, text=True
+        ).stdout
+        assert gateway.gateway_mac(net.id) in neigh, neigh
+    routes = subprocess.run(
+        ["ip", "-n", host, "-4", "route", "show", "table", "all"], capture_output=True, text=True
+    ).stdout
+    assert "10.20.0" not in routes  # no tenant range in the host's own routing tables
     with netns.inside(host):
         driver.delete_network(a.id)
         driver.delete_network(b.id)
+        assert not [n for n in link_names() if n.startswith(("nbr", "nvg"))]
+    assert not netns.list_names(gateway.NS_PREFIX + driver.gateways.tag)
 
 
 def _ping(ns: str, ip: str, count: int = 1) -> bool:

@@ -29,8 +29,8 @@ import pytest
 from websockets.sync.client import ClientConnection, unix_connect
 
 from nubes.client import NubesClient
-from nubes.lab import netns
 from nubes.lab.lab import kill_namespace_processes
+from nubes.network import netns
 from nubes.network.base import bridge_name
 from nubes.network.linuxbridge import gateway_mac, vxlan_name
 from nubes.network.netlink import ZERO_MAC, Netlink

@@ -27,7 +27,7 @@ def wait_console(cloud: LabCloud, name: str, pattern: str, timeout: float = 180)
 
 
 def qemu_pids(cloud: LabCloud) -> list[int]:
-    from nubes.lab import netns
+    from nubes.network import netns
 
     pids = []
     for pid in netns.pids(cloud.host_ns()):
@@ -40,7 +40,7 @@ def qemu_pids(cloud: LabCloud) -> list[int]:
 
 
 def _cmdlines(cloud: LabCloud) -> list[bytes]:
-    from nubes.lab import netns
+    from nubes.network import netns
 
     found = []
     for pid in netns.pids(cloud.host_ns()):

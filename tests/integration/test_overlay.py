@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nubes.lab import Lab, LabHost, netns
-from nubes.network import firewall
+from nubes.lab import Lab, LabHost
+from nubes.network import firewall, gateway, netns
 from nubes.network.base import NetworkSpec, OverlayPeer, RemotePort
 from nubes.network.linuxbridge import LinuxBridgeDriver, gateway_mac, vxlan_name
 from nubes.network.netlink import ZERO_MAC, Netlink
@@ -110,10 +110,12 @@ def test_static_forwarding_entries_and_no_unicast_flooding(
     with netns.inside(h2.netns), Netlink() as nl:
         vx = nl.get_link(vxlan_name("net-ov"))
         assert vx is not None and not vx.info.get("IFLA_VXLAN_LEARNING")
-        # the gateway's MAC lives on the serving host's bridge only
+        # the gateway's MAC lives in the serving host's gateway namespace only
         assert nl.get_link("nbrnetov").mac != gw  # type: ignore[union-attr]
     with netns.inside(h1.netns), Netlink() as nl:
-        assert nl.get_link("nbrnetov").mac == gw  # type: ignore[union-attr]
+        assert nl.get_link("nbrnetov").mac != gw  # type: ignore[union-attr]
+    with netns.inside(drivers[h1.name].gateways.namespace("net-ov")), Netlink() as nl:
+        assert nl.get_link(gateway.GW_DEV).mac == gw  # type: ignore[union-attr]
 
     # unicast between h1 and h2 goes to its host only: h3's underlay never carries it
     cap = Capture(h3.netns, "eth0")
@@ -143,8 +145,9 @@ def test_static_forwarding_entries_and_no_unicast_flooding(
             drivers[h.name].ensure_network(spec_for(lab3, h, moved, serving=h2))
     assert fdb(h1)[1] == {G2: h2.underlay_ip, gw: h2.underlay_ip}
     assert fdb(h2)[1] == {G1: h1.underlay_ip, G3: h1.underlay_ip}
-    with netns.inside(h2.netns), Netlink() as nl:
-        assert nl.get_link("nbrnetov").mac == gw  # type: ignore[union-attr]
+    with netns.inside(drivers[h2.name].gateways.namespace("net-ov")), Netlink() as nl:
+        assert nl.get_link(gateway.GW_DEV).mac == gw  # type: ignore[union-attr]
+    assert not netns.exists(drivers[h1.name].gateways.namespace("net-ov"))
     assert _ping(guests["1"], "10.20.0.1", count=3)  # same gateway MAC, now on h2
 
     # no peer left: the VXLAN device and its filter go
@@ -250,8 +253,8 @@ def test_a_host_never_joins_up_two_tenants_with_the_same_addresses(
     a_guest = make_ns("a")  # tenant A has a guest here too (its bridge has carrier)
     netns.attach_endpoint(host, served.bridge, a_guest, f"va{_uid()}", "10.20.0.7/24", None, 1450)
 
-    def arp_answered() -> bool:
-        argv = ["ip", "netns", "exec", guest, "busybox", "arping", "-c", "2", "-w", "3"]
+    def arp_answered(who: str) -> bool:
+        argv = ["ip", "netns", "exec", who, "busybox", "arping", "-c", "2", "-w", "3"]
         argv += ["-I", "eth0", "10.20.0.1"]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
@@ -265,20 +268,23 @@ def test_a_host_never_joins_up_two_tenants_with_the_same_addresses(
             frames = cap.close()
         return any(socket.inet_aton("10.20.0.9") in f for f in frames)
 
-    assert not arp_answered()
+    assert arp_answered(a_guest)  # the control: A's gateway answers A's guest
+    assert not arp_answered(guest)
     subprocess.run(
         ["ip", "-n", guest, "neigh", "replace", "10.20.0.1", "lladdr", b_mac, "dev", "eth0"],
         check=True,
     )
     assert not leaks_into_a()
-    # the control: the host's defaults (weak host model) answer, and reply into A's bridge
+    # not thanks to a rule: the host's own stack has no address in either range, so even with
+    # the host's defaults, its guard gone and routing on, there is nothing to answer or route
     sysctl = f"net.ipv4.conf.{other.bridge}.arp_ignore=0"
     subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw", sysctl], check=True)
-    assert arp_answered()
     with netns.inside(host):
         firewall.apply(firewall.guard_remove_script(other.bridge))
         nft(["flush", "chain", "inet", "nubes", "input"])
-    assert leaks_into_a()
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    assert not arp_answered(guest)
+    assert not leaks_into_a()
     with netns.inside(host):
         driver.delete_network(served.id)
         driver.delete_network(other.id)

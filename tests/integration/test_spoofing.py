@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nubes.lab import netns
+from nubes.network import netns
 from nubes.network.linuxbridge import LinuxBridgeDriver
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
@@ -140,6 +140,7 @@ def test_guest_cannot_spoof_mac_ip_or_arp(lab: LabCloud, tmp_path: Path) -> None
     for sid in ids.values():
         wait_status(cloud, sid, "ACTIVE")
         wait_for(lambda i=sid: "nubes-tiny: ready" in cloud.client.console_log(i), 180, "boot")
+    net_id = cloud.client.network("net1").id
     v_ip = cloud.client.server(ids["victim"]).addresses["net1"][0]
     a_ip = cloud.client.server(ids["attacker"]).addresses["net1"][0]
     pids = qemu_pids(cloud)
@@ -156,7 +157,7 @@ def test_guest_cannot_spoof_mac_ip_or_arp(lab: LabCloud, tmp_path: Path) -> None
     }
     shell = SerialShell(cloud.host_path(f"/run/nubes/{ids['attacker']}/serial.sock"))
     try:
-        cloud.in_host(["ping", "-c", "1", "-W", "2", v_ip])  # the gateway knows the victim
+        cloud.in_gateway(net_id, ["ping", "-c", "1", "-W", "2", v_ip])  # the gateway knows it
         # the control: the attacker's own traffic passes
         assert "1 packets received" in shell.run(f"ping -c 1 -W 2 {v_ip}")
         # 1. a spoofed MAC
@@ -174,7 +175,7 @@ def test_guest_cannot_spoof_mac_ip_or_arp(lab: LabCloud, tmp_path: Path) -> None
             f"arping -A -c 2 -I eth0 -s {v_ip} {v_ip}; ip addr del {v_ip}/32 dev eth0"
         )
         time.sleep(1)
-        neigh = cloud.in_host(["ip", "neigh", "show", v_ip])
+        neigh = cloud.in_gateway(net_id, ["ip", "neigh", "show", v_ip])
     finally:
         shell.close()
         frames = {k: c.frames() for k, c in caps.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nubes.lab import netns
+from nubes.network import netns
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from nubes.client import ApiError, NubesClient
-from nubes.lab import netns
 from nubes.lab.lab import kill_namespace_processes
+from nubes.network import netns
 from tests.integration.conftest import CACHE, needs_root
 
 pytestmark = pytest.mark.integration

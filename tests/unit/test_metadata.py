@@ -164,8 +164,8 @@ def test_server_answers_by_peer_address_not_headers(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(srv, "METADATA_IP", "127.0.0.1")
     server = MetadataServer(service, port=_free_port())
     try:
-        server.serve({"net-a": "lo"})
-        if not server.bridges():
+        server.serve({"net-a": (None, "lo")})
+        if not server.endpoints():
             pytest.skip("cannot bind to a device here (needs CAP_NET_RAW)")
         url = f"http://127.0.0.1:{server.port}/openstack/latest/meta_data.json"
         forged = {
@@ -180,7 +180,7 @@ def test_server_answers_by_peer_address_not_headers(monkeypatch: pytest.MonkeyPa
         assert doc["uuid"] == A.instance_id
     finally:
         server.close()
-    assert server.bridges() == {}
+    assert server.endpoints() == {}
 
 
 def test_server_bounds_concurrent_clients(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,8 +192,8 @@ def test_server_bounds_concurrent_clients(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(srv._Listener, "max_clients", 1)
     server = MetadataServer(service, port=_free_port())
     try:
-        server.serve({"net-a": "lo"})
-        if not server.bridges():
+        server.serve({"net-a": (None, "lo")})
+        if not server.endpoints():
             pytest.skip("cannot bind to a device here (needs CAP_NET_RAW)")
         url = f"http://127.0.0.1:{server.port}/latest/meta-data/instance-id"
         idle = socket.create_connection(("127.0.0.1", server.port))  # holds the only slot

@@ -212,7 +212,9 @@ class Agent:
         """Answer the instances of the networks this host serves, on their bridges."""
         self.metadata.set_table(metadata_table(desired.networks))
         if self.metadata_server is not None:
-            served = {n.id: bridge_name(n.id) for n in desired.networks if n.serve}
+            served = {
+                n.id: self.network.metadata_endpoint(n.id) for n in desired.networks if n.serve
+            }
             self.metadata_server.serve(served)
 
     def converge_instance(

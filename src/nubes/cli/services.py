@@ -15,7 +15,8 @@ import typer
 from nubes.cli import daemon
 from nubes.cli.common import console, fail, handle_errors
 from nubes.client import NubesClient
-from nubes.lab import Lab, LabHost, netns
+from nubes.lab import Lab, LabHost
+from nubes.network import netns
 
 lab_app = typer.Typer(
     help="A multi-host cloud on this machine: each host a network namespace with its agent.",

@@ -37,7 +37,7 @@ from pathlib import Path
 import nubes
 from nubes.hypervisor.qemu.cmdline import SOCKET_ROOT
 from nubes.hypervisor.qemu.process import guest_of
-from nubes.lab import netns
+from nubes.network import netns
 
 STATE_FILE = "lab.json"
 DEFAULT_PREFIX = "nubes"

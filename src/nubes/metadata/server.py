@@ -1,9 +1,10 @@
-"""The metadata HTTP server inside the agent: one listener per served bridge.
+"""The metadata HTTP server inside the agent: one listener per served network.
 
-Each listener is a TCP socket on 169.254.169.254:80 bound to one bridge (SO_BINDTODEVICE), so
-an accepted connection can only have come in through that network's bridge, and its replies
-leave through it too (overlapping tenant CIDRs on one host stay apart). IP_FREEBIND lets it
-bind before the address is on the bridge. The answer depends on (network, source address) only.
+Each listener is a TCP socket on 169.254.169.254:80 made inside the network's gateway namespace
+and bound to its device there (SO_BINDTODEVICE), so an accepted connection can only have come
+from that network, and its replies go back to it (tenants with the same CIDR on one host stay
+apart). IP_FREEBIND lets it bind before the address is up. The answer depends on (network,
+source address) only.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from nubes.metadata.content import METADATA_IP, Answer, MetadataTable, answer, lookup
+from nubes.network import netns
 
 log = logging.getLogger("nubes.metadata")
 IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
+Endpoint = tuple[str | None, str]  # (network namespace, None for ours; device)
 
 
 class MetadataService:
@@ -68,12 +72,17 @@ class _Listener(ThreadingHTTPServer):
     allow_reuse_address = True
     max_clients = 32  # per network: guests cannot make the agent spawn threads without bound
 
-    def __init__(self, service: MetadataService, network_id: str, bridge: str, port: int) -> None:
+    def __init__(
+        self, service: MetadataService, network_id: str, endpoint: Endpoint, port: int
+    ) -> None:
         self.service = service
         self.network_id = network_id
-        self.bridge = bridge
+        self.endpoint = endpoint
+        namespace, bridge = endpoint
         self._slots = threading.BoundedSemaphore(self.max_clients)
-        super().__init__((METADATA_IP, port), _Handler, bind_and_activate=False)
+        # a socket belongs for good to the namespace it was made in
+        with netns.inside(namespace) if namespace else nullcontext():
+            super().__init__((METADATA_IP, port), _Handler, bind_and_activate=False)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
             self.socket.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
@@ -101,39 +110,37 @@ class _Listener(ThreadingHTTPServer):
 
 
 class MetadataServer:
-    """Listeners for the bridges of the networks this host serves."""
+    """Listeners for the networks this host serves."""
 
     def __init__(self, service: MetadataService, port: int = 80) -> None:
         self.service = service
         self.port = port
         self._listeners: dict[str, tuple[_Listener, threading.Thread]] = {}
 
-    def serve(self, bridges: dict[str, str]) -> None:
-        """Listen on exactly these bridges (network id -> bridge). Never raises: a bridge that
-        cannot be listened on now is tried again at the next call."""
+    def serve(self, endpoints: dict[str, Endpoint]) -> None:
+        """Listen for exactly these networks (network id -> (namespace or None, device)).
+        Never raises: one that cannot be listened on now is tried again at the next call."""
         for network_id in list(self._listeners):
-            if (
-                network_id not in bridges
-                or self._listeners[network_id][0].bridge != bridges[network_id]
-            ):
+            if self._listeners[network_id][0].endpoint != endpoints.get(network_id):
                 self._stop(network_id)
-        for network_id, bridge in bridges.items():
+        for network_id, endpoint in endpoints.items():
             if network_id in self._listeners:
                 continue
+            where = "/".join(p for p in endpoint if p)
             try:
-                listener = _Listener(self.service, network_id, bridge, self.port)
-            except OSError as exc:
-                log.warning("metadata: cannot listen on %s: %s", bridge, exc)
+                listener = _Listener(self.service, network_id, endpoint, self.port)
+            except (OSError, RuntimeError) as exc:  # RuntimeError: the namespace went
+                log.warning("metadata: cannot listen in %s: %s", where, exc)
                 continue
             thread = threading.Thread(
-                target=listener.serve_forever, name=f"metadata-{bridge}", daemon=True
+                target=listener.serve_forever, name=f"metadata-{network_id}", daemon=True
             )
             thread.start()
             self._listeners[network_id] = (listener, thread)
-            log.info("metadata service on %s:%d of %s", METADATA_IP, self.port, bridge)
+            log.info("metadata service on %s:%d in %s", METADATA_IP, self.port, where)
 
-    def bridges(self) -> dict[str, str]:
-        return {n: lt[0].bridge for n, lt in self._listeners.items()}
+    def endpoints(self) -> dict[str, Endpoint]:
+        return {n: lt[0].endpoint for n, lt in self._listeners.items()}
 
     def _stop(self, network_id: str) -> None:
         listener, thread = self._listeners.pop(network_id)

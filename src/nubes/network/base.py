@@ -86,6 +86,11 @@ class NetworkDriver(abc.ABC):
     def list_networks(self) -> list[str]:
         """Ids of the networks that have a bridge on this host."""
 
+    def metadata_endpoint(self, network_id: str) -> tuple[str | None, str]:
+        """(network namespace or None for the agent's own, device) where the metadata
+        listener of a network this host serves belongs."""
+        return None, bridge_name(network_id)
+
     def overlays(self) -> tuple[str, ...]:
         """Overlay kinds this host can carry."""
         return ("vxlan",)

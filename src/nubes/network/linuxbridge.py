@@ -24,7 +24,8 @@ from pathlib import Path
 from nubes.errors import DriverError, InvalidInput
 from nubes.network import firewall
 from nubes.network.base import NetworkDriver, NetworkSpec, PortInfo, PortSpec, bridge_name
-from nubes.network.dhcp import DhcpConfig, Dnsmasq, check_id
+from nubes.network.dhcp import Dnsmasq, check_id
+from nubes.network.gateway import Gateways, derived_mac, gateway_mac
 from nubes.network.netlink import ZERO_MAC, Link, Netlink, check_ifname, set_sysctl
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ PORT_ALIAS = "nubes port "
 GENEVE_ALIAS = "nubes geneve "
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
-METADATA_IP = "169.254.169.254"
 # how often (seconds, at most) an ensure_network asks nft whether our tables are still there
 TABLES_CHECK_EVERY = 10.0
 
@@ -52,18 +52,6 @@ def _port_alias(link: Link) -> tuple[str, str, str] | None:
     if len(fields) < 2:
         return None
     return link.name, fields[1], fields[2] if len(fields) > 2 else ""
-
-
-def derived_mac(seed: str) -> str:
-    """A locally administered unicast MAC that depends only on seed."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
-
-
-def gateway_mac(network_id: str) -> str:
-    """The bridge MAC of the host serving the gateway: the same whichever host that is, so
-    guests keep a valid ARP entry for their gateway when it moves."""
-    return derived_mac("gateway/" + network_id)
 
 
 def vxlan_name(network_id: str) -> str:
@@ -154,6 +142,7 @@ class LinuxBridgeDriver(NetworkDriver):
         self.vxlan_port = vxlan_port
         self.vxlan_learning = vxlan_learning
         self.dhcp = Dnsmasq(state_dir, binary=dnsmasq)
+        self.gateways = Gateways(state_dir, self.dhcp)
         self._lock = threading.RLock()
         self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
         self._has_inet: bool | None = None
@@ -190,35 +179,11 @@ class LinuxBridgeDriver(NetworkDriver):
         self._ensure_overlay(nl, spec)
         if self.guard_host:  # on every host: a bridge without an address still has IPv6's
             self._nft(("guard", spec.bridge), firewall.guard_script(spec.bridge))
-        if not spec.serve_dhcp:
-            nl.remove_addresses(spec.bridge)
-            self.dhcp.stop(spec.id)
-            self._nft(("nat", spec.bridge), firewall.nat_remove_script(spec.bridge), removal=True)
-            return
-        prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
-        gateway = f"{spec.gateway}/{prefix}"
-        metadata = f"{METADATA_IP}/32"  # the agent's metadata service answers guests there
-        nl.ensure_address(spec.bridge, gateway)
-        nl.ensure_address(spec.bridge, metadata)
-        nl.remove_addresses(spec.bridge, keep=(gateway, metadata))
-        self.dhcp.ensure(
-            DhcpConfig(
-                network_id=spec.id,
-                interface=spec.bridge,
-                cidr=spec.cidr,
-                gateway=spec.gateway,
-                mtu=spec.mtu,
-                hosts=spec.dhcp_hosts,
-                dns=spec.dns,
-            )
-        )
-        if spec.nat_uplink:
-            firewall.enable_forwarding()
-            self._nft(
-                ("nat", spec.bridge), firewall.nat_script(spec.bridge, spec.cidr, spec.nat_uplink)
-            )
+        nl.remove_addresses(spec.bridge)  # the host never holds an address of a tenant
+        if spec.serve_dhcp:
+            self.gateways.ensure(nl, spec)
         else:
-            self._nft(("nat", spec.bridge), firewall.nat_remove_script(spec.bridge), removal=True)
+            self.gateways.remove(nl, spec.id)
 
     def _nft(self, key: tuple[str, str], script: str, removal: bool = False) -> None:
         """Apply an inet script unless this driver already applied the very same one for key:
@@ -285,10 +250,7 @@ class LinuxBridgeDriver(NetworkDriver):
     @staticmethod
     def _bridge_mac(nl: Netlink, spec: NetworkSpec) -> dict[str, str]:
         """The set_link keyword that gives the bridge its MAC, if it has another."""
-        if spec.serve_dhcp:
-            mac = gateway_mac(spec.id)
-        else:  # any other stable MAC; never the gateway's
-            mac = derived_mac(f"bridge/{spec.id}/{spec.local_underlay_ip}")
+        mac = derived_mac(f"bridge/{spec.id}/{spec.local_underlay_ip}")  # never the gateway's
         link = nl.get_link(spec.bridge)
         return {"address": mac} if link is not None and link.mac != mac else {}
 
@@ -374,9 +336,7 @@ class LinuxBridgeDriver(NetworkDriver):
         """NAT and guard of the bridge of a network that leaves this host."""
         self._forget_rules()
         if "inet" in firewall.tables():  # never create our table just to delete from it
-            firewall.apply(
-                firewall.nat_remove_script(bridge) + firewall.guard_remove_script(bridge)
-            )
+            firewall.apply(firewall.guard_remove_script(bridge))
 
     def delete_network(self, network_id: str) -> None:
         check_id(network_id)
@@ -389,7 +349,7 @@ class LinuxBridgeDriver(NetworkDriver):
         for link in nl.list_links(GENEVE_PREFIX):
             if (link.alias or "").startswith(f"{GENEVE_ALIAS}{network_id} "):
                 nl.delete_link(link.name)
-        self.dhcp.stop(network_id)
+        self.gateways.remove(nl, network_id)
         self._remove_rules(bridge)
         nl.delete_link(bridge)
         self._drop_tables_if_unused(nl)
@@ -415,11 +375,15 @@ class LinuxBridgeDriver(NetworkDriver):
     def list_networks(self) -> list[str]:
         with Netlink() as nl:
             links = nl.list_links(BRIDGE_PREFIX)
-        return sorted(
+        bridged = {
             link.alias[len(NET_ALIAS) :]
             for link in links
             if link.kind == "bridge" and link.alias and link.alias.startswith(NET_ALIAS)
-        )
+        }
+        return sorted(bridged | set(self.gateways.network_ids()))
+
+    def metadata_endpoint(self, network_id: str) -> tuple[str | None, str]:
+        return self.gateways.endpoint(network_id)
 
     def overlays(self) -> tuple[str, ...]:
         return ("vxlan", "geneve") if geneve_supported() else ("vxlan",)

@@ -250,6 +250,31 @@ class Netlink:
         self.set_link(name, mtu=mtu)
         return created
 
+    def ensure_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int) -> bool:
+        """A veth pair: `name` here, `peer` in the namespace open as peer_netns_fd. True if
+        created. An existing `name` is kept as it is (its peer is the caller's to check)."""
+        link = self.get_link(name)
+        if link is not None and link.kind != "veth":
+            raise DriverError(f"{name} exists and is a {link.kind}, not a veth")
+        if link is None:
+            peer_msg = rtnl.ifinfo() + rtnl.string(rtnl.IFLA_IFNAME, check_ifname(peer))
+            peer_msg += rtnl.u32(rtnl.IFLA_NET_NS_FD, peer_netns_fd)
+            peer_msg += rtnl.u32(rtnl.IFLA_MTU, mtu)
+            self._add(name, "veth", rtnl.nested(rtnl.VETH_INFO_PEER, peer_msg))
+        self.set_link(name, mtu=mtu)
+        return link is None
+
+    def replace_default_route(self, gateway: str | None) -> None:
+        """The default route via gateway (None: no default route)."""
+        with self._errors("default route"):
+            routes = self._ipr.route("dump", family=2, dst_len=0, table=254)
+            have = [r.get_attr("RTA_GATEWAY") for r in routes if r.get_attr("RTA_DST") is None]
+            if gateway is None:
+                for _ in have:
+                    self._ipr.route("del", dst="0.0.0.0/0", table=254)
+            elif have != [gateway]:
+                self._ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, table=254)
+
     def set_link(self, name: str, **attrs: Any) -> None:
         """mtu, master (an index; 0 detaches), ifalias, address, state ("up"/"down")."""
         index = self._index(name)

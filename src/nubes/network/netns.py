@@ -18,7 +18,7 @@ from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -38,11 +38,13 @@ def list_names(prefix: str = "") -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
-def create(name: str) -> None:
-    """Create the namespace if missing, with lo up."""
-    if not exists(name):
-        _ip("netns", "add", name)
+def create(name: str) -> bool:
+    """Create the namespace if missing, with lo up. True if it was created."""
+    if exists(name):
+        return False
+    _ip("netns", "add", name)
     _ip("-n", name, "link", "set", "lo", "up")
+    return True
 
 
 def delete(name: str) -> None:
