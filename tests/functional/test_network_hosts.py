@@ -165,7 +165,9 @@ def test_geneve_by_default_when_every_host_has_it(tmp_path: Path) -> None:
         c.close()
 
 
-def test_no_host_serves_two_networks_of_overlapping_addresses(cloud3: Cloud) -> None:
+def test_one_host_serves_two_networks_of_the_same_addresses(cloud3: Cloud) -> None:
+    """Two tenants pick 10.20.0.0/24 and land on one host: it serves both gateways (each in a
+    namespace of its own there)."""
     create_on(cloud3, "a1", "host1")
     assert cloud3.client.network("net").gateway_host == "host1"
     created = cloud3.client.create_project(s.ProjectCreate(name="other"))
@@ -173,17 +175,49 @@ def test_no_host_serves_two_networks_of_overlapping_addresses(cloud3: Cloud) -> 
     try:
         b.create_network(s.NetworkCreate(name="net", cidr="10.20.0.0/24"))  # the same range
         upload(b, "img", make_image(cloud3.root / "b.qcow2"))
-        # tenant B's first guest lands on host1 too: its gateway must live elsewhere
         cloud3.client.set_host_enabled("host2", False)
         cloud3.client.set_host_enabled("host3", False)
         body = s.ServerCreate(name="b1", image="img", flavor="m1.tiny", network="net")
         assert b.create_server(body).host == "host1"
-        assert b.network("net").gateway_host is None  # nowhere to put it yet
-        cloud3.client.set_host_enabled("host3", True)
-        cloud3.wait(lambda: b.network("net").gateway_host == "host3", WAIT, what="B's gateway")
-        assert cloud3.client.network("net").gateway_host == "host1"
+        assert b.network("net").gateway_host == "host1"
         spec = spec_on(cloud3, "host1").state.networks
         cloud3.wait(lambda: len(spec) == 2, WAIT, what="host1 to carry both networks")
-        assert sorted(n.serve_dhcp for n in spec.values()) == [False, True]
+        assert [n.serve_dhcp for n in spec.values()] == [True, True]
+        assert len({n.cidr for n in spec.values()}) == 1
     finally:
         b.close()
+
+
+def test_tenant_networks_keep_off_the_hosts_own_networks(cloud3: Cloud) -> None:
+    """A host registers the ranges it has addresses in; a member's network over any of them
+    (or over link-local, or the API machine's) is refused, naming cidr; a range next to
+    them is fine."""
+    c = cloud3
+    c.client.register_host(
+        a.HostRegister(
+            name="ul",
+            address="10.255.0.11",
+            accel="tcg",
+            state_dir="/x",
+            vcpus=1,
+            ram_mb=1,
+            disk_gb=1,
+            networks="10.255.0.0/24,192.168.77.0/24",
+        )  # fmt: skip
+    )
+    member = NubesClient(c.url, c.client.create_project(s.ProjectCreate(name="m")).token)
+    try:
+        from nubes.control.netranges import api_ranges
+
+        api_side = [str(n) for n in api_ranges() if n.prefixlen >= 16]
+        for cidr in ["10.255.0.8/29", "10.255.0.0/16", "192.168.77.0/24", *api_side[:1]]:
+            with pytest.raises(ApiError) as err:
+                member.create_network(s.NetworkCreate(name="x", cidr=cidr))
+            assert err.value.status == 422 and err.value.field == "cidr", cidr
+            assert "overlaps" in err.value.detail
+        with pytest.raises(ApiError) as err:
+            member.create_network(s.NetworkCreate(name="x", cidr="169.254.0.0/24"))
+        assert err.value.status == 422 and err.value.field == "cidr"
+        assert member.create_network(s.NetworkCreate(name="x", cidr="10.254.1.0/24")).id
+    finally:
+        member.close()

@@ -80,6 +80,26 @@ class LabCloud:
             check=True,
         ).stdout
 
+    def host_pids(self, index: int = 1) -> list[int]:
+        """Every process of the host, as on a machine of its own: those in its network
+        namespace and those in its mount namespace (its gateways' dnsmasq), but the lab's
+        holder that keeps the mount namespace for host_root()."""
+        holders = json.loads((self.state_dir / "lab" / "lab.json").read_text())["holders"]
+        holder = holders.get(self.host_ns(index))
+        mounts = self.state_dir / "lab" / "mnt" / self.host_ns(index)
+        inode = os.stat(mounts).st_ino if mounts.exists() else -1
+        found = set(netns.pids(self.host_ns(index)))
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and os.stat(proc / "ns" / "mnt").st_ino == inode:
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+        return sorted(found - {holder, os.getpid()})
+
+    def index_of(self, host_ns: str) -> int:
+        return int(host_ns.rsplit("-h", 1)[1])
+
     def gateway_ns(self, network_id: str) -> tuple[int, str]:
         """(host index, namespace) of a network's gateway, on whichever host serves it now.
         A host's named namespaces are in its own /run/netns, as on a machine of its own."""

@@ -12,7 +12,6 @@ from typing import Any
 
 from nubes.cli.daemon import read_pid
 from nubes.client import ApiError
-from nubes.network import netns
 from tests.integration.conftest import LabCloud
 
 
@@ -29,7 +28,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 def _cmdlines(cloud: LabCloud, index: int) -> dict[int, bytes]:
     found = {}
-    for pid in netns.pids(cloud.host_ns(index)):
+    for pid in cloud.host_pids(index):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             if stat.rsplit(")", 1)[1].split()[0] == "Z":

@@ -27,10 +27,9 @@ def wait_console(cloud: LabCloud, name: str, pattern: str, timeout: float = 180)
 
 
 def qemu_pids(cloud: LabCloud) -> list[int]:
-    from nubes.network import netns
 
     pids = []
-    for pid in netns.pids(cloud.host_ns()):
+    for pid in cloud.host_pids():
         try:
             if b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.append(pid)
@@ -40,10 +39,9 @@ def qemu_pids(cloud: LabCloud) -> list[int]:
 
 
 def _cmdlines(cloud: LabCloud) -> list[bytes]:
-    from nubes.network import netns
 
     found = []
-    for pid in netns.pids(cloud.host_ns()):
+    for pid in cloud.host_pids():
         try:
             found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
         except OSError:

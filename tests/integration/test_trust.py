@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from nubes.network import netns
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
 
@@ -52,7 +51,7 @@ def test_no_process_on_a_host_holds_a_secret_it_should_not(lab2: LabCloud) -> No
         credentials[i] = json.loads(me.read_text())["credential"].encode()
     seen: dict[str, int] = {}
     for i in (1, 2):
-        for pid in netns.pids(cloud.host_ns(i)):
+        for pid in cloud.host_pids(i):
             environ = _read(Path(f"/proc/{pid}/environ"))
             cmdline = _read(Path(f"/proc/{pid}/cmdline"))
             kind = (

@@ -28,11 +28,15 @@ def host_ns() -> Iterator[str]:
     name = "tup" + secrets.token_hex(3)
     netns.create(name)
     subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    before = set(netns.list_names("qgw-"))
     try:
         yield name
     finally:
         kill_namespace_processes(name)
-        netns.delete(name)
+        # its networks' gateway namespaces (in this machine's /run/netns: no lab host here)
+        for gw in set(netns.list_names("qgw-")) - before:
+            kill_namespace_processes(gw)
+            netns.delete(gw)
 
 
 def start_up(ns: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -105,6 +105,7 @@ class Agent:
                 overlays=",".join(self.network.overlays()),
                 agent_version=nubes.__version__,
                 console_port=self.console_port,
+                networks=",".join(self.network.host_ranges()),
             )
         )
         log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import gateways, generations, lookup, operations
+from nubes.control import generations, lookup, operations
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
 from nubes.control.state import AppState
@@ -194,10 +194,8 @@ def _place(
             ip=allocate_ip(session, r.network),
         )
     )
-    if r.network.dhcp_host_id is None:
-        r.network.dhcp_host_id = gateways.first_host(
-            session, r.network, host.id, settings.host_down_after
-        )
+    if r.network.dhcp_host_id is None:  # its first port: the gateway goes beside it
+        r.network.dhcp_host_id = host.id
     return inst, host
 
 

@@ -1,7 +1,7 @@
 """Where each network's gateway, DHCP and NAT are served: one host per network
 (`networks.dhcp_host_id`), moved when that host is down, disabled, or has no port left on the
-network while another host has some. A host never serves two networks whose addresses
-overlap (two tenants may both pick 10.0.0.0/24): their gateways would share one routing table.
+network while another host has some. Any number of networks with the same addresses share a
+host: each gateway lives in a network namespace of its own there (network/gateway.py).
 
 A periodic pass in every API process; the conditional UPDATE makes racing passes (several API
 servers on one PostgreSQL) harmless: only one of them moves a given network.
@@ -9,7 +9,6 @@ servers on one PostgreSQL) harmless: only one of them moves a given network.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections import Counter, defaultdict
@@ -35,15 +34,6 @@ class _View:
     usable: set[str]  # up and enabled
     ports: dict[str, Counter[str]]  # network id -> host id -> ports
     served: dict[str, list[Network]]  # host id -> the networks it serves (kept current)
-
-    def clashes(self, host: str, net: Network) -> bool:
-        """Does the host serve another network of overlapping addresses? Its stack would
-        hold both gateways in one routing table (no VRF in this kernel)."""
-        mine = ipaddress.ip_network(net.cidr)
-        return any(
-            o.id != net.id and ipaddress.ip_network(o.cidr).overlaps(mine)
-            for o in self.served.get(host, [])
-        )
 
     def load(self, host: str) -> int:
         return len(self.served.get(host, []))
@@ -88,7 +78,7 @@ def _choose(view: _View, net: Network) -> str | None:
     current = net.dhcp_host_id
     if not any(h in view.up for h in with_ports):
         return None  # no live instance on the network: nothing to serve
-    fits = {h for h in view.usable if not view.clashes(h, net)}
+    fits = view.usable
     if current in fits and with_ports[current]:
         return None
     candidates = [h for h in fits if with_ports[h]] or (
@@ -98,16 +88,6 @@ def _choose(view: _View, net: Network) -> str | None:
         return None  # keep a disabled or down host rather than serve from nowhere
     # the host with the fewest networks to serve, then the most ports of this one
     return min(candidates, key=lambda h: (view.load(h), -with_ports[h], view.names[h]))
-
-
-def first_host(session: Session, net: Network, host_id: str, down_after: float) -> str | None:
-    """Who serves a network that gets its first port (on host_id): that host, unless it
-    already serves a network of overlapping addresses; then the keeper's choice."""
-    view, _ = _view(session, down_after)
-    if not view.clashes(host_id, net):
-        return host_id
-    view.ports[net.id][host_id] += 1
-    return _choose(view, net)
 
 
 def rehome(session: Session, down_after: float) -> list[tuple[str, str | None, str]]:

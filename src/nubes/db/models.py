@@ -84,6 +84,8 @@ class Host(Base):
     # bumped with every change this host's agent must see (its long-poll waits on it alone)
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     console_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the IPv4 networks it has addresses in, as it registered them (comma-separated)
+    networks: Mapped[str] = mapped_column(String(2048), default="", server_default="")
 
 
 # The scheduler's order (free RAM at RAM ratio 1, then name), one index per weigher: the

@@ -91,6 +91,11 @@ class NetworkDriver(abc.ABC):
         listener of a network this host serves belongs."""
         return None, bridge_name(network_id)
 
+    def host_ranges(self) -> tuple[str, ...]:
+        """The IPv4 networks this host has addresses in (its underlay, its LAN): no tenant
+        network may overlap them."""
+        return ()
+
     def overlays(self) -> tuple[str, ...]:
         """Overlay kinds this host can carry."""
         return ("vxlan",)

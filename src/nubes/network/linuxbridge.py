@@ -388,6 +388,17 @@ class LinuxBridgeDriver(NetworkDriver):
     def overlays(self) -> tuple[str, ...]:
         return ("vxlan", "geneve") if geneve_supported() else ("vxlan",)
 
+    def host_ranges(self) -> tuple[str, ...]:
+        ours = (BRIDGE_PREFIX, TAP_PREFIX, VXLAN_PREFIX, GENEVE_PREFIX, "lo")
+        with Netlink() as nl:
+            found = nl.all_addresses()
+        nets = {
+            str(ipaddress.IPv4Interface(cidr).network)
+            for dev, cidr in found
+            if not dev.startswith(ours) and not cidr.startswith("127.")
+        }
+        return tuple(sorted(nets))
+
     def leases(self, network_id: str) -> list[tuple[str, str]]:
         """(mac, ip) of the DHCP leases this host's dnsmasq handed out for the network."""
         return self.dhcp.leases(network_id)

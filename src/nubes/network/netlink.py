@@ -325,6 +325,12 @@ class Netlink:
         found = self._call(f"addresses of {dev}", lambda: self._rt.addresses(index))
         return [f"{ip}/{prefix}" for ip, prefix in found]
 
+    def all_addresses(self) -> list[tuple[str, str]]:
+        """(device, CIDR string) of every IPv4 address of the namespace."""
+        names = {link.index: link.name for link in self.list_links()}
+        found = self._call("addresses", self._rt.address_dump)
+        return [(names.get(i, ""), f"{ip}/{prefix}") for i, ip, prefix in found]
+
     def ensure_address(self, dev: str, cidr: str) -> None:
         iface = ipaddress.IPv4Interface(cidr)
         if str(iface) in self.addresses(dev):

@@ -275,15 +275,19 @@ class Rtnl:
 
     def addresses(self, index: int) -> list[tuple[str, int]]:
         """(address, prefix length) of the IPv4 addresses of one link."""
+        return [(ip, prefix) for i, ip, prefix in self.address_dump() if i == index]
+
+    def address_dump(self) -> list[tuple[int, str, int]]:
+        """(link index, address, prefix length) of every IPv4 address of the namespace."""
         found = []
         for body in self.request(RTM_GETADDR, F_DUMP, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)):
             family, prefix, _flags, _scope, ifindex = _IFADDR.unpack_from(body)
-            if family != socket.AF_INET or ifindex != index:
+            if family != socket.AF_INET:
                 continue
             attrs = dict(_attrs(body, _IFADDR.size))
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if raw is not None:
-                found.append((_ipv4(raw), prefix))
+                found.append((ifindex, _ipv4(raw), prefix))
         return found
 
     def address(self, op: str, index: int, address: str, prefix: int) -> None:

@@ -27,6 +27,8 @@ class HostRegister(NoNul):
     agent_version: str = Field(default="", max_length=32)
     # where the agent serves consoles to the API (mutual TLS); 0: it does not
     console_port: int = Field(default=0, ge=0, le=65535)
+    # comma-separated IPv4 networks the host has addresses in: tenant networks keep off them
+    networks: str = Field(default="", max_length=2048)
 
 
 class JoinTokenCreate(NoNul):

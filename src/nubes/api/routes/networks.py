@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
-from nubes.control import generations, lookup
+from nubes.control import generations, lookup, netranges
 from nubes.db.ipam import gateway_for
 from nubes.db.models import Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput
@@ -105,6 +105,7 @@ def show_network(ref: str, session: SessionDep, who: CallerDep) -> s.Network:
 @router.post("", status_code=201)
 def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -> s.Network:
     net = parse_cidr(body.cidr)
+    netranges.check_tenant_cidr(session, net)
     if body.vni is not None and not who.is_admin:
         raise Forbidden("vni: only an admin may choose a VNI", field="vni")
     overlay, note = choose_overlay(body.type, hosts_without_geneve(session))
