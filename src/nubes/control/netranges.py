@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
