@@ -137,3 +137,17 @@ def test_delete_tables_names_only_present_families() -> None:
     assert firewall.delete_tables_script(["inet", "bridge"]) == (
         "delete table inet nubes\ndelete table bridge nubes\n"
     )
+
+
+def test_allowed_address_pairs_widen_the_port_rules_without_overlaps() -> None:
+    rules = firewall.port_rules(
+        "52:54:00:00:00:01",
+        "10.20.0.5",
+        (("10.20.0.0/25", None), ("10.20.0.9", "02:00:00:00:00:09")),
+    )
+    # the port's own address falls inside the pair's range: one interval, as nft needs
+    assert "ether type ip ip saddr != 10.20.0.0/25 drop" in rules
+    assert rules[0] == "ether saddr != { 52:54:00:00:00:01, 02:00:00:00:00:09 } drop"
+    assert "ether type arp arp saddr ip != { 0.0.0.0, 10.20.0.0/25 } drop" in rules
+    with pytest.raises(DriverError):
+        firewall.port_rules("52:54:00:00:00:01", "10.20.0.5", (("10.1.0.0/24", "bad"),))

@@ -57,6 +57,8 @@ class InstanceReconciler:
                 ip=p.ip,
                 owner_uid=self.guest.uid,
                 mtu=p.mtu,
+                port_security=p.port_security,
+                allowed=tuple((x.ip, x.mac) for x in p.allowed),
             )
             for p in want.ports
         ]
@@ -91,7 +93,7 @@ class InstanceReconciler:
             SeedNic(
                 mac=p.mac,
                 address_cidr=f"{p.ip}/{p.prefix}",
-                gateway=p.gateway,
+                gateway=p.gateway if p.primary else None,  # one default route
                 dns=(p.gateway,),
                 mtu=p.mtu,
             )

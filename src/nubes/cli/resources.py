@@ -207,10 +207,19 @@ def network_create(
         None, "--type", help="overlay: geneve where every host has it (default), else vxlan"
     ),
     vni: int = typer.Option(None, help="overlay id (admin only; default: allocated)"),
+    port_security: bool = typer.Option(
+        True, help="anti-spoofing and security groups on its ports by default"
+    ),
     output: Output = OutputOpt,
 ) -> None:
     """Create a tenant network."""
-    body = s.NetworkCreate(name=name, cidr=cidr, type=type_, vni=vni)  # type: ignore[arg-type]
+    body = s.NetworkCreate(
+        name=name,
+        cidr=cidr,
+        type=type_,  # type: ignore[arg-type]
+        vni=vni,
+        port_security=port_security,
+    )
     net = client().create_network(body)
     show(net, NET_COLS, output)
     if net.note and output is Output.table:

@@ -53,7 +53,17 @@ def create(
     name: str = typer.Argument(..., help="server name; also its hostname"),
     image: str = typer.Option(..., help="image name or id"),
     flavor: str = typer.Option("m1.tiny", help="flavor name or id"),
-    network: str = typer.Option(..., help="network name or id"),
+    network: list[str] = typer.Option(
+        ...,
+        help="NET or NET:IP, repeatable: one NIC each, in order (IP: a free address of NET)",
+    ),
+    mac: str = typer.Option(None, help="the first NIC's MAC (default: allocated)"),
+    port_security: bool = typer.Option(
+        True, help="anti-spoofing and security groups on its NICs (default: the network's)"
+    ),
+    allowed_address: list[str] = typer.Option(
+        [], help="IP[/LEN][,MAC], repeatable: the NICs may also send from it (e.g. a macvlan)"
+    ),
     key: str = typer.Option(None, help="keypair name"),
     user_data: Path = typer.Option(None, help="cloud-init user-data file (passed through)"),
     host: str = typer.Option(None, help="place on this host (admin only)"),
@@ -66,11 +76,21 @@ def create(
     output: Output = OutputOpt,
 ) -> None:
     """Create a server from an image on a network."""
+    nics = []
+    for i, item in enumerate(network):
+        net, _, ip = item.partition(":")
+        nics.append(s.NicRequest(network=net, ip=ip or None, mac=mac if i == 0 else None))
+    pairs = []
+    for item in allowed_address:
+        ip, _, pair_mac = item.partition(",")
+        pairs.append(s.AllowedAddress(ip=ip, mac=pair_mac or None))
     body = s.ServerCreate(
         name=name,
         image=image,
         flavor=flavor,
-        network=network,
+        networks=nics,
+        port_security=port_security,
+        allowed_addresses=pairs,
         key_name=key,
         user_data=user_data.read_text() if user_data else None,
         host=host,

@@ -17,8 +17,8 @@ from nubes.conf import Settings
 from nubes.control import generations, lookup, operations
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
+from nubes.control.ports import Nic, allowed_pairs, make_ports, pairs_of, resolve
 from nubes.control.state import AppState
-from nubes.db.ipam import allocate_ip, allocate_mac
 from nubes.db.models import (
     Flavor,
     Host,
@@ -51,13 +51,24 @@ def host_up(host: Host | None, down_after: float) -> bool:
 def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
     """`down_after`: the host timeout; servers on a down host are UNKNOWN (computed, not stored)."""
     ports = session.execute(
-        select(Network.name, Port.ip)
+        select(Network.name, Port)
         .join(Network, Network.id == Port.network_id)
         .where(Port.instance_id == inst.id)
+        .order_by(Port.position)
     ).all()
     addresses: dict[str, list[str]] = {}
-    for net_name, ip in ports:
-        addresses.setdefault(net_name, []).append(ip)
+    for net_name, port in ports:
+        addresses.setdefault(net_name, []).append(port.ip)
+    nics = [
+        s.ServerNic(
+            network=net_name,
+            ip=port.ip,
+            mac=port.mac,
+            port_security=port.port_security,
+            allowed_addresses=pairs_of(port),
+        )
+        for net_name, port in ports
+    ]
     host = session.get(Host, inst.host_id) if inst.host_id else None
     image = session.get(Image, inst.image_id)
     flavor = session.get(Flavor, inst.flavor_id)
@@ -75,6 +86,7 @@ def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
         flavor=flavor.name if flavor else inst.flavor_id,
         group=group.name if group else None,
         addresses=addresses,
+        nics=nics,
         key_name=inst.key_name,
         fault=inst.fault,
         created_at=inst.created_at,
@@ -89,7 +101,7 @@ class Resolved:
 
     image: Image
     flavor: Flavor
-    network: Network
+    nics: list[Nic]
     key: Keypair | None
     group: ServerGroup | None
 
@@ -105,7 +117,8 @@ def _validate(
     if image.status != "active":
         raise InvalidInput(f"image: {image.name} is not active ({image.status})", field="image")
     flavor = lookup.flavor(session, body.flavor)
-    network = lookup.owned(session, Network, body.network, who, "network")
+    nics = resolve(session, body, who)
+    allowed_pairs(body)  # its errors before anything is claimed
     key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
     group = lookup.owned(session, ServerGroup, body.group, who, "group") if body.group else None
     if image.virtual_size > flavor.disk_gb * GIB:
@@ -121,7 +134,7 @@ def _validate(
     )
     if check_name and session.scalar(taken):
         raise Conflict(f"server {body.name!r} already exists", field="name")
-    return Resolved(image, flavor, network, key, group)
+    return Resolved(image, flavor, nics, key, group)
 
 
 def _request(session: Session, body: s.ServerCreate, r: Resolved, lock: bool) -> Request:
@@ -130,7 +143,8 @@ def _request(session: Session, body: s.ServerCreate, r: Resolved, lock: bool) ->
         r.flavor.ram_mb,
         r.flavor.disk_gb,
         force_host=body.host,
-        overlay=r.network.overlay,
+        # a host with Geneve if any of its networks is Geneve
+        overlay=max((n.network.overlay for n in r.nics), key=lambda o: o == "geneve"),
         group=group_state(session, r.group, lock=lock) if r.group else None,
     )
 
@@ -184,18 +198,14 @@ def _place(
     inst = _persistent(session, row)
     # one create at a time allocates in a network: a row lock on PostgreSQL, so racing creates
     # on other hosts do not pick the same address (SQLite's write lock already serialises)
+    networks = {n.network.id: n.network for n in r.nics}
     if placement.row_locks(session):
-        session.execute(select(Network.id).where(Network.id == r.network.id).with_for_update())
-    session.add(
-        Port(
-            network_id=r.network.id,
-            instance_id=inst.id,
-            mac=allocate_mac(session),
-            ip=allocate_ip(session, r.network),
-        )
-    )
-    if r.network.dhcp_host_id is None:  # its first port: the gateway goes beside it
-        r.network.dhcp_host_id = host.id
+        for net_id in sorted(networks):
+            session.execute(select(Network.id).where(Network.id == net_id).with_for_update())
+    make_ports(session, inst.id, r.nics, body)
+    for net in networks.values():
+        if net.dhcp_host_id is None:  # its first port: the gateway goes beside it
+            net.dhcp_host_id = host.id
     return inst, host
 
 

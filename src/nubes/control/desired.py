@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
 from nubes.schemas import agent as a
@@ -44,6 +45,9 @@ def _port(p: Port, n: Network) -> a.DesiredPort:
         prefix=ipaddress.ip_network(n.cidr).prefixlen,
         gateway=n.gateway,
         mtu=n.mtu,
+        primary=p.position == 0,
+        port_security=p.port_security,
+        allowed=[a.DesiredAllowed(ip=x.ip, mac=x.mac) for x in pairs_of(p)],  # fmt: skip
     )
 
 
@@ -86,7 +90,7 @@ def _instances(session: Session, host: Host) -> list[a.DesiredInstance]:
         .join(Network, Network.id == Port.network_id)
         .join(Instance, Instance.id == Port.instance_id)
         .where(*live)
-        .order_by(Port.created_at, Port.id)
+        .order_by(Port.position, Port.created_at, Port.id)
     )
     for p, n in rows:
         ports[p.instance_id].append(_port(p, n))

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -169,6 +170,8 @@ class Network(Base):
     mtu: Mapped[int] = mapped_column(Integer, default=1450)
     dhcp_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the default of its ports (a server's create may turn it off for its own)
+    port_security: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Instance(Base):
@@ -258,3 +261,7 @@ class Port(Base):
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     ip: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    position: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # NIC order
+    port_security: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # allowed address pairs, JSON: [{"ip": "10.0.0.0/24", "mac": null}, ...]
+    allowed_addresses: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")

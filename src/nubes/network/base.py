@@ -55,6 +55,8 @@ class PortSpec:
     ip: str
     owner_uid: int | None = None  # unprivileged QEMU opens the tap as this user
     mtu: int = 1500
+    port_security: bool = True  # anti-spoofing (and security groups) on this port
+    allowed: tuple[tuple[str, str | None], ...] = ()  # (CIDR, MAC or None: the port's)
 
 
 @dataclass(frozen=True)

@@ -176,21 +176,38 @@ add rule bridge {TABLE} prerouting iifname vmap @ports
 """
 
 
-def port_rules(mac: str, ip: str) -> list[str]:
-    """What a port may send into its bridge: its own MAC and IP, no router or DHCP server."""
+def _one_or_set(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def port_rules(mac: str, ip: str, allowed: tuple[tuple[str, str | None], ...] = ()) -> list[str]:
+    """What a port may send into its bridge: its own MAC and IP (and its allowed address
+    pairs': any of their MACs with any of their addresses), no router or DHCP server."""
     mac = mac.lower()
-    if not _MAC_RE.match(mac):
-        raise DriverError(f"invalid MAC address {mac!r}")
-    addr = ipaddress.IPv4Address(ip)
+    macs = [mac]
+    nets = [ipaddress.IPv4Network(ipaddress.IPv4Address(ip))]
+    for cidr, pair_mac in allowed:
+        nets.append(ipaddress.IPv4Network(cidr, strict=False))
+        if pair_mac and pair_mac.lower() not in macs:
+            macs.append(pair_mac.lower())
+    for m in macs:
+        if not _MAC_RE.match(m):
+            raise DriverError(f"invalid MAC address {m!r}")
+    # one set without overlaps (nft refuses overlapping intervals): /32s print as addresses
+    addrs = [
+        str(n.network_address) if n.prefixlen == 32 else str(n)
+        for n in ipaddress.collapse_addresses(nets)
+    ]
+    mac_set, addr_set = _one_or_set(macs), _one_or_set(addrs)
     return [
-        f"ether saddr != {mac} drop",
-        f"ether type arp arp saddr ether != {mac} drop",
+        f"ether saddr != {mac_set} drop",
+        f"ether type arp arp saddr ether != {mac_set} drop",
         # 0.0.0.0 is the sender of an ARP probe (address conflict detection)
-        f"ether type arp arp saddr ip != {{ 0.0.0.0, {addr} }} drop",
+        f"ether type arp arp saddr ip != {{ 0.0.0.0, {', '.join(addrs)} }} drop",
         "ether type arp accept",
         "ether type ip udp sport 67 drop",  # no rogue DHCP server
         "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
-        f"ether type ip ip saddr != {addr} drop",
+        f"ether type ip ip saddr != {addr_set} drop",
         "ether type ip accept",
         "ether type ip6 icmpv6 type nd-router-advert drop",  # no rogue IPv6 router
         "ether type ip6 udp sport 547 drop",  # no rogue DHCPv6 server
@@ -199,11 +216,18 @@ def port_rules(mac: str, ip: str) -> list[str]:
     ]
 
 
-def port_script(tap: str, mac: str, ip: str, skeleton: bool = True) -> str:
+def port_script(
+    tap: str,
+    mac: str,
+    ip: str,
+    skeleton: bool = True,
+    allowed: tuple[tuple[str, str | None], ...] = (),
+) -> str:
     """skeleton=False when the caller knows the table is in place: re-flushing its base chain
     makes the kernel wait for an RCU grace period, about 15 ms of every plug here."""
     head = bridge_skeleton() if skeleton else ""
-    return head + _jump("bridge", "ports", _chain("port_", tap), tap, port_rules(mac, ip))
+    rules = port_rules(mac, ip, allowed)
+    return head + _jump("bridge", "ports", _chain("port_", tap), tap, rules)
 
 
 def port_remove_script(tap: str, skeleton: bool = True) -> str:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -43,15 +44,37 @@ NO_GENEVE = "this kernel has no Geneve; use --type vxlan"
 TABLES_CHECK_EVERY = 10.0
 
 
-def _port_alias(link: Link) -> tuple[str, str, str] | None:
-    """(tap, MAC, IP) of one of our port taps, from its alias; IP "" if the alias has none."""
+@dataclass(frozen=True)
+class _AliasedPort:
+    """One of our taps as its alias tells: `nubes port <id> <mac> <ip> [off | CIDR@MAC...]`."""
+
+    tap: str
+    mac: str
+    ip: str  # "" in an older alias
+    secured: bool = True
+    allowed: tuple[tuple[str, str | None], ...] = ()
+
+
+def port_alias(spec: PortSpec) -> str:
+    extra = " off" if not spec.port_security else ""
+    extra += "".join(f" {cidr}@{mac or '-'}" for cidr, mac in spec.allowed)
+    return f"{PORT_ALIAS}{spec.id} {spec.mac.lower()} {spec.ip}{extra}"
+
+
+def _port_alias(link: Link) -> _AliasedPort | None:
     alias = link.alias or ""
     if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
         return None
-    fields = alias[len(PORT_ALIAS) :].split()  # port id, MAC[, IP]
+    fields = alias[len(PORT_ALIAS) :].split()  # port id, MAC[, IP[, off | pairs]]
     if len(fields) < 2:
         return None
-    return link.name, fields[1], fields[2] if len(fields) > 2 else ""
+    rest = fields[3:]
+    pairs = tuple(
+        (cidr, None if mac == "-" else mac)
+        for cidr, _, mac in (f.partition("@") for f in rest if "@" in f)
+    )
+    ip = fields[2] if len(fields) > 2 else ""
+    return _AliasedPort(link.name, fields[1], ip, "off" not in rest, pairs)
 
 
 def vxlan_name(network_id: str) -> str:
@@ -239,9 +262,11 @@ class LinuxBridgeDriver(NetworkDriver):
         self._forget_rules()
         self._has_inet = self._has_bridge = None
         if "bridge" in lost:
-            for tap, mac, ip in ports:
-                if ip:  # an older alias without the address: the port's next plug puts them
-                    self._apply_port(partial(firewall.port_script, tap, mac, ip))
+            for p in ports:
+                # an older alias without the address: the port's next plug puts them back
+                if p.ip and p.secured:
+                    rules = partial(firewall.port_script, p.tap, p.mac, p.ip, allowed=p.allowed)
+                    self._apply_port(rules)
 
     def _forget_rules(self) -> None:
         """Something was removed: the next ensure applies everything again."""
@@ -419,9 +444,14 @@ class LinuxBridgeDriver(NetworkDriver):
                 raise DriverError(f"bridge {spec.bridge} of network {spec.network_id} is missing")
             created = nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
             try:
-                nl.set_alias(spec.tap, f"{PORT_ALIAS}{spec.id} {mac} {spec.ip}")
-                if self.anti_spoof:  # before the port can carry anything
-                    self._apply_port(partial(firewall.port_script, spec.tap, mac, spec.ip))
+                nl.set_alias(spec.tap, port_alias(spec))
+                if self.anti_spoof and spec.port_security:  # before it can carry anything
+                    rules = partial(
+                        firewall.port_script, spec.tap, mac, spec.ip, allowed=spec.allowed
+                    )
+                    self._apply_port(rules)
+                elif self._bridge_table():  # port security off: no rules of its own
+                    self._apply_port(partial(firewall.port_remove_script, spec.tap))
                 nl.set_master(spec.tap, spec.bridge)
                 nl.link_up(spec.tap)
             except Exception:
@@ -467,5 +497,5 @@ class LinuxBridgeDriver(NetworkDriver):
             if ours is None:
                 continue  # not ours: the agent deletes what this lists, so never guess
             bridge = names.get(link.master) if link.master else None
-            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=ours[1]))
+            ports.append(PortInfo(tap=link.name, bridge=bridge, mac=ours.mac))
         return sorted(ports, key=lambda p: p.tap)

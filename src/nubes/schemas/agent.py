@@ -65,6 +65,11 @@ class Certificate(BaseModel):
     certificate: str  # PEM, signed by the cloud's CA for this host's id alone
 
 
+class DesiredAllowed(BaseModel):
+    ip: str  # CIDR
+    mac: str | None = None  # None: the port's own
+
+
 class DesiredPort(BaseModel):
     id: str
     network_id: str
@@ -73,6 +78,9 @@ class DesiredPort(BaseModel):
     prefix: int
     gateway: str
     mtu: int
+    primary: bool = True  # the first NIC: the guest's default route goes through it
+    port_security: bool = True
+    allowed: list[DesiredAllowed] = []
 
 
 class DesiredInstance(BaseModel):

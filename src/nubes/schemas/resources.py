@@ -50,6 +50,7 @@ class NetworkCreate(Model):
     cidr: str = Field(max_length=64, examples=["10.20.0.0/24"])
     type: Literal["vxlan", "geneve"] | None = None
     vni: int | None = Field(default=None, ge=1, le=16777215, description="admin only")
+    port_security: bool = Field(default=True, description="the default of its ports")
 
 
 class Network(Model):
@@ -61,6 +62,7 @@ class Network(Model):
     vni: int
     mtu: int
     gateway_host: str | None = None  # the host serving its gateway, DHCP and NAT
+    port_security: bool = True
     note: str = ""  # e.g. why the overlay is not the one asked for
     created_at: datetime
 
@@ -91,15 +93,48 @@ class Image(Model):
     created_at: datetime
 
 
+MAX_NICS = 8
+
+
+class NicRequest(Model):
+    """One NIC: a network, and optionally its address and MAC (otherwise allocated)."""
+
+    network: str = Field(min_length=1, max_length=64)
+    ip: str | None = Field(default=None, max_length=15, description="a free address of it")
+    mac: str | None = Field(default=None, max_length=17, description="unicast, e.g. 52:54:00:…")
+
+
+class AllowedAddress(Model):
+    """An allowed address pair: the port may also send from these addresses (and MAC)."""
+
+    ip: str = Field(min_length=7, max_length=18, description="an address or CIDR")
+    mac: str | None = Field(default=None, max_length=17, description="default: the port's")
+
+
 class ServerCreate(Model):
     name: Hostname
     image: str = Field(min_length=1, max_length=64)
     flavor: str = Field(min_length=1, max_length=64)
-    network: str = Field(min_length=1, max_length=64)
+    network: str | None = Field(default=None, min_length=1, max_length=64, description="one NIC")
+    networks: list[NicRequest] = Field(
+        default_factory=list, max_length=MAX_NICS, description="NICs, in order (or `network`)"
+    )
+    port_security: bool = Field(
+        default=True, description="anti-spoofing and security groups on its ports"
+    )
+    allowed_addresses: list[AllowedAddress] = Field(default_factory=list, max_length=16)
     key_name: str | None = Field(default=None, max_length=64)
     user_data: str | None = Field(default=None, max_length=65536)
     host: str | None = Field(default=None, max_length=64, description="admin only")
     group: str | None = Field(default=None, max_length=64, description="server group")
+
+
+class ServerNic(Model):
+    network: str
+    ip: str
+    mac: str
+    port_security: bool = True
+    allowed_addresses: list[AllowedAddress] = []
 
 
 class Server(Model):
@@ -112,6 +147,7 @@ class Server(Model):
     flavor: str
     group: str | None = None
     addresses: dict[str, list[str]]
+    nics: list[ServerNic] = []
     key_name: str
     fault: str
     created_at: datetime

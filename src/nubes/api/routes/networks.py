@@ -84,6 +84,7 @@ def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
         vni=n.vni,
         mtu=n.mtu,
         gateway_host=_serving_host(session, n),
+        port_security=n.port_security,
         note=note,
         created_at=n.created_at,
     )
@@ -128,6 +129,7 @@ def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -
         vni=vni,
         overlay=overlay,
         mtu=VXLAN_MTU,
+        port_security=body.port_security,
     )
     session.add(row)
     try:
