@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     disk_allocation_ratio: float = 2.0
     scheduler_weigher: str = "spread"  # spread | pack
 
+    # per project: a clear 409 past these (Neutron's defaults, where it has them)
+    quota_networks: int = Field(default=100, ge=0)
+    quota_security_groups: int = Field(default=10, ge=0)
+    quota_security_group_rules: int = Field(default=100, ge=0)
+    quota_floating_ips: int = Field(default=50, ge=0)
     max_image_virtual_size_gb: int = Field(default=2048, description="larger images are refused")
     allow_private_image_urls: bool = False
 

@@ -191,6 +191,7 @@ class Agent:
             except Exception:
                 log.exception("network %s could not be set up", net.id)
         self.sync_metadata(desired)
+        self.sync_port_filters(desired)
         observed = []
         for want in desired.instances:
             try:
@@ -217,6 +218,21 @@ class Agent:
                 n.id: self.network.metadata_endpoint(n.id) for n in desired.networks if n.serve
             }
             self.metadata_server.serve(served)
+
+    def sync_port_filters(self, desired: DesiredState) -> None:
+        """Security groups change under running guests: each pass puts every plugged port's
+        rules as they are now (the driver skips what did not change)."""
+        plugged = {p.tap for p in self.network.list_ports()}
+        for want in desired.instances:
+            if want.desired_state == "deleted":
+                continue
+            for port in self.instances.ports(want):
+                if port.tap not in plugged:
+                    continue
+                try:
+                    self.network.ensure_port_filter(port)
+                except Exception:
+                    log.exception("security groups of port %s could not be applied", port.id)
 
     def converge_instance(
         self, want: DesiredInstance, info: InstanceInfo | None

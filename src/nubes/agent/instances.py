@@ -24,6 +24,7 @@ from nubes.hypervisor.base import (
     PowerState,
 )
 from nubes.network.base import NetworkDriver, PortSpec, bridge_name, tap_name
+from nubes.network.secgroups import Rule
 from nubes.schemas.agent import DesiredInstance, ObservedInstance, StepDone
 from nubes.storage import consolelog, disks
 from nubes.storage.seed import SeedData, SeedNic, write_seed
@@ -59,6 +60,16 @@ class InstanceReconciler:
                 mtu=p.mtu,
                 port_security=p.port_security,
                 allowed=tuple((x.ip, x.mac) for x in p.allowed),
+                rules=tuple(
+                    Rule(
+                        r.direction,
+                        r.protocol,
+                        r.port_min,
+                        r.port_max,
+                        None if r.remotes is None else tuple(r.remotes),
+                    )
+                    for r in p.rules
+                ),
             )
             for p in want.ports
         ]

@@ -24,6 +24,7 @@ from nubes.api.routes import (
     networks,
     operations,
     projects,
+    secgroups,
     servers,
 )
 from nubes.conf import Settings
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         servers,
         console,
         groups,
+        secgroups,
         hosts,
         projects,
         operations,

@@ -64,6 +64,9 @@ def create(
     allowed_address: list[str] = typer.Option(
         [], help="IP[/LEN][,MAC], repeatable: the NICs may also send from it (e.g. a macvlan)"
     ),
+    security_group: list[str] = typer.Option(
+        [], help="repeatable (default: the project's `default` group)"
+    ),
     key: str = typer.Option(None, help="keypair name"),
     user_data: Path = typer.Option(None, help="cloud-init user-data file (passed through)"),
     host: str = typer.Option(None, help="place on this host (admin only)"),
@@ -91,6 +94,7 @@ def create(
         networks=nics,
         port_security=port_security,
         allowed_addresses=pairs,
+        security_groups=security_group,
         key_name=key,
         user_data=user_data.read_text() if user_data else None,
         host=host,
@@ -108,6 +112,20 @@ def create(
     if wait:
         server = wait_for(c, server.id, timeout, ready=True)
     show(server, COLS, output)
+
+
+@server_app.command("add-security-group")
+@handle_errors
+def add_security_group(server: str, group: str) -> None:
+    """Put a server in a security group (its rules apply at once, to running guests too)."""
+    client().add_server_security_group(server, group)
+
+
+@server_app.command("remove-security-group")
+@handle_errors
+def remove_security_group(server: str, group: str) -> None:
+    """Take a server out of a security group."""
+    client().remove_server_security_group(server, group)
 
 
 @server_app.command("list")

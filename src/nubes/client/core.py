@@ -207,6 +207,32 @@ class NubesClient:
     def create_group(self, body: s.GroupCreate) -> s.Group:
         return self._post("/v1/groups", s.Group, body)
 
+    def security_groups(self) -> list[s.SecurityGroup]:
+        return self._list("/v1/security-groups", s.SecurityGroup)
+
+    def security_group(self, ref: str) -> s.SecurityGroup:
+        return self._get(f"/v1/security-groups/{ref}", s.SecurityGroup)
+
+    def create_security_group(self, body: s.SecurityGroupCreate) -> s.SecurityGroup:
+        return self._post("/v1/security-groups", s.SecurityGroup, body)
+
+    def delete_security_group(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/security-groups/{ref}")
+
+    def create_security_group_rule(
+        self, group: str, body: s.SecurityGroupRuleCreate
+    ) -> s.SecurityGroupRule:
+        return self._post(f"/v1/security-groups/{group}/rules", s.SecurityGroupRule, body)
+
+    def delete_security_group_rule(self, rule_id: str) -> None:
+        self.request("DELETE", f"/v1/security-group-rules/{rule_id}")
+
+    def add_server_security_group(self, server: str, group: str) -> None:
+        self.request("POST", f"/v1/servers/{server}/security-groups", json={"group": group})
+
+    def remove_server_security_group(self, server: str, group: str) -> None:
+        self.request("DELETE", f"/v1/servers/{server}/security-groups/{group}")
+
     def projects(self) -> list[s.Project]:
         return self._list("/v1/projects", s.Project)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import generations, lookup, operations
+from nubes.control import generations, lookup, operations, secgroups
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
 from nubes.control.ports import Nic, allowed_pairs, make_ports, pairs_of, resolve
@@ -24,9 +24,11 @@ from nubes.db.models import (
     Host,
     Image,
     Instance,
+    InstanceSecurityGroup,
     Keypair,
     Network,
     Port,
+    SecurityGroup,
     ServerGroup,
     utcnow,
 )
@@ -87,6 +89,7 @@ def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
         group=group.name if group else None,
         addresses=addresses,
         nics=nics,
+        security_groups=secgroups.names_of(session, inst.id),
         key_name=inst.key_name,
         fault=inst.fault,
         created_at=inst.created_at,
@@ -104,6 +107,7 @@ class Resolved:
     nics: list[Nic]
     key: Keypair | None
     group: ServerGroup | None
+    security_groups: list[SecurityGroup]
 
 
 def _validate(
@@ -119,6 +123,7 @@ def _validate(
     flavor = lookup.flavor(session, body.flavor)
     nics = resolve(session, body, who)
     allowed_pairs(body)  # its errors before anything is claimed
+    sec = secgroups.for_create(session, body.security_groups, who)
     key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
     group = lookup.owned(session, ServerGroup, body.group, who, "group") if body.group else None
     if image.virtual_size > flavor.disk_gb * GIB:
@@ -134,7 +139,7 @@ def _validate(
     )
     if check_name and session.scalar(taken):
         raise Conflict(f"server {body.name!r} already exists", field="name")
-    return Resolved(image, flavor, nics, key, group)
+    return Resolved(image, flavor, nics, key, group, sec)
 
 
 def _request(session: Session, body: s.ServerCreate, r: Resolved, lock: bool) -> Request:
@@ -203,6 +208,9 @@ def _place(
         for net_id in sorted(networks):
             session.execute(select(Network.id).where(Network.id == net_id).with_for_update())
     make_ports(session, inst.id, r.nics, body)
+    for g in r.security_groups:
+        session.add(InstanceSecurityGroup(instance_id=inst.id, group_id=g.id))
+    secgroups.bump_project(session, who.project_id)  # remote-group rules gain its addresses
     for net in networks.values():
         if net.dhcp_host_id is None:  # its first port: the gateway goes beside it
             net.dhcp_host_id = host.id
@@ -289,6 +297,11 @@ def finish_delete(session: Session, inst: Instance) -> None:
         set_committed_value(inst, key, value)
     for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
         session.delete(port)
+    for link in session.scalars(
+        select(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
+    ):
+        session.delete(link)
+    secgroups.bump_project(session, inst.project_id)
     if inst.host_id:
         release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
     operations.finish(session, inst.id, "delete")

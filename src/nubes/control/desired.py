@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from nubes.control import secgroups
 from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
@@ -36,7 +37,7 @@ def _tombstones(session: Session, host: Host) -> list[str]:
     return sorted(session.scalars(rows))
 
 
-def _port(p: Port, n: Network) -> a.DesiredPort:
+def _port(p: Port, n: Network, rules: list[a.DesiredRule] | None = None) -> a.DesiredPort:
     return a.DesiredPort(
         id=p.id,
         network_id=n.id,
@@ -47,7 +48,8 @@ def _port(p: Port, n: Network) -> a.DesiredPort:
         mtu=n.mtu,
         primary=p.position == 0,
         port_security=p.port_security,
-        allowed=[a.DesiredAllowed(ip=x.ip, mac=x.mac) for x in pairs_of(p)],  # fmt: skip
+        allowed=[a.DesiredAllowed(ip=x.ip, mac=x.mac) for x in pairs_of(p)],
+        rules=rules or [],
     )
 
 
@@ -92,8 +94,9 @@ def _instances(session: Session, host: Host) -> list[a.DesiredInstance]:
         .where(*live)
         .order_by(Port.position, Port.created_at, Port.id)
     )
+    rules = secgroups.rules_for(session, [i.id for i in instances])
     for p, n in rows:
-        ports[p.instance_id].append(_port(p, n))
+        ports[p.instance_id].append(_port(p, n, rules.get(p.instance_id)))
     return [_instance(i, images[i.image_id], ports[i.id]) for i in instances]
 
 

@@ -8,10 +8,20 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from nubes.control.caller import Caller
-from nubes.db.models import Flavor, Host, Image, Instance, Keypair, Network, Project, ServerGroup
+from nubes.db.models import (
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Keypair,
+    Network,
+    Project,
+    SecurityGroup,
+    ServerGroup,
+)
 from nubes.errors import NotFound
 
-T = TypeVar("T", Image, Keypair, Network, Instance, ServerGroup)
+T = TypeVar("T", Image, Keypair, Network, Instance, ServerGroup, SecurityGroup)
 
 KIND = {
     Image: "image",
@@ -19,6 +29,7 @@ KIND = {
     Network: "network",
     Instance: "server",
     ServerGroup: "group",
+    SecurityGroup: "security group",
 }
 
 

@@ -265,3 +265,39 @@ class Port(Base):
     port_security: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # allowed address pairs, JSON: [{"ip": "10.0.0.0/24", "mac": null}, ...]
     allowed_addresses: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+
+
+class SecurityGroup(Base):
+    """Neutron's semantics: a port's groups' rules say what it may start (egress) and what may
+    reach it (ingress); replies to either come back (stateful)."""
+
+    __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SecurityGroupRule(Base):
+    __tablename__ = "security_group_rules"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # ingress | egress
+    protocol: Mapped[str] = mapped_column(String(8), default="")  # "" any, tcp, udp, icmp
+    port_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote_cidr: Mapped[str] = mapped_column(String(64), default="")  # "" anywhere
+    remote_group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("security_groups.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class InstanceSecurityGroup(Base):
+    """The groups of a server (all its ports with port security)."""
+
+    __tablename__ = "instance_security_groups"
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True)

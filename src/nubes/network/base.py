@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from nubes.network.secgroups import Rule
+
 
 @dataclass(frozen=True)
 class DhcpHost:
@@ -33,7 +35,7 @@ class NetworkSpec:
     cidr: str  # e.g. 10.20.0.0/24
     gateway: str  # e.g. 10.20.0.1; lives on the bridge of the host that serves the network
     mtu: int = 1500
-    vni: int | None = None
+    vni: int | None = None  # also its conntrack zone on the host (security groups)
     overlay: str = "vxlan"  # vxlan | geneve
     local_underlay_ip: str | None = None
     peers: tuple[OverlayPeer, ...] = ()
@@ -57,6 +59,7 @@ class PortSpec:
     mtu: int = 1500
     port_security: bool = True  # anti-spoofing (and security groups) on this port
     allowed: tuple[tuple[str, str | None], ...] = ()  # (CIDR, MAC or None: the port's)
+    rules: tuple[Rule, ...] = ()  # its security groups' rules (with port security on)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,11 @@ class NetworkDriver(abc.ABC):
     @abc.abstractmethod
     def plug_port(self, spec: PortSpec) -> None:
         """Create the tap (if missing) and attach it to the network's bridge."""
+
+    @abc.abstractmethod
+    def ensure_port_filter(self, spec: PortSpec) -> None:
+        """The port's security groups as they are now (called on every pass: cheap when
+        nothing changed)."""
 
     @abc.abstractmethod
     def unplug_port(self, tap: str) -> None: ...

@@ -54,6 +54,12 @@ class FakeNetworkDriver(NetworkDriver):
                 raise DriverError(f"bridge {spec.bridge} of network {spec.network_id} is missing")
             self.state.ports[spec.tap] = _Port(spec=spec, bridge=spec.bridge)
 
+    def ensure_port_filter(self, spec: PortSpec) -> None:
+        with self._lock:
+            port = self.state.ports.get(spec.tap)
+            if port is not None:
+                port.spec = spec  # the rules as they are now
+
     def unplug_port(self, tap: str) -> None:
         with self._lock:
             self.calls.append(("unplug_port", tap))

@@ -23,11 +23,18 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from nubes.errors import DriverError, InvalidInput
-from nubes.network import firewall
+from nubes.network import firewall, secgroups
 from nubes.network.base import NetworkDriver, NetworkSpec, PortInfo, PortSpec, bridge_name
 from nubes.network.dhcp import Dnsmasq, check_id
 from nubes.network.gateway import Gateways, derived_mac, gateway_mac
-from nubes.network.netlink import ZERO_MAC, Link, Netlink, check_ifname, set_sysctl
+from nubes.network.netlink import (
+    ZERO_MAC,
+    Link,
+    Netlink,
+    check_ifname,
+    set_bridge_sysctl,
+    set_sysctl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +209,10 @@ class LinuxBridgeDriver(NetworkDriver):
         self._ensure_overlay(nl, spec)
         if self.guard_host:  # on every host: a bridge without an address still has IPv6's
             self._nft(("guard", spec.bridge), firewall.guard_script(spec.bridge))
+        if self.anti_spoof and spec.vni is not None:  # security groups of its ports
+            # bridged IPv4 through the inet hooks, where conntrack is
+            set_bridge_sysctl("bridge-nf-call-iptables", "1")
+            self._nft(("sg", spec.bridge), secgroups.bridge_script(spec.bridge, spec.vni))
         nl.remove_addresses(spec.bridge)  # the host never holds an address of a tenant
         if spec.serve_dhcp:
             self.gateways.ensure(nl, spec)
@@ -361,7 +372,9 @@ class LinuxBridgeDriver(NetworkDriver):
         """NAT and guard of the bridge of a network that leaves this host."""
         self._forget_rules()
         if "inet" in firewall.tables():  # never create our table just to delete from it
-            firewall.apply(firewall.guard_remove_script(bridge))
+            firewall.apply(
+                firewall.guard_remove_script(bridge) + secgroups.bridge_remove_script(bridge)
+            )
 
     def delete_network(self, network_id: str) -> None:
         check_id(network_id)
@@ -452,6 +465,7 @@ class LinuxBridgeDriver(NetworkDriver):
                     self._apply_port(rules)
                 elif self._bridge_table():  # port security off: no rules of its own
                     self._apply_port(partial(firewall.port_remove_script, spec.tap))
+                self.ensure_port_filter(spec)
                 nl.set_master(spec.tap, spec.bridge)
                 nl.link_up(spec.tap)
             except Exception:
@@ -459,13 +473,36 @@ class LinuxBridgeDriver(NetworkDriver):
                     self._unplug(nl, spec.tap)
                 raise
 
+    def ensure_port_filter(self, spec: PortSpec) -> None:
+        if not self.anti_spoof:
+            return
+        key = ("sgport", spec.tap)
+        if spec.port_security and ("sg", spec.bridge) in self._applied:
+            script = secgroups.port_script(spec.bridge, spec.tap, spec.ip, spec.rules)
+            with self._lock:
+                self._nft(key, script)
+        elif key in self._applied:
+            with self._lock:
+                self._applied.pop(key)
+                firewall.apply(secgroups.port_remove_script(spec.bridge, spec.tap, spec.ip))
+
     def unplug_port(self, tap: str) -> None:
         _ifname(tap, "tap")
         with self._lock, Netlink() as nl:
             self._unplug(nl, tap)
 
     def _unplug(self, nl: Netlink, tap: str) -> None:
+        link = nl.get_link(tap)
+        ours = _port_alias(link) if link is not None else None
+        bridge = None
+        if link is not None and link.master:
+            bridge = next(
+                (b.name for b in nl.list_links(BRIDGE_PREFIX) if b.index == link.master), None
+            )
         nl.delete_link(tap)
+        self._applied.pop(("sgport", tap), None)
+        if ours is not None and ours.ip and ours.secured and bridge and self._inet_table():
+            firewall.apply(secgroups.port_remove_script(bridge, tap, ours.ip))
         if self._bridge_table():
             self._apply_port(partial(firewall.port_remove_script, tap))
             self._drop_tables_if_unused(nl)

@@ -402,3 +402,14 @@ def set_sysctl(dev: str, key: str, value: str, family: str = "ipv6") -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def set_bridge_sysctl(key: str, value: str) -> bool:
+    """net.bridge.<key> of the calling thread's namespace. False if this kernel has none."""
+    path = Path("/proc/sys/net/bridge") / key
+    try:
+        if path.read_text().strip() != value:
+            path.write_text(value)
+    except FileNotFoundError:
+        return False
+    return True

@@ -70,6 +70,14 @@ class DesiredAllowed(BaseModel):
     mac: str | None = None  # None: the port's own
 
 
+class DesiredRule(BaseModel):
+    direction: str  # ingress | egress
+    protocol: str = ""  # "" any
+    port_min: int | None = None
+    port_max: int | None = None
+    remotes: list[str] | None = None  # CIDRs; None: anywhere
+
+
 class DesiredPort(BaseModel):
     id: str
     network_id: str
@@ -81,6 +89,7 @@ class DesiredPort(BaseModel):
     primary: bool = True  # the first NIC: the guest's default route goes through it
     port_security: bool = True
     allowed: list[DesiredAllowed] = []
+    rules: list[DesiredRule] = []  # of its security groups
 
 
 class DesiredInstance(BaseModel):

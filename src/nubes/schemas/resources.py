@@ -123,6 +123,9 @@ class ServerCreate(Model):
         default=True, description="anti-spoofing and security groups on its ports"
     )
     allowed_addresses: list[AllowedAddress] = Field(default_factory=list, max_length=16)
+    security_groups: list[str] = Field(
+        default_factory=list, max_length=10, description="default: the project's `default`"
+    )
     key_name: str | None = Field(default=None, max_length=64)
     user_data: str | None = Field(default=None, max_length=65536)
     host: str | None = Field(default=None, max_length=64, description="admin only")
@@ -148,6 +151,7 @@ class Server(Model):
     group: str | None = None
     addresses: dict[str, list[str]]
     nics: list[ServerNic] = []
+    security_groups: list[str] = []
     key_name: str
     fault: str
     created_at: datetime
@@ -255,3 +259,39 @@ class Explanation(Model):
     filters: list[str]
     weighers: list[str]  # "name xmultiplier"
     hosts: list[HostVerdict]  # best first
+
+
+class SecurityGroupCreate(Model):
+    name: Name
+    description: str = Field(default="", max_length=255)
+
+
+class SecurityGroupRuleCreate(Model):
+    direction: Literal["ingress", "egress"]
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port_min: int | None = Field(default=None, ge=1, le=65535)
+    port_max: int | None = Field(default=None, ge=1, le=65535, description="default: port_min")
+    remote_ip: str | None = Field(default=None, max_length=18, description="a CIDR")
+    remote_group: str | None = Field(default=None, max_length=64, description="a group's members")
+
+
+class SecurityGroupRule(Model):
+    id: str
+    direction: str
+    protocol: str
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_ip: str | None = None
+    remote_group: str | None = None
+
+
+class SecurityGroup(Model):
+    id: str
+    name: str
+    description: str = ""
+    rules: list[SecurityGroupRule] = []
+    created_at: datetime
+
+
+class ServerSecurityGroup(Model):
+    group: str = Field(min_length=1, max_length=64)
