@@ -44,13 +44,13 @@ def zone_of(vni: int) -> int:
 
 def skeleton() -> str:
     return f"""table inet {TABLE} {{
-  map sg_zones {{ typeof iifname : ct zone; }}
+  map sg_zones {{ type ifname : verdict; }}
   map sg_bridges {{ type ifname : verdict; }}
   chain sg_pre {{ type filter hook prerouting priority raw; policy accept; }}
   chain sg_fwd {{ type filter hook forward priority filter + 10; policy accept; }}
 }}
 flush chain inet {TABLE} sg_pre
-add rule inet {TABLE} sg_pre ct zone set iifname map @sg_zones
+add rule inet {TABLE} sg_pre iifname vmap @sg_zones
 flush chain inet {TABLE} sg_fwd
 add rule inet {TABLE} sg_fwd iifname vmap @sg_bridges
 """
@@ -58,10 +58,13 @@ add rule inet {TABLE} sg_fwd iifname vmap @sg_bridges
 
 def bridge_script(bridge: str, vni: int) -> str:
     """The bridge's zone, its maps of local ports, and its chain."""
-    chain = _name("sgb_", bridge)
+    chain, zone = _name("sgb_", bridge), _name("sgz_", bridge)
     egress, ingress = _name("sge_", bridge), _name("sgi_", bridge)
     return (
         skeleton()
+        + f"add chain inet {TABLE} {zone}\n"
+        + f"flush chain inet {TABLE} {zone}\n"
+        + f"add rule inet {TABLE} {zone} ct zone set {zone_of(vni)}\n"
         + f"add map inet {TABLE} {egress} {{ type ipv4_addr : verdict; }}\n"
         + f"add map inet {TABLE} {ingress} {{ type ipv4_addr : verdict; }}\n"
         + f"add chain inet {TABLE} {chain}\n"
@@ -70,13 +73,13 @@ def bridge_script(bridge: str, vni: int) -> str:
         + f"add rule inet {TABLE} {chain} ct state invalid drop\n"
         + f"add rule inet {TABLE} {chain} ip saddr vmap @{egress}\n"
         + f"add rule inet {TABLE} {chain} ip daddr vmap @{ingress}\n"
-        + f'add element inet {TABLE} sg_zones {{ "{bridge}" : {zone_of(vni)} }}\n'
+        + f'add element inet {TABLE} sg_zones {{ "{bridge}" : jump {zone} }}\n'
         + f'add element inet {TABLE} sg_bridges {{ "{bridge}" : jump {chain} }}\n'
     )
 
 
 def bridge_remove_script(bridge: str) -> str:
-    chain = _name("sgb_", bridge)
+    chain, zone = _name("sgb_", bridge), _name("sgz_", bridge)
     egress, ingress = _name("sge_", bridge), _name("sgi_", bridge)
     return (
         bridge_script(bridge, 0)
@@ -84,6 +87,8 @@ def bridge_remove_script(bridge: str) -> str:
         + f'delete element inet {TABLE} sg_bridges {{ "{bridge}" }}\n'
         + f"flush chain inet {TABLE} {chain}\n"
         + f"delete chain inet {TABLE} {chain}\n"
+        + f"flush chain inet {TABLE} {zone}\n"
+        + f"delete chain inet {TABLE} {zone}\n"
         + f"delete map inet {TABLE} {egress}\n"
         + f"delete map inet {TABLE} {ingress}\n"
     )
