@@ -88,6 +88,11 @@ def test_debian_guest_cloud_init_ssh_metadata_reboot(lab: LabCloud, tmp_path: Pa
     assert not image.kernel  # boots from its own disk, like a downloaded cloud image
     cloud.nubes("network", "create", "net1", "--cidr", "10.30.0.0/24")
     cloud.nubes("keypair", "create", "k1")
+    # `nubes ssh` reaches them from their gateway: the default group lets in only its members
+    cloud.nubes(
+        "security-group", "rule", "create", "default", "--ingress", "--protocol", "tcp",
+        "--port", "22",
+    )  # fmt: skip
     assert (Path(cloud.env["HOME"]) / ".ssh" / "nubes-k1").stat().st_mode & 0o777 == 0o600
     ud = tmp_path / "user-data.yaml"
     ud.write_text(USER_DATA)

@@ -157,7 +157,8 @@ def test_guest_cannot_spoof_mac_ip_or_arp(lab: LabCloud, tmp_path: Path) -> None
     }
     shell = SerialShell(cloud.host_path(f"/run/nubes/{ids['attacker']}/serial.sock"))
     try:
-        cloud.in_gateway(net_id, ["ping", "-c", "1", "-W", "2", v_ip])  # the gateway knows it
+        # the gateway learns the victim's MAC (ARP: no security group stands in its way)
+        cloud.in_gateway(net_id, ["busybox", "arping", "-c", "1", "-w", "2", "-I", "gw0", v_ip])
         # the control: the attacker's own traffic passes
         assert "1 packets received" in shell.run(f"ping -c 1 -W 2 {v_ip}")
         # 1. a spoofed MAC

@@ -31,7 +31,9 @@ SERVER = s.Server(
 
 def test_ssh_argv_through_the_lab_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/home/u")
-    argv = ssh.ssh_argv(SERVER, "10.30.0.2", "debian", Path("/k"), "lab-h1", ["hostname"])
+    argv = ssh.ssh_argv(
+        SERVER, "10.30.0.2", "debian", Path("/k"), ["ip", "netns", "exec", "lab-h1"], ["hostname"]
+    )
     assert argv[:5] == ["ip", "netns", "exec", "lab-h1", "ssh"]
     assert "StrictHostKeyChecking=accept-new" in argv
     assert "UserKnownHostsFile=/home/u/.ssh/nubes_known_hosts" in argv

@@ -11,16 +11,36 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import typer
 
-from nubes.cli.common import client, fail, handle_errors
+from nubes.cli.common import client, console, fail, handle_errors
+from nubes.cli.services import state_dir
 from nubes.client import ApiError, NubesClient
 from nubes.schemas import resources as s
 
 NETNS_DIR = Path("/run/netns")
+
+
+def _allows_ssh(c: NubesClient, server: s.Server) -> bool:
+    """Does one of the server's groups let tcp/22 in from anywhere or a CIDR (a gateway's
+    address is no group member)? True when it cannot tell."""
+    if not server.security_groups or not all(n.port_security for n in server.nics):
+        return True
+    try:
+        groups = [c.security_group(g) for g in server.security_groups]
+    except ApiError:
+        return True
+    for g in groups:
+        for r in g.rules:
+            if r.direction != "ingress" or r.remote_group or r.protocol not in ("tcp", "any"):
+                continue
+            if r.port_min is None or (r.port_min <= 22 <= (r.port_max or r.port_min)):
+                return True
+    return False
 
 
 def known_hosts_file() -> Path:
@@ -35,18 +55,34 @@ def private_key(key_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def route_namespace(c: NubesClient, server: s.Server, network: str) -> str | None:
-    """The network namespace to run ssh in: the lab host serving the network's gateway."""
-    candidates: list[str] = []
+def _gateway_in(names: list[str], network_id: str) -> str | None:
+    return next((n for n in names if n.startswith("qgw-") and n.endswith("-" + network_id)), None)
+
+
+def route_namespace(c: NubesClient, server: s.Server, network: str) -> list[str] | None:
+    """The command prefix that runs ssh where the network's gateway lives: its namespace on
+    this machine, or on a lab host (in that host's own mount namespace); None: from here."""
     try:
-        # an admin sees where the gateway is; others go through the instance's own host
-        gateway_host = getattr(c.network(network), "gateway_host", None)
+        net = c.network(network)
     except ApiError:
-        gateway_host = None
-    candidates += [h for h in (gateway_host, server.host) if h]
-    for name in candidates:
-        if (NETNS_DIR / name).exists():
-            return name
+        return None
+    here = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
+    found = _gateway_in(here, net.id)
+    if found:
+        return ["ip", "netns", "exec", found]
+    for host in (h for h in (net.gateway_host, server.host) if h):
+        mounts = state_dir() / "lab" / "mnt" / host
+        if not mounts.exists():
+            continue
+        listing = subprocess.run(
+            ["nsenter", f"--mount={mounts}", "--", "ls", "/run/netns"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        found = _gateway_in(listing, net.id)
+        if found:
+            return ["nsenter", f"--mount={mounts}", "--", "ip", "netns", "exec", found]
     return None
 
 
@@ -55,12 +91,12 @@ def ssh_argv(
     address: str,
     user: str,
     key: Path | None,
-    netns: str | None,
+    prefix: list[str] | None,
     command: list[str],
     extra: list[str] | None = None,
 ) -> list[str]:
     known = known_hosts_file()
-    argv = ["ip", "netns", "exec", netns] if netns else []
+    argv = list(prefix or [])
     argv += [
         "ssh",
         "-o", "StrictHostKeyChecking=accept-new",
@@ -109,11 +145,17 @@ def build(
             user = ""
         user = user or "root"
     key = identity or private_key(server.key_name)
-    netns = route_namespace(c, server, net)
-    if netns and os.geteuid() != 0:
-        fail(f"reaching {server.name} through lab host {netns} needs root (ip netns exec)")
+    prefix = route_namespace(c, server, net)
+    if prefix and os.geteuid() != 0:
+        fail(f"reaching {server.name} through its network's gateway namespace needs root")
+    if not _allows_ssh(c, server):
+        console.print(
+            f"[yellow]note:[/yellow] no security group of {server.name} lets tcp/22 in from "
+            "its gateway; if this hangs: nubes security-group rule create "
+            f"{(server.security_groups or ['default'])[0]} --ingress --protocol tcp --port 22"
+        )
     known = known_hosts_file()
     known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     known.touch(mode=0o600, exist_ok=True)
     sys.stdout.flush()
-    return ssh_argv(server, address, user, key, netns, command)
+    return ssh_argv(server, address, user, key, prefix, command)
