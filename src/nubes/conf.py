@@ -31,7 +31,6 @@ class Settings(BaseSettings):
     # the user exists (`make deps` creates it); a user set explicitly must exist. "" = the agent's
     # own user (root): only for machines where the user cannot be created.
     qemu_user: str = "nubes-qemu"
-    uplink: str = ""  # NAT egress interface; off unless set
 
     host_name: str = ""  # this agent's host; "" = the machine's hostname
     host_address: str = ""  # underlay address other hosts reach this one at

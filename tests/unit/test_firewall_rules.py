@@ -8,26 +8,8 @@ from nubes.errors import DriverError
 from nubes.network import firewall
 
 
-def test_nat_script_masquerades_only_the_network_out_of_the_uplink() -> None:
-    script = firewall.nat_script("nbr0123456789a", "10.20.0.0/24", "eth0")
-    assert script.startswith("table inet nubes {")
-    assert "flush chain inet nubes nat_nbr0123456789a\n" in script
-    assert (
-        "add rule inet nubes nat_nbr0123456789a ip saddr 10.20.0.0/24 ip daddr != 10.20.0.0/24"
-        ' oifname "eth0" masquerade\n' in script
-    )
-    assert 'add element inet nubes nat_bridges { "nbr0123456789a" : jump nat_nbr0123456789a }' in (
-        script
-    )
-    # the base chain is refilled, never appended to, so applying twice gives the same ruleset
-    assert "flush chain inet nubes postrouting\n" in script
-    assert script.count("iifname vmap @nat_bridges") == 1
-
-
 def test_scripts_touch_only_our_tables() -> None:
     scripts = [
-        firewall.nat_script("nbrx", "10.0.0.0/8", "uplink0"),
-        firewall.nat_remove_script("nbrx"),
         firewall.guard_script("nbrx"),
         firewall.guard_remove_script("nbrx"),
         firewall.port_script("tapx", "52:54:00:00:00:01", "10.0.0.5"),
@@ -42,25 +24,10 @@ def test_scripts_touch_only_our_tables() -> None:
             assert "flush table" not in line
 
 
-def test_nat_script_normalises_and_validates_the_cidr() -> None:
-    with pytest.raises(ValueError):
-        firewall.nat_script("nbrx", "10.20.0.1/24", "eth0")  # host bits set
-    with pytest.raises(ValueError):
-        firewall.nat_script("nbrx", "not-a-cidr", "eth0")
-
-
-@pytest.mark.parametrize("uplink", ['eth0" accept', "eth 0", "", "a" * 16, "eth0;flush"])
-def test_interface_names_cannot_escape_their_quotes(uplink: str) -> None:
+@pytest.mark.parametrize("name", ['eth0" accept', "eth 0", "", "a" * 16, "eth0;flush"])
+def test_interface_names_cannot_escape_their_quotes(name: str) -> None:
     with pytest.raises(DriverError):
-        firewall.nat_script("nbrx", "10.20.0.0/24", uplink)
-
-
-def test_nat_removal_adds_before_deleting_so_it_is_idempotent() -> None:
-    lines = firewall.nat_remove_script("nbrx").splitlines()
-    add_el = lines.index('add element inet nubes nat_bridges { "nbrx" : jump nat_nbrx }')
-    del_el = lines.index('delete element inet nubes nat_bridges { "nbrx" }')
-    del_chain = lines.index("delete chain inet nubes nat_nbrx")
-    assert lines.index("add chain inet nubes nat_nbrx") < add_el < del_el < del_chain
+        firewall.guard_script(name)
 
 
 def test_guard_lets_guests_reach_dhcp_icmp_and_metadata_only() -> None:

@@ -25,6 +25,7 @@ from nubes.hypervisor.base import HypervisorDriver, InstanceInfo, PowerState
 from nubes.metadata.server import MetadataServer, MetadataService
 from nubes.network.base import (
     DhcpHost,
+    ExternalSpec,
     NetworkDriver,
     NetworkSpec,
     OverlayPeer,
@@ -44,7 +45,8 @@ from nubes.schemas.agent import (
 log = logging.getLogger("nubes.agent")
 
 
-def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec:
+def network_spec(net: DesiredNetwork, local_ip: str) -> NetworkSpec:
+    ext = net.external
     return NetworkSpec(
         id=net.id,
         bridge=bridge_name(net.id),
@@ -60,7 +62,16 @@ def network_spec(net: DesiredNetwork, local_ip: str, uplink: str) -> NetworkSpec
         gateway_underlay_ip=net.gateway_host or None,
         dhcp_hosts=tuple(DhcpHost(r.mac, r.ip, r.hostname) for r in net.reservations),
         dns=(),
-        nat_uplink=uplink if net.serve else "",
+        external=ExternalSpec(
+            uplink=ext.uplink,
+            address=ext.address,
+            prefix=ext.prefix,
+            gateway=ext.gateway,
+            floating=tuple((f.address, f.fixed) for f in ext.floating),
+            off_limits=tuple(ext.off_limits),
+        )
+        if ext is not None and net.serve
+        else None,
     )
 
 
@@ -185,9 +196,7 @@ class Agent:
         infos = {i.id: i for i in self.hypervisor.list_instances()}
         for net in desired.networks:
             try:
-                self.network.ensure_network(
-                    network_spec(net, desired.address, self.settings.uplink)
-                )
+                self.network.ensure_network(network_spec(net, desired.address))
             except Exception:
                 log.exception("network %s could not be set up", net.id)
         self.sync_metadata(desired)

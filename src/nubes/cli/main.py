@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from nubes.cli import console, hostjoin, ops, resources, secgroups, servers, services, ssh, tenancy
+from nubes.cli import (
+    console,
+    floatingips,
+    hostjoin,
+    ops,
+    resources,
+    secgroups,
+    servers,
+    services,
+    ssh,
+    tenancy,
+)
 
 app = typer.Typer(
     help="nubes: a small IaaS cloud on QEMU. Start with `nubes up` or `nubes lab up`.",
@@ -21,6 +32,7 @@ hostjoin.register(resources.host_app)
 app.add_typer(resources.host_app, name="host")
 app.add_typer(tenancy.group_app, name="group")
 app.add_typer(secgroups.sg_app, name="security-group")
+app.add_typer(floatingips.fip_app, name="floating-ip")
 app.add_typer(tenancy.project_app, name="project")
 app.add_typer(services.lab_app, name="lab")
 app.command("up")(services.up)

@@ -210,15 +210,27 @@ def network_create(
     port_security: bool = typer.Option(
         True, help="anti-spoofing and security groups on its ports by default"
     ),
+    egress: bool = typer.Option(True, help="reach the external network through NAT"),
+    external: bool = typer.Option(
+        False, help="admin: declare the external network (egress NAT and floating IPs)"
+    ),
+    uplink: str = typer.Option(
+        None, help="--external: each host's interface to it (e.g. eth1; the lab's is ex0)"
+    ),
+    gateway: str = typer.Option(None, help="--external: its router (default: first address)"),
     output: Output = OutputOpt,
 ) -> None:
-    """Create a tenant network."""
+    """Create a tenant network (or, with --external, the cloud's way out)."""
     body = s.NetworkCreate(
         name=name,
         cidr=cidr,
         type=type_,  # type: ignore[arg-type]
         vni=vni,
         port_security=port_security,
+        egress=egress,
+        external=external,
+        uplink=uplink,
+        gateway=gateway,
     )
     net = client().create_network(body)
     show(net, NET_COLS, output)

@@ -16,7 +16,9 @@ from nubes.cli import daemon
 from nubes.cli.common import console, fail, handle_errors
 from nubes.client import NubesClient
 from nubes.lab import Lab, LabHost
+from nubes.lab.lab import EXT_UPLINK, OUTSIDE_CIDR, OUTSIDE_IP
 from nubes.network import netns
+from nubes.schemas import resources as s
 
 lab_app = typer.Typer(
     help="A multi-host cloud on this machine: each host a network namespace with its agent.",
@@ -163,6 +165,16 @@ def lab_up(hosts: int = typer.Option(1, min=1, max=16, help="number of hosts")) 
     client = NubesClient(f"unix://{sd / 'api.sock'}", token)
     with console.status("waiting for the agents to register"):
         wait_hosts(client, {h.name for h in made}, 60)
+    if not any(n.external for n in client.networks()):
+        client.create_network(
+            s.NetworkCreate(
+                name="public",
+                cidr=OUTSIDE_CIDR,
+                external=True,
+                uplink=EXT_UPLINK,
+                gateway=OUTSIDE_IP,
+            )
+        )
     console.print(f"lab up: {', '.join(h.name for h in made)}; try `nubes host list`")
 
 

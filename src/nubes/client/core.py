@@ -233,6 +233,23 @@ class NubesClient:
     def remove_server_security_group(self, server: str, group: str) -> None:
         self.request("DELETE", f"/v1/servers/{server}/security-groups/{group}")
 
+    def floating_ips(self) -> list[s.FloatingIp]:
+        return self._list("/v1/floating-ips", s.FloatingIp)
+
+    def create_floating_ip(self, body: s.FloatingIpCreate) -> s.FloatingIp:
+        return self._post("/v1/floating-ips", s.FloatingIp, body)
+
+    def associate_floating_ip(self, ref: str, server: str) -> s.FloatingIp:
+        return self._post(
+            f"/v1/floating-ips/{ref}/associate", s.FloatingIp, s.FloatingIpAssociate(server=server)
+        )
+
+    def disassociate_floating_ip(self, ref: str) -> s.FloatingIp:
+        return self._post(f"/v1/floating-ips/{ref}/disassociate", s.FloatingIp, {})
+
+    def delete_floating_ip(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/floating-ips/{ref}")
+
     def projects(self) -> list[s.Project]:
         return self._list("/v1/projects", s.Project)
 

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import generations, lookup, operations, secgroups
+from nubes.control import external, generations, lookup, operations, secgroups
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
 from nubes.control.ports import Nic, allowed_pairs, make_ports, pairs_of, resolve
 from nubes.control.state import AppState
 from nubes.db.models import (
+    ExternalAddress,
     Flavor,
     Host,
     Image,
@@ -214,6 +215,7 @@ def _place(
     for net in networks.values():
         if net.dhcp_host_id is None:  # its first port: the gateway goes beside it
             net.dhcp_host_id = host.id
+        external.ensure_router(session, net)
     return inst, host
 
 
@@ -296,6 +298,11 @@ def finish_delete(session: Session, inst: Instance) -> None:
     for key, value in (("status", "DELETED"), ("task_state", ""), ("deleted_at", now)):
         set_committed_value(inst, key, value)
     for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
+        for fip in session.scalars(
+            select(ExternalAddress).where(ExternalAddress.port_id == port.id)
+        ):
+            fip.port_id = None  # the project keeps its floating IP, unassociated
+        session.flush()
         session.delete(port)
     for link in session.scalars(
         select(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)

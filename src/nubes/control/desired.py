@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.control import secgroups
+from nubes.control import external, secgroups
 from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
@@ -104,7 +104,19 @@ def dhcp_hostname(instance_id: str) -> str:
     return "i-" + instance_id.replace("-", "")[:12]
 
 
-def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
+def _off_limits(session: Session) -> list[str]:
+    """Every host's networks and address (as registered): no forwarded guest packet goes there."""
+    nets: set[str] = set()
+    for address, networks in session.execute(select(Host.address, Host.networks)):
+        for text in [address, *networks.split(",")]:
+            try:
+                nets.add(str(ipaddress.IPv4Network(text.strip(), strict=False)))
+            except ValueError:
+                continue
+    return sorted(nets)
+
+
+def _network(session: Session, net: Network, host: Host, off_limits: list[str]) -> a.DesiredNetwork:
     rows = session.execute(
         select(Port, Instance)
         .join(Instance, Instance.id == Port.instance_id)
@@ -141,6 +153,7 @@ def _network(session: Session, net: Network, host: Host) -> a.DesiredNetwork:
         if serve
         else [],
         metadata=[_metadata(p, i) for p, i in rows] if serve else [],
+        external=external.desired_external(session, net, off_limits) if serve else None,
     )
 
 
@@ -164,13 +177,14 @@ def desired_state(session: Session, host: Host, generation: int) -> a.DesiredSta
     # Neutron's DHCP agent does: its next first port needs no bridge or dnsmasq started
     net_ids.update(session.scalars(select(Network.id).where(Network.dhcp_host_id == host.id)))
     nets = session.scalars(select(Network).where(Network.id.in_(net_ids))).all()
+    off_limits = _off_limits(session)
     return a.DesiredState(
         generation=generation,
         cloud_id=cloud_id(session),
         host_id=host.id,
         address=host.address,
         instances=wanted,
-        networks=[_network(session, n, host) for n in nets],
+        networks=[_network(session, n, host, off_limits) for n in nets],
         deleted=_tombstones(session, host),
         gc_request=read_meta(session, GC_REQUEST),
     )

@@ -12,7 +12,7 @@ import subprocess
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.db.models import Host
+from nubes.db.models import Host, Network
 from nubes.errors import InvalidInput
 
 IPv4Net = ipaddress.IPv4Network
@@ -64,6 +64,13 @@ def check_tenant_cidr(session: Session, net: IPv4Net) -> None:
                     "choose a range no host uses",
                     field="cidr",
                 )
+    for name, cidr in session.execute(
+        select(Network.name, Network.cidr).where(Network.external.is_(True))
+    ):
+        if net.overlaps(ipaddress.IPv4Network(cidr)):
+            raise InvalidInput(
+                f"cidr: {net} overlaps {cidr}, the external network {name}", field="cidr"
+            )
     for other in api_ranges():
         if net.overlaps(other):
             raise InvalidInput(

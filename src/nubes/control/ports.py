@@ -60,6 +60,12 @@ def resolve(session: Session, body: s.ServerCreate, who: Caller) -> list[Nic]:
     for i, req in enumerate(requested(body)):
         field = "network" if body.network else f"networks[{i}]"
         net = lookup.owned(session, Network, req.network, who, "network")
+        if net.external:
+            raise InvalidInput(
+                f"{field}: {net.name} is an external network; servers go on tenant networks "
+                "and are reached from outside by a floating IP",
+                field=field,
+            )
         mac = check_mac(req.mac, f"{field}.mac") if req.mac else None
         ip = check_fixed_ip(net, req.ip, f"{field}.ip") if req.ip else None
         nics.append(Nic(net, ip, mac, field))

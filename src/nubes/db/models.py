@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -172,6 +173,12 @@ class Network(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # the default of its ports (a server's create may turn it off for its own)
     port_security: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # a tenant network reaches the external network through NAT on its gateway host
+    egress: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # an external network (admin's): no servers on it; `uplink` is the interface each host
+    # reaches it through, and its addresses are handed out as routers' and floating IPs
+    external: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    uplink: Mapped[str] = mapped_column(String(15), default="", server_default="")
 
 
 class Instance(Base):
@@ -301,3 +308,21 @@ class InstanceSecurityGroup(Base):
     __tablename__ = "instance_security_groups"
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), primary_key=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True)
+
+
+class ExternalAddress(Base):
+    """An address of an external network: a tenant network's router address (its egress NAT)
+    or a project's floating IP (1:1 NAT to a port, when associated)."""
+
+    __tablename__ = "external_addresses"
+    __table_args__ = (UniqueConstraint("external_id", "address"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    external_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    address: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # router | floating
+    router_of: Mapped[str | None] = mapped_column(
+        ForeignKey("networks.id"), nullable=True, unique=True
+    )
+    port_id: Mapped[str | None] = mapped_column(ForeignKey("ports.id"), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -42,6 +42,12 @@ from nubes.network import netns
 STATE_FILE = "lab.json"
 DEFAULT_PREFIX = "nubes"
 DEFAULT_UNDERLAY = "10.255.0.0/24"
+# the lab's outside world (TEST-NET-2): a namespace answering ping and HTTP, on the external
+# network every host reaches through its ex0; nothing of it leaves the machine
+OUTSIDE_CIDR = "198.51.100.0/24"
+OUTSIDE_IP = "198.51.100.1"
+OUTSIDE_LINE = "hello from nubes-outside"
+EXT_UPLINK = "ex0"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # "<prefix>-h99-ul" fits in 15 characters
 MAX_HOSTS = 99
 
@@ -119,6 +125,14 @@ class Lab:
     @property
     def bridge(self) -> str:
         return f"{self.prefix}-ul"
+
+    @property
+    def ext_bridge(self) -> str:
+        return f"{self.prefix}-ex"
+
+    @property
+    def outside_ns(self) -> str:
+        return f"{self.prefix}-outside"
 
     @property
     def api_address(self) -> str:
@@ -206,6 +220,7 @@ class Lab:
         if not 1 <= n <= MAX_HOSTS:
             raise LabError(f"a lab has 1..{MAX_HOSTS} hosts, not {n}")
         self.ensure_bridge()
+        self.ensure_outside()
         made = []
         for i in range(1, n + 1):
             host = self.host_for(i)
@@ -249,8 +264,40 @@ class Lab:
             "}\n"
         )
 
+    def ensure_outside(self) -> None:
+        """The external network's segment (a bridge without an address, here) and the outside
+        host on it: 198.51.100.1, answering ping and HTTP on port 80 with one line of text."""
+        if not _link_exists(self.ext_bridge):
+            _ip("link", "add", "name", self.ext_bridge, "type", "bridge")
+        _disable_ipv6(self.ext_bridge)
+        _ip("link", "set", self.ext_bridge, "up")
+        ns = self.outside_ns
+        netns.create(ns)
+        veth = f"{self.prefix}-ox"
+        if not _link_exists(veth):
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _disable_ipv6(veth)
+        _ip("link", "set", veth, "master", self.ext_bridge, "up")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "addr", "replace", f"{OUTSIDE_IP}/24", "dev", "eth0")
+        site = self.state_dir / "outside"
+        site.mkdir(parents=True, exist_ok=True)
+        (site / "index.html").write_text(OUTSIDE_LINE + "\n")
+        if not netns.pids(ns):  # busybox httpd daemonizes; `lab down` kills it with the rest
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "busybox", "httpd", "-p", "80", "-h", str(site)],
+                check=True,
+                capture_output=True,
+            )
+
     def _ensure_host(self, host: LabHost) -> None:
         netns.create(host.netns)
+        ext = f"{host.netns}-ex"  # the host's uplink to the external network: ex0 in it
+        if not _link_exists(ext):
+            _ip("link", "add", ext, "type", "veth", "peer", "name", EXT_UPLINK, "netns", host.netns)
+        _disable_ipv6(ext)
+        _ip("link", "set", ext, "master", self.ext_bridge, "up")
+        _ip("-n", host.netns, "link", "set", EXT_UPLINK, "up")
         veth = self._veth(host)
         if not _link_exists(veth):
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
@@ -369,6 +416,8 @@ class Lab:
         pattern = re.compile(rf"^{re.escape(self.prefix)}-h\d+$")
         names = {h.netns for h in self._hosts}
         names.update(n for n in netns.list_names(self.prefix + "-h") if pattern.match(n))
+        if netns.exists(self.outside_ns):
+            names.add(self.outside_ns)
         return sorted(names)
 
     def status(self) -> LabStatus:
@@ -406,8 +455,12 @@ class Lab:
             _drop_mount_file(left)  # also those a lost state file forgot
         if _is_mountpoint(self.mnt_dir):
             subprocess.run(["umount", "-l", self.mnt_dir], capture_output=True)
-        if _link_exists(self.bridge):
-            _ip("link", "del", self.bridge)
+        for veth in (f"{self.prefix}-ox", *(f"{h.netns}-ex" for h in self._hosts)):
+            if _link_exists(veth):
+                _ip("link", "del", veth)
+        for bridge in (self.bridge, self.ext_bridge):
+            if _link_exists(bridge):
+                _ip("link", "del", bridge)
         subprocess.run(["nft", "delete", "table", "inet", self.guard_table], capture_output=True)
         for instance_id in guests:
             if _SAFE_ID.fullmatch(instance_id):

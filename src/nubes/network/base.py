@@ -29,6 +29,18 @@ class RemotePort:
 
 
 @dataclass(frozen=True)
+class ExternalSpec:
+    """Egress NAT and floating IPs of a network, in its gateway namespace."""
+
+    uplink: str  # this host's interface to the external network
+    address: str  # the network's router address on it
+    prefix: int
+    gateway: str  # the external network's router
+    floating: tuple[tuple[str, str], ...] = ()  # (floating address, port address)
+    off_limits: tuple[str, ...] = ()  # the hosts' own networks: never forwarded to
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     id: str
     bridge: str  # derived from the network id (<= 15 chars)
@@ -44,7 +56,7 @@ class NetworkSpec:
     gateway_underlay_ip: str | None = None  # the serving host, when it is another one
     dhcp_hosts: tuple[DhcpHost, ...] = ()
     dns: tuple[str, ...] = ()
-    nat_uplink: str = ""  # "" = no NAT
+    external: ExternalSpec | None = None  # None: no egress
 
 
 @dataclass(frozen=True)

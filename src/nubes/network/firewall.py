@@ -1,9 +1,10 @@
 """nftables rules of nubes: pure script builders (unit-tested) and one function that applies them.
 
 Two tables are ours alone and nothing else is ever touched or flushed:
-- `inet nubes`: NAT (masquerade a network's CIDR out of a named uplink), a guard that keeps
-  guests from reaching the host's services through their gateway or routing between bridges,
-  and the overlay filter: UDP to the overlay port with one of our VNIs only from peer hosts.
+- `inet nubes`: a guard that keeps guests from reaching the host's own services or being
+  routed between bridges, the overlay filter (UDP to the overlay port with one of our VNIs only
+  from peer hosts) and the security groups (secgroups.py). NAT lives in each network's gateway
+  namespace, in a table of its own (gateway.py).
 - `bridge nubes`: per-port anti-spoofing, one chain per tap reached through the `ports` map.
 
 Every script is idempotent: it declares the skeleton (declaring what exists is a no-op, but rules
@@ -16,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
-from pathlib import Path
 
 from nubes.errors import DriverError
 
@@ -114,17 +114,6 @@ def guard_script(bridge: str) -> str:
 
 def guard_remove_script(bridge: str) -> str:
     return inet_skeleton() + _unjump("inet", "fwd_bridges", _chain("fwd_", bridge), bridge)
-
-
-def nat_script(bridge: str, cidr: str, uplink: str) -> str:
-    """Masquerade what the bridge's network sends out of uplink (and nothing else)."""
-    net = ipaddress.IPv4Network(cidr)
-    rule = f'ip saddr {net} ip daddr != {net} oifname "{_ifname(uplink)}" masquerade'
-    return inet_skeleton() + _jump("inet", "nat_bridges", _chain("nat_", bridge), bridge, [rule])
-
-
-def nat_remove_script(bridge: str) -> str:
-    return inet_skeleton() + _unjump("inet", "nat_bridges", _chain("nat_", bridge), bridge)
 
 
 def overlay_script(vni: int, peers: list[str], port: int) -> str:
@@ -262,8 +251,3 @@ def tables(nft: str = "nft") -> list[str]:
         if len(parts) == 3 and parts[0] == "table" and parts[2] == TABLE:
             found.append(parts[1])
     return found
-
-
-def enable_forwarding() -> None:
-    """NAT needs IPv4 forwarding in this namespace (only done when an uplink is configured)."""
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")

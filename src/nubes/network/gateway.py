@@ -18,6 +18,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from nubes.errors import DriverError
 from nubes.network import firewall, netns
 from nubes.network.base import NetworkSpec
 from nubes.network.dhcp import DhcpConfig, Dnsmasq
@@ -25,6 +26,7 @@ from nubes.network.netlink import Netlink, set_sysctl
 
 NS_PREFIX = "qgw-"
 GW_DEV = "gw0"  # inside the namespace
+EXT_DEV = "qg0"  # inside too: a macvlan of the host's uplink to the external network
 VETH_PREFIX = "nvg"  # the host end, a port of the bridge
 GATEWAY_ALIAS = "nubes gateway "
 METADATA_IP = "169.254.169.254"
@@ -50,24 +52,59 @@ def host_tag(state_dir: Path) -> str:
     return hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
-def namespace_script(mtu: int) -> str:
+def namespace_script(spec: NetworkSpec) -> str:
     """The namespace's own table, whole: guests reach DHCP, ICMP and the metadata service at
-    their gateway, nothing else, and nothing is forwarded. One transaction replaces it."""
-    del mtu  # same rules whatever the MTU; kept for the signature of later forwarding rules
-    return f"""add table inet {firewall.TABLE}
-delete table inet {firewall.TABLE}
-table inet {firewall.TABLE} {{
-  chain input {{
-    type filter hook input priority filter; policy drop;
-    iif lo accept
-    ct state established,related accept
-    iifname "{GW_DEV}" udp dport 67 accept
-    iifname "{GW_DEV}" icmp type {{ echo-request }} accept
-    iifname "{GW_DEV}" ip daddr {METADATA_IP} tcp dport 80 accept
-  }}
-  chain forward {{ type filter hook forward priority filter; policy drop; }}
-}}
-"""
+    their gateway; with an external network, their traffic out is NATed to the network's
+    router address (or a port's floating IP), nothing comes in but replies and floating IPs'
+    traffic, and nothing is ever forwarded to the hosts' own networks. One transaction."""
+    t = firewall.TABLE
+    ext = spec.external
+    lines = [
+        f"add table inet {t}",
+        f"delete table inet {t}",
+        f"table inet {t} {{",
+        "  chain input {",
+        "    type filter hook input priority filter; policy drop;",
+        "    iif lo accept",
+        "    ct state established,related accept",
+        f'    iifname "{GW_DEV}" udp dport 67 accept',
+        f'    iifname "{GW_DEV}" icmp type {{ echo-request }} accept',
+        f'    iifname "{GW_DEV}" ip daddr {METADATA_IP} tcp dport 80 accept',
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy drop;",
+    ]
+    if ext is not None:
+        cidr = ipaddress.IPv4Network(spec.cidr)
+        router = ipaddress.IPv4Address(ext.address)
+        off = [str(ipaddress.IPv4Network(n, strict=False)) for n in ext.off_limits]
+        off_nets = ", ".join(
+            str(n) for n in ipaddress.collapse_addresses(map(ipaddress.IPv4Network, off))
+        )
+        if off_nets:  # before established: a reply never opens a way there either
+            lines.append(f'    oifname "{EXT_DEV}" ip daddr {{ {off_nets} }} drop')
+        lines += [
+            "    ct state established,related accept",
+            f'    iifname "{GW_DEV}" oifname "{EXT_DEV}" ip saddr {cidr} accept',
+            f'    iifname "{EXT_DEV}" oifname "{GW_DEV}" ct status dnat accept',
+            "  }",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+        ]
+        for floating, fixed in ext.floating:
+            f, p = ipaddress.IPv4Address(floating), ipaddress.IPv4Address(fixed)
+            lines.append(f'    iifname "{EXT_DEV}" ip daddr {f} dnat ip to {p}')
+        lines += [
+            "  }",
+            "  chain postrouting {",
+            "    type nat hook postrouting priority srcnat; policy accept;",
+        ]
+        for floating, fixed in ext.floating:
+            f, p = ipaddress.IPv4Address(floating), ipaddress.IPv4Address(fixed)
+            lines.append(f'    oifname "{EXT_DEV}" ip saddr {p} snat ip to {f}')
+        lines.append(f'    oifname "{EXT_DEV}" ip saddr {cidr} snat ip to {router}')
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
 
 
 class Gateways:
@@ -96,6 +133,7 @@ class Gateways:
         veth = veth_name(spec.id)
         with netns.inside(ns), Netlink() as inner:
             have_gw = inner.get_link(GW_DEV) is not None
+            have_ext = inner.get_link(EXT_DEV) is not None
             if not have_gw:
                 set_sysctl("all", "disable_ipv6", "1")  # guests reach it over IPv4 only
                 set_sysctl("default", "disable_ipv6", "1")
@@ -104,6 +142,12 @@ class Gateways:
         fd = os.open(netns.NETNS_DIR / ns, os.O_RDONLY)
         try:
             nl.ensure_veth(veth, GW_DEV, fd, spec.mtu)
+            if spec.external is not None and not have_ext:
+                if nl.get_link(spec.external.uplink) is None:
+                    raise DriverError(
+                        f"no interface {spec.external.uplink} to the external network here"
+                    )
+                nl.create_macvlan(EXT_DEV, spec.external.uplink, fd, 1500)
         finally:
             os.close(fd)
         nl.set_port(veth, spec.bridge, alias=GATEWAY_ALIAS + spec.id)
@@ -121,7 +165,8 @@ class Gateways:
             for cidr in want:
                 inner.ensure_address(GW_DEV, cidr)
             inner.remove_addresses(GW_DEV, keep=want)
-            script = namespace_script(spec.mtu)
+            self._ensure_external(inner, spec)
+            script = namespace_script(spec)
             if self._applied.get(spec.id) != script:
                 firewall.apply(script)
                 self._applied[spec.id] = script
@@ -137,6 +182,21 @@ class Gateways:
                     dns=spec.dns,
                 )
             )
+
+    def _ensure_external(self, inner: Netlink, spec: NetworkSpec) -> None:
+        """inner: the gateway namespace. The router's leg on the external network (made in
+        ensure), or none."""
+        ext = spec.external
+        if ext is None:
+            inner.delete_link(EXT_DEV)
+            return
+        want = (f"{ext.address}/{ext.prefix}", *(f"{f}/32" for f, _ in ext.floating))
+        inner.set_link(EXT_DEV, state="up")
+        for cidr in want:
+            inner.ensure_address(EXT_DEV, cidr)
+        inner.remove_addresses(EXT_DEV, keep=want)
+        inner.replace_default_route(ext.gateway)
+        set_sysctl("all", "forwarding", "1", "ipv4")
 
     def remove(self, nl: Netlink, network_id: str) -> None:
         """Take the gateway of a network off this host (present or not)."""

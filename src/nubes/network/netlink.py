@@ -264,6 +264,18 @@ class Netlink:
         self.set_link(name, mtu=mtu)
         return link is None
 
+    def create_macvlan(self, name: str, parent: str, netns_fd: int, mtu: int) -> None:
+        """A bridge-mode macvlan of `parent` (here), made directly in the namespace open as
+        netns_fd: the parent's own addresses and link are left alone."""
+        info = rtnl.string(rtnl.IFLA_INFO_KIND, "macvlan")
+        info += rtnl.nested(rtnl.IFLA_INFO_DATA, rtnl.u32(1, 4))  # IFLA_MACVLAN_MODE: bridge
+        attrs = rtnl.string(rtnl.IFLA_IFNAME, check_ifname(name))
+        attrs += rtnl.u32(rtnl.IFLA_LINK, self._index(parent))
+        attrs += rtnl.u32(rtnl.IFLA_NET_NS_FD, netns_fd)
+        attrs += rtnl.u32(rtnl.IFLA_MTU, mtu)
+        attrs += rtnl.nested(rtnl.IFLA_LINKINFO, info)
+        self._call(f"create macvlan {name} of {parent}", lambda: self._rt.new_link(attrs))
+
     def replace_default_route(self, gateway: str | None) -> None:
         """The default route via gateway (None: no default route)."""
         with self._errors("default route"):

@@ -140,6 +140,22 @@ class DesiredRemotePort(BaseModel):
     address: str  # underlay address of the host the port is on
 
 
+class DesiredFloating(BaseModel):
+    address: str  # on the external network
+    fixed: str  # the port's address
+
+
+class DesiredExternal(BaseModel):
+    """Egress NAT and floating IPs of a network, on the host that serves it."""
+
+    uplink: str  # the host's interface to the external network
+    address: str  # the network's router address there
+    prefix: int
+    gateway: str  # the external network's router
+    floating: list[DesiredFloating] = []
+    off_limits: list[str] = []  # the hosts' own networks: forwarded traffic never goes there
+
+
 class DesiredNetwork(BaseModel):
     id: str
     cidr: str
@@ -153,6 +169,7 @@ class DesiredNetwork(BaseModel):
     gateway_host: str = ""  # underlay address of the serving host when it is another one
     reservations: list[DesiredReservation]
     metadata: list[DesiredMetadata] = []  # only for the serving host
+    external: DesiredExternal | None = None  # only for the serving host
 
 
 class DesiredState(BaseModel):

@@ -51,6 +51,17 @@ class NetworkCreate(Model):
     type: Literal["vxlan", "geneve"] | None = None
     vni: int | None = Field(default=None, ge=1, le=16777215, description="admin only")
     port_security: bool = Field(default=True, description="the default of its ports")
+    egress: bool = Field(default=True, description="reach the external network through NAT")
+    external: bool = Field(default=False, description="admin: an external network")
+    uplink: str | None = Field(
+        default=None,
+        max_length=15,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="external: each host's interface to it",
+    )
+    gateway: str | None = Field(
+        default=None, max_length=15, description="external: its router (default: the first address)"
+    )
 
 
 class Network(Model):
@@ -63,6 +74,10 @@ class Network(Model):
     mtu: int
     gateway_host: str | None = None  # the host serving its gateway, DHCP and NAT
     port_security: bool = True
+    egress: bool = True
+    external: bool = False
+    uplink: str = ""
+    router_ip: str | None = None  # its egress address on the external network
     note: str = ""  # e.g. why the overlay is not the one asked for
     created_at: datetime
 
@@ -295,3 +310,20 @@ class SecurityGroup(Model):
 
 class ServerSecurityGroup(Model):
     group: str = Field(min_length=1, max_length=64)
+
+
+class FloatingIpCreate(Model):
+    server: str | None = Field(default=None, max_length=64, description="associate at once")
+
+
+class FloatingIpAssociate(Model):
+    server: str = Field(min_length=1, max_length=64)
+
+
+class FloatingIp(Model):
+    id: str
+    address: str
+    network: str  # the external network
+    server: str | None = None
+    fixed_ip: str | None = None
+    created_at: datetime

@@ -4,14 +4,14 @@ import ipaddress
 import logging
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
 from nubes.control import generations, lookup, netranges
 from nubes.db.ipam import gateway_for
-from nubes.db.models import Host, Network, Port
+from nubes.db.models import ExternalAddress, Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput
 from nubes.schemas import resources as s
 
@@ -75,6 +75,9 @@ def _serving_host(session: Session, n: Network) -> str | None:
 
 
 def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
+    router = session.scalar(
+        select(ExternalAddress.address).where(ExternalAddress.router_of == n.id)
+    )
     return s.Network(
         id=n.id,
         name=n.name,
@@ -85,6 +88,10 @@ def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
         mtu=n.mtu,
         gateway_host=_serving_host(session, n),
         port_security=n.port_security,
+        egress=n.egress,
+        external=n.external,
+        uplink=n.uplink,
+        router_ip=router,
         note=note,
         created_at=n.created_at,
     )
@@ -93,8 +100,10 @@ def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
 @router.get("")
 def list_networks(session: SessionDep, who: CallerDep) -> list[s.Network]:
     rows = session.scalars(
-        select(Network).where(Network.project_id == who.project_id).order_by(Network.name)
-    )
+        select(Network)
+        .where(or_(Network.project_id == who.project_id, Network.external.is_(True)))
+        .order_by(Network.external, Network.name)
+    )  # the external network is everyone's to see, as in Neutron
     return [to_wire(session, n) for n in rows]
 
 
@@ -104,9 +113,47 @@ def show_network(ref: str, session: SessionDep, who: CallerDep) -> s.Network:
 
 
 @router.post("", status_code=201)
-def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -> s.Network:
+def create_network(
+    body: s.NetworkCreate, session: SessionDep, who: CallerDep, state: StateDep
+) -> s.Network:
     net = parse_cidr(body.cidr)
-    netranges.check_tenant_cidr(session, net)
+    gateway = gateway_for(str(net))
+    if body.external:
+        if not who.is_admin:
+            raise Forbidden(
+                "external: only an admin declares an external network", field="external"
+            )
+        if not body.uplink:
+            raise InvalidInput(
+                "uplink: an external network needs the interface each host reaches it through",
+                field="uplink",
+            )
+        if body.gateway:
+            try:
+                gw = ipaddress.IPv4Address(body.gateway)
+            except ValueError:
+                raise InvalidInput(
+                    f"gateway: {body.gateway!r} is not an address", field="gateway"
+                ) from None
+            if gw not in net:
+                raise InvalidInput(f"gateway: {gw} is outside {net}", field="gateway")
+            gateway = str(gw)
+        if session.scalar(select(Network.id).where(Network.external.is_(True))):
+            raise Conflict("external: there is an external network already", field="external")
+    else:
+        if body.uplink or body.gateway:
+            raise InvalidInput("uplink: only an external network has one", field="uplink")
+        netranges.check_tenant_cidr(session, net)
+        count = session.scalar(
+            select(func.count()).where(
+                Network.project_id == who.project_id, Network.external.is_(False)
+            )
+        )
+        if (count or 0) >= state.settings.quota_networks:
+            raise Conflict(
+                f"quota exceeded: {state.settings.quota_networks} networks per project",
+                field="networks",
+            )
     if body.vni is not None and not who.is_admin:
         raise Forbidden("vni: only an admin may choose a VNI", field="vni")
     overlay, note = choose_overlay(body.type, hosts_without_geneve(session))
@@ -125,11 +172,14 @@ def create_network(body: s.NetworkCreate, session: SessionDep, who: CallerDep) -
         project_id=who.project_id,
         name=body.name,
         cidr=str(net),
-        gateway=gateway_for(str(net)),
+        gateway=gateway,
         vni=vni,
         overlay=overlay,
         mtu=VXLAN_MTU,
         port_security=body.port_security,
+        egress=body.egress,
+        external=body.external,
+        uplink=body.uplink or "",
     )
     session.add(row)
     try:
@@ -148,6 +198,15 @@ def delete_network(ref: str, session: SessionDep, who: CallerDep, state: StateDe
     row = lookup.owned(session, Network, ref, who, "network")
     if session.scalar(select(Port.id).where(Port.network_id == row.id)):
         raise Conflict(f"network {row.name!r} has servers on it; delete them first")
+    if row.external and session.scalar(
+        select(ExternalAddress.id).where(ExternalAddress.external_id == row.id)
+    ):
+        raise Conflict(f"network {row.name!r} has floating IPs and routers; release them first")
+    for router in session.scalars(
+        select(ExternalAddress).where(ExternalAddress.router_of == row.id)
+    ):
+        session.delete(router)
+    session.flush()
     generations.bump_after_commit(session, [row.dhcp_host_id])  # it keeps the bridge till now
     session.delete(row)
     session.commit()
