@@ -1,0 +1,242 @@
+"""Tenant networks the Neutron way, in the lab with tiny guests: two tenants with the same
+CIDR on one host; egress NAT to the lab's outside host and floating IPs from it; fixed
+addresses, a fixed MAC and two NICs inside a guest; no way from a guest to the underlay."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nubes.client import NubesClient
+from nubes.lab.lab import OUTSIDE_IP, OUTSIDE_LINE
+from nubes.network import netns
+from nubes.network.base import bridge_name
+from nubes.network.gateway import gateway_mac
+from nubes.schemas import resources as s
+from tests.integration.capture import Capture, mentioning_macs
+from tests.integration.conftest import LabCloud, start_lab, stop_lab
+from tests.integration.hostcheck import wait_for
+
+pytestmark = pytest.mark.integration
+DONE = "user-data script exited"
+
+TENANT_SCRIPT = """#!/bin/sh
+t() { echo "nubes-test: $*"; }
+printf '#!/bin/sh\\n[ "$1" = bound ] && echo "nubes-test: lease $ip router $router"\\nexit 0\\n' \
+    >/tmp/lease
+chmod 755 /tmp/lease
+udhcpc -i eth0 -n -q -t 5 -s /tmp/lease
+if ping -c 2 -W 2 GW >/dev/null 2>&1; then t "gateway ok"; else t "gateway FAIL"; fi
+printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | \\
+    nc -w 5 169.254.169.254 80 >/tmp/md
+t "metadata $(tail -n 1 /tmp/md)"
+(while :; do ping -c 1 -W 1 GW; arping -b -c 1 -w 1 -I eth0 GW; sleep 2; done) \
+    </dev/null >/dev/null 2>&1 &
+"""
+
+OUT_SCRIPT = """#!/bin/sh
+t() { echo "nubes-test: $*"; }
+ip -o -4 addr | while read -r n dev fam addr rest; do t "addr $dev $addr"; done
+ip -o link | while read -r n dev rest; do t "link $dev $(cat /sys/class/net/${dev%:}/address)"; done
+n=0; ok=FAIL
+while [ $n -lt 30 ]; do
+    if ping -c 1 -W 1 OUTSIDE >/dev/null 2>&1; then ok=ok; break; fi
+    n=$((n + 1))
+done
+t "outside ping $ok"
+printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 OUTSIDE 80 >/tmp/o
+t "outside http $(tail -n 1 /tmp/o)"
+"""
+
+
+def console_lines(client: NubesClient, name: str, timeout: float = 240) -> str:
+    def done() -> str | None:
+        log = client.console_log(name)
+        return log if DONE in log else None
+
+    return wait_for(done, timeout, f"{name}'s user-data to finish")  # type: ignore[no-any-return]
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def test_two_tenants_same_cidr_one_host(tmp_path: Path) -> None:
+    cloud = start_lab(tmp_path, 1)
+    b: NubesClient | None = None
+    caps: list[Capture] = []
+    try:
+        cloud.nubes("image", "build", "tiny")
+        a = cloud.client
+        created = a.create_project(s.ProjectCreate(name="tenant-b"))
+        b = NubesClient(f"unix://{cloud.state_dir / 'api.sock'}", created.token)
+        nets = {}
+        for who, c in (("a", a), ("b", b)):
+            nets[who] = c.create_network(s.NetworkCreate(name="web", cidr="10.40.0.0/24"))
+        caps = []
+        ud = TENANT_SCRIPT.replace("GW", "10.40.0.1")
+        servers = {}
+        for who, c in (("a", a), ("b", b)):
+            body = s.ServerCreate(
+                name=f"{who}1", image="tiny", flavor="m1.tiny", network="web", user_data=ud
+            )
+            servers[who] = c.create_server(body)
+        host = cloud.host_ns()
+
+        def bridges_up() -> bool:
+            for who in ("a", "b"):
+                br = bridge_name(nets[who].id)
+                if all(cp.ifname != br for cp in caps):  # type: ignore[attr-defined]
+                    try:
+                        caps.append(Capture(host, br, promisc=True))
+                        caps[-1].ifname = br  # type: ignore[attr-defined]
+                    except OSError:
+                        return False
+            return len(caps) == 2
+
+        wait_for(bridges_up, 120, "both tenants' bridges")
+        logs = {who: console_lines(c, f"{who}1") for who, c in (("a", a), ("b", b))}
+        time.sleep(4)  # the guests' background pings and ARP go on meanwhile
+        frames = {cp.ifname: cp.close() for cp in caps}  # type: ignore[attr-defined]
+        caps = []
+        assert a.network("web").gateway_host == b.network("web").gateway_host == host
+        macs = {}
+        for who, c in (("a", a), ("b", b)):
+            me = c.server(f"{who}1")
+            ip = me.nics[0].ip
+            log = logs[who]
+            assert f"nubes-test: lease {ip} router 10.40.0.1" in log, log[-2000:]
+            assert "nubes-test: gateway ok" in log, log[-2000:]
+            assert f"nubes-test: metadata {me.id}" in log, log[-2000:]  # its own
+            macs[who] = {me.nics[0].mac, gateway_mac(nets[who].id)}
+        # the same address, each tenant its own guest and gateway; no frame crosses
+        assert servers["a"].nics[0].ip == servers["b"].nics[0].ip
+        for who, other in (("a", "b"), ("b", "a")):
+            seen = frames[bridge_name(nets[who].id)]
+            assert mentioning_macs(seen, macs[who]), f"{who}'s bridge saw nothing of its own"
+            assert mentioning_macs(seen, macs[other]) == [], f"{other}'s frames on {who}'s bridge"
+    finally:
+        for cp in caps:
+            cp.close()
+        if b is not None:
+            b.close()
+        stop_lab(cloud)
+
+
+@pytest.fixture(scope="module")
+def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCloud]:
+    cloud = start_lab(tmp_path_factory.mktemp("ext"), 2)
+    try:
+        cloud.nubes("image", "build", "tiny")
+        yield cloud
+    finally:
+        stop_lab(cloud)
+
+
+def _outside(cloud: LabCloud, *argv: str) -> bool:
+    ns = f"{cloud.prefix}-outside"
+    return (
+        subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
+
+
+def test_egress_floating_ips_fixed_addresses_and_two_nics(lab2: LabCloud, tmp_path: Path) -> None:
+    cloud = lab2
+    c = cloud.client
+    assert [n.name for n in c.networks() if n.external] == ["public"]  # `lab up` declared it
+    cloud.nubes("network", "create", "out", "--cidr", "10.41.0.0/24")
+    cloud.nubes("network", "create", "db", "--cidr", "10.42.0.0/24")
+    # what may come in from outside: ping, to show the floating IP (the default group would
+    # let in only its members)
+    cloud.nubes(
+        "security-group", "rule", "create", "default", "--ingress", "--protocol", "icmp",
+        "--remote-ip", "198.51.100.0/24",
+    )  # fmt: skip
+    ud = write(tmp_path, "out.sh", OUT_SCRIPT.replace("OUTSIDE", OUTSIDE_IP))
+    cloud.nubes(
+        "server", "create", "a", "--image", "tiny", "--network", "out:10.41.0.50",
+        "--network", "db", "--mac", "52:54:00:00:00:01", "--host", cloud.host_ns(1),
+        "--user-data", str(ud),
+    )  # fmt: skip
+    cloud.nubes(
+        "server", "create", "b", "--image", "tiny", "--network", "out",
+        "--host", cloud.host_ns(2), "--user-data", str(ud),
+    )  # fmt: skip
+    logs = {n: console_lines(c, n) for n in ("a", "b")}
+    a, b = c.server("a"), c.server("b")
+    # fixed IP and MAC, and the second NIC, as the guest sees them
+    assert [(n.network, n.ip) for n in a.nics] == [("out", "10.41.0.50"), ("db", "10.42.0.2")]
+    log = logs["a"]
+    assert "nubes-test: addr eth0 10.41.0.50/24" in log, log[-3000:]
+    assert "nubes-test: addr eth1 10.42.0.2/24" in log, log[-3000:]
+    assert "nubes-test: link eth0: 52:54:00:00:00:01" in log, log[-3000:]
+    assert f"nubes-test: link eth1: {a.nics[1].mac}" in log, log[-3000:]
+    # egress by NAT from both hosts, to ping and HTTP of the outside host
+    for name in ("a", "b"):
+        assert "nubes-test: outside ping ok" in logs[name], logs[name][-3000:]
+        assert f"nubes-test: outside http {OUTSIDE_LINE}" in logs[name], logs[name][-3000:]
+    assert a.host != b.host
+    # a floating IP answers from outside; the private address does not, even routed there
+    router = c.network("out").router_ip
+    assert router
+    fip = c.create_floating_ip(s.FloatingIpCreate(server="a")).address
+    assert _outside(cloud, "ip", "route", "replace", "10.41.0.0/24", "via", router)
+    wait_for(lambda: _outside(cloud, "ping", "-c", "1", "-W", "1", fip), 30, "the floating IP")
+    assert not _outside(cloud, "ping", "-c", "2", "-W", "1", "10.41.0.50")
+    c.disassociate_floating_ip(fip)
+    wait_for(lambda: not _outside(cloud, "ping", "-c", "1", "-W", "1", fip), 30, "the NAT to go")
+    assert not _outside(cloud, "ping", "-c", "2", "-W", "1", "10.41.0.50")
+    c.delete_floating_ip(fip)
+    del b
+
+
+def test_forwarded_traffic_never_reaches_the_underlay(lab2: LabCloud) -> None:
+    """A port without port security (a stand-in guest on the gateway host's bridge) sends UDP
+    to the other host's overlay port and to the outside host: the outside host gets its
+    packet through NAT, the peer's underlay carries none of the other."""
+    cloud = lab2
+    c = cloud.client
+    net = c.network("out")
+    serving = net.gateway_host
+    assert serving
+    index = cloud.index_of(serving)
+    peer = cloud.host_ns(3 - index)
+    peer_ip = next(h.address for h in c.hosts() if h.name == peer)
+    guest = f"{cloud.prefix}-ep"
+    netns.attach_endpoint(
+        serving, bridge_name(net.id), guest, f"{cloud.prefix}-epv", "10.41.0.99/24"
+    )
+    try:
+        subprocess.run(
+            ["ip", "-n", guest, "route", "add", "default", "via", "10.41.0.1"], check=True
+        )
+        on_peer = Capture(peer, "eth0")
+        on_outside = Capture(f"{cloud.prefix}-outside", "eth0")
+        payload = b"nubes-inject"
+        code = (
+            "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "for _ in range(5):\n"
+            f" s.sendto({payload!r},('{peer_ip}',4789));s.sendto({payload!r},('{OUTSIDE_IP}',9))\n"
+        )
+        try:
+            for _ in range(3):
+                subprocess.run(["ip", "netns", "exec", guest, "python3", "-c", code], check=True)
+                time.sleep(0.5)
+        finally:
+            peer_frames, outside_frames = on_peer.close(), on_outside.close()
+        assert any(payload in f for f in outside_frames)  # the control: NAT works
+        router = socket.inet_aton(net.router_ip or "")
+        assert any(router in f and payload in f for f in outside_frames)
+        assert not any(payload in f for f in peer_frames)
+    finally:
+        subprocess.run(["ip", "netns", "delete", guest], check=False)
