@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def host_ns() -> Iterator[str]:
+def host_ns(tmp_path: Path) -> Iterator[str]:
     needs_root()
     name = "tup" + secrets.token_hex(3)
     netns.create(name)
@@ -33,7 +33,15 @@ def host_ns() -> Iterator[str]:
         yield name
     finally:
         kill_namespace_processes(name)
-        # its networks' gateway namespaces (in this machine's /run/netns: no lab host here)
+        # its networks' gateway namespaces, made in `ip netns exec`'s own mount namespace
+        # (a test artefact: on a machine `nubes up` runs in the root one) and their dnsmasq
+        marker = str(tmp_path).encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
         for gw in set(netns.list_names("qgw-")) - before:
             kill_namespace_processes(gw)
             netns.delete(gw)
