@@ -9,9 +9,9 @@ still does.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -70,19 +70,18 @@ def route_namespace(c: NubesClient, server: s.Server, network: str) -> list[str]
     found = _gateway_in(here, net.id)
     if found:
         return ["ip", "netns", "exec", found]
+    try:  # a lab host: its namespaces are in its own mount namespace, seen through its holder
+        holders = json.loads((state_dir() / "lab" / "lab.json").read_text()).get("holders", {})
+    except (OSError, ValueError):
+        holders = {}
     for host in (h for h in (net.gateway_host, server.host) if h):
-        mounts = state_dir() / "lab" / "mnt" / host
-        if not mounts.exists():
+        if host not in holders:
             continue
-        listing = subprocess.run(
-            ["nsenter", f"--mount={mounts}", "--", "ls", "/run/netns"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        found = _gateway_in(listing, net.id)
-        if found:
-            return ["nsenter", f"--mount={mounts}", "--", "ip", "netns", "exec", found]
+        where = Path(f"/proc/{int(holders[host])}/root/run/netns")
+        names = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+        found = _gateway_in(names, net.id)
+        if found:  # only its network namespace: ssh still sees this machine's files
+            return ["nsenter", f"--net={where / found}", "--"]
     return None
 
 

@@ -502,7 +502,16 @@ class LinuxBridgeDriver(NetworkDriver):
         nl.delete_link(tap)
         self._applied.pop(("sgport", tap), None)
         if ours is not None and ours.ip and ours.secured and bridge and self._inet_table():
-            firewall.apply(secgroups.port_remove_script(bridge, tap, ours.ip))
+            # a newer port that took over the address keeps the rules (they are its own now)
+            others = [
+                p
+                for other in nl.list_links(TAP_PREFIX)
+                if other.master == link.master  # type: ignore[union-attr]
+                and (p := _port_alias(other)) is not None
+                and p.ip == ours.ip
+            ]
+            if not others:
+                firewall.apply(secgroups.port_remove_script(bridge, tap, ours.ip))
         if self._bridge_table():
             self._apply_port(partial(firewall.port_remove_script, tap))
             self._drop_tables_if_unused(nl)

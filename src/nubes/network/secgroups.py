@@ -11,6 +11,7 @@ local port it goes to. A port without port security is in neither map: nothing f
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -115,10 +116,18 @@ def _match(rule: Rule) -> str | None:
     return " ".join(parts)
 
 
+def _port_chains(bridge: str, ip: str) -> tuple[str, str]:
+    """A port's chains are named by its bridge and address, not its tap: a new port that gets
+    a freed address takes the old chains over, and its map entries are the same ones."""
+    tag = hashlib.sha1(f"{_name('', bridge)}/{ipaddress.IPv4Address(ip)}".encode()).hexdigest()
+    return f"spe_{tag[:16]}", f"spi_{tag[:16]}"
+
+
 def port_script(bridge: str, tap: str, ip: str, rules: tuple[Rule, ...]) -> str:
     """A port's own chains (what it may start, what may reach it), keyed by its address."""
+    del tap  # the rules follow the address (see _port_chains)
     addr = ipaddress.IPv4Address(ip)
-    egress, ingress = _name("spe_", tap), _name("spi_", tap)
+    egress, ingress = _port_chains(bridge, ip)
     lines = [
         f"add chain inet {TABLE} {c}\nflush chain inet {TABLE} {c}\n" for c in (egress, ingress)
     ]
@@ -145,8 +154,9 @@ def port_script(bridge: str, tap: str, ip: str, rules: tuple[Rule, ...]) -> str:
 
 def port_remove_script(bridge: str, tap: str, ip: str) -> str:
     """Present or not (nft 1.0.6 has no destroy: add first, then delete)."""
+    del tap
     addr = ipaddress.IPv4Address(ip)
-    egress, ingress = _name("spe_", tap), _name("spi_", tap)
+    egress, ingress = _port_chains(bridge, ip)
     emap, imap = _name("sge_", bridge), _name("sgi_", bridge)
     out = "".join(
         f"add map inet {TABLE} {m} {{ type ipv4_addr : verdict; }}\n" for m in (emap, imap)
