@@ -240,3 +240,66 @@ def test_forwarded_traffic_never_reaches_the_underlay(lab2: LabCloud) -> None:
         assert not any(payload in f for f in peer_frames)
     finally:
         subprocess.run(["ip", "netns", "delete", guest], check=False)
+
+
+MACVLAN_DATA = """#cloud-config
+runcmd:
+  - - sh
+    - -c
+    - |
+      say() { echo "nubes-test: $*"; echo "nubes-test: $*" >/dev/ttyS0; }
+      ip netns add inner
+      ip link add mv0 link eth0 type macvlan mode bridge
+      ip link set mv0 address MAC netns inner
+      ip -n inner addr add ADDR/24 dev mv0
+      ip -n inner link set lo up
+      ip -n inner link set mv0 up
+      for peer in PEERS; do
+        ok=FAIL; n=0
+        while [ $n -lt 40 ]; do
+          if ip netns exec inner ping -c 1 -W 2 "$peer" >/dev/null 2>&1; then ok=ok; break; fi
+          n=$((n + 1))
+        done
+        say "macvlan ping $peer $ok"
+      done
+      say "macvlan done"
+"""
+
+
+@pytest.mark.timeout(2700)  # Debian's first boots under software emulation: minutes
+def test_seed_004_macvlan_in_a_namespace_inside_instances(lab2: LabCloud, tmp_path: Path) -> None:
+    """Debian instances on two hosts, each with a macvlan of its own MAC and address in a
+    network namespace inside it: those without port security reach each other; one with it
+    (anti-spoofing: the macvlan's MAC is not its port's) is not reached."""
+    cloud = lab2
+    c = cloud.client
+    cloud.nubes("image", "build", "debian", timeout=1800)
+    cloud.nubes("network", "create", "nodes", "--cidr", "10.43.0.0/24")
+    inner = {"n1": "10.43.0.101", "n2": "10.43.0.102", "n3": "10.43.0.103"}
+    macs = {"n1": "52:54:00:00:01:01", "n2": "52:54:00:00:01:02", "n3": "52:54:00:00:01:03"}
+    where = {"n1": cloud.host_ns(1), "n2": cloud.host_ns(2), "n3": cloud.host_ns(2)}
+    for name in inner:
+        peers = " ".join(ip for other, ip in inner.items() if other != name)
+        ud = MACVLAN_DATA.replace("MAC", macs[name]).replace("ADDR", inner[name])
+        path = write(tmp_path, f"{name}.yaml", ud.replace("PEERS", peers))
+        extra = ["--no-port-security"] if name != "n3" else []
+        cloud.nubes(
+            "server", "create", name, "--image", "debian", "--flavor", "m1.small",
+            "--network", "nodes", "--host", where[name], "--user-data", str(path), *extra,
+        )  # fmt: skip
+
+    def done(name: str) -> str | None:
+        log = c.console_log(name)
+        assert c.server(name).status != "ERROR", c.server(name).fault
+        return log if "nubes-test: macvlan done" in log else None
+
+    logs = {n: wait_for(lambda n=n: done(n), 1200, f"{n}'s macvlan test") for n in inner}
+    assert f"macvlan ping {inner['n2']} ok" in logs["n1"], logs["n1"][-3000:]
+    assert f"macvlan ping {inner['n1']} ok" in logs["n2"], logs["n2"][-3000:]
+    assert c.server("n1").host != c.server("n2").host
+    for name in ("n1", "n2"):  # with port security on, n3's macvlan is never reached
+        assert f"macvlan ping {inner['n3']} FAIL" in logs[name], logs[name][-3000:]
+    assert [x.port_security for x in c.server("n3").nics] == [True]
+    assert [x.port_security for x in c.server("n1").nics] == [False]
+    for name in inner:
+        c.delete_server(name)
