@@ -42,7 +42,7 @@ from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec, RemotePort  #
 from nubes.network.linuxbridge import LinuxBridgeDriver  # noqa: E402
 
 LOCAL = "10.254.0.1"
-NUD_PERMANENT = 0x80
+NUD_STATIC = 0xC0  # permanent, noarp: a static entry, as `bridge fdb ... static`
 MTU = 1450
 
 
@@ -129,7 +129,7 @@ def plumb_pyroute2(ipr: IPRoute, i: int, peers: list[str], remote: int) -> None:
     for peer in peers:
         ipr.fdb("append", ifindex=vx_index, lladdr="00:00:00:00:00:00", dst=peer)
     for mac, peer in remote_of(i, remote, peers):
-        ipr.fdb("replace", ifindex=vx_index, lladdr=mac, dst=peer, state=NUD_PERMANENT)
+        ipr.fdb("replace", ifindex=vx_index, lladdr=mac, dst=peer, state=NUD_STATIC, flags=2)
     ipr.link("add", ifname=tap, kind="tuntap", mode="tap")
     ipr.link("set", index=index(tap), master=br_index, mtu=MTU, state="up")
 

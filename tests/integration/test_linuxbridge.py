@@ -578,3 +578,33 @@ def test_vxlan_overlay_between_lab_hosts(make_ns: Callable[[str], str], state_di
     finally:
         lab.destroy()
     assert not any(n.startswith(lab.prefix) for n in netns.list_names())
+
+
+def test_rtnl_sets_a_bridge_port_isolated_and_the_default_route(
+    make_ns: Callable[[str], str],
+) -> None:
+    """What pyroute2 used to do for us (Geneve's split horizon, a gateway's way out)."""
+    ns = make_ns("q")
+    for cmd in (
+        "link add br0 type bridge",
+        "link add p0 type veth peer name p1",
+        "link set p0 master br0",
+        "link set p1 up",
+        "addr add 192.0.2.9/24 dev p1",
+    ):
+        subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+    with netns.inside(ns), Netlink() as nl:
+        nl.set_port_isolated("p0", True)
+        nl.replace_default_route("192.0.2.1")
+        nl.replace_default_route("192.0.2.2")  # replaced, not added
+
+    def ip(*argv: str) -> str:
+        return subprocess.run(["ip", "-n", ns, *argv], capture_output=True, text=True).stdout
+
+    assert "isolated on" in ip("-d", "link", "show", "p0")
+    assert "default via 192.0.2.2 dev p1" in ip("route")
+    assert ip("route").count("default") == 1
+    with netns.inside(ns), Netlink() as nl:
+        nl.replace_default_route(None)
+        nl.replace_default_route(None)  # absent: fine
+    assert "default" not in ip("route")

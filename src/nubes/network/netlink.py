@@ -1,9 +1,9 @@
-"""A small typed adapter over rtnetlink (links, addresses, FDB: rtnl.py) and pyroute2's IPRoute
-(bridge-port flags): the only module of network/ that imports pyroute2.
+"""A small typed adapter over our rtnetlink client (rtnl.py): links, addresses, FDB entries,
+bridge-port flags and the default route.
 
 Everything acts on the network namespace of the calling thread at the time the adapter is opened
-(the agent runs inside its host's namespace; pyroute2's socket, opened on first use, must be
-used from the same one). Open one adapter per operation: it is cheap, and a socket opened
+(the agent runs inside its host's namespace; the socket belongs to the namespace it was
+opened in). Open one adapter per operation: it is cheap, and a socket opened
 earlier in another namespace would silently act there.
 """
 
@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from nubes.errors import DriverError
 from nubes.network import rtnl
@@ -95,25 +92,16 @@ def _link_attrs(attrs: dict[str, Any]) -> tuple[bytes, bool | None]:
 class Netlink:
     """Idempotent link, address and FDB operations. Raises DriverError on any netlink failure.
 
-    Links, addresses and forwarding entries go through our own rtnetlink client (rtnl.py: the
-    hot path of plumbing); bridge-port flags (Geneve only) through pyroute2, opened on demand.
+    Everything goes through our own rtnetlink client (rtnl.py): see docs/architecture.md for
+    why not pyroute2 (bench/network.py measures both).
     """
 
     def __init__(self) -> None:
         self._rt = rtnl.Rtnl()
-        self._pyroute: IPRoute | None = None
         self._indexes: dict[str, int] = {}  # names seen during this adapter's short life
-
-    @property
-    def _ipr(self) -> IPRoute:
-        if self._pyroute is None:
-            self._pyroute = IPRoute()
-        return self._pyroute
 
     def close(self) -> None:
         self._rt.close()
-        if self._pyroute is not None:
-            self._pyroute.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -127,8 +115,6 @@ class Netlink:
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except NetlinkError as e:
-            raise DriverError(f"{what}: {e.args[1] if len(e.args) > 1 else e}") from e
         except OSError as e:  # RtnlError, and the tun driver's ioctls
             raise DriverError(f"{what}: {e.strerror or e}") from e
 
@@ -278,14 +264,7 @@ class Netlink:
 
     def replace_default_route(self, gateway: str | None) -> None:
         """The default route via gateway (None: no default route)."""
-        with self._errors("default route"):
-            routes = self._ipr.route("dump", family=2, dst_len=0, table=254)
-            have = [r.get_attr("RTA_GATEWAY") for r in routes if r.get_attr("RTA_DST") is None]
-            if gateway is None:
-                for _ in have:
-                    self._ipr.route("del", dst="0.0.0.0/0", table=254)
-            elif have != [gateway]:
-                self._ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, table=254)
+        self._call("default route", lambda: self._rt.default_route(gateway))
 
     def set_link(self, name: str, **attrs: Any) -> None:
         """mtu, master (an index; 0 detaches), ifalias, address, state ("up"/"down")."""
@@ -309,7 +288,7 @@ class Netlink:
         index = self._index(dev)
         self._call(
             f"isolate {dev}",
-            lambda: self._ipr.brport("set", index=index, isolated=int(isolated)),
+            lambda: self._rt.set_port_isolated(index, isolated),
         )
 
     def link_up(self, dev: str) -> None:
