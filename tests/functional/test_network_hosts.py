@@ -221,3 +221,33 @@ def test_tenant_networks_keep_off_the_hosts_own_networks(cloud3: Cloud) -> None:
         assert member.create_network(s.NetworkCreate(name="x", cidr="10.254.1.0/24")).id
     finally:
         member.close()
+
+
+def test_floating_ip_follows_the_gateway_when_it_moves(cloud3: Cloud) -> None:
+    """The 1:1 NAT lives where the network's gateway is: when that host goes down, the host
+    that takes the gateway over serves the floating IP (and the network's egress)."""
+    cloud3.client.create_network(
+        s.NetworkCreate(
+            name="public",
+            cidr="198.51.100.0/24",
+            external=True,
+            uplink="ex0",
+            gateway="198.51.100.1",
+        )  # fmt: skip
+    )
+    a1 = create_on(cloud3, "a1", "host1")
+    create_on(cloud3, "a2", "host2")
+    fip = cloud3.client.create_floating_ip(s.FloatingIpCreate(server="a1")).address
+    assert cloud3.client.network("net").gateway_host == "host1"
+
+    def floating_on(host: str) -> list[tuple[str, str]]:
+        spec = spec_on(cloud3, host).state.networks.get(cloud3.client.network("net").id)
+        if spec is None or spec.external is None:
+            return []
+        return list(spec.external.floating)
+
+    cloud3.wait(lambda: floating_on("host1") == [(fip, a1.nics[0].ip)], WAIT, what="on host1")
+    agent1 = next(ag for ag, _, _ in cloud3.agents if ag.host_name == "host1")
+    cloud3.stop_agent(agent1)
+    cloud3.wait(lambda: cloud3.client.network("net").gateway_host == "host2", WAIT, what="move")
+    cloud3.wait(lambda: floating_on("host2") == [(fip, a1.nics[0].ip)], WAIT, what="on host2")
