@@ -211,7 +211,8 @@ def _place(
     make_ports(session, inst.id, r.nics, body)
     for g in r.security_groups:
         session.add(InstanceSecurityGroup(instance_id=inst.id, group_id=g.id))
-    secgroups.bump_project(session, who.project_id)  # remote-group rules gain its addresses
+    # remote-group rules naming its groups gain its addresses
+    secgroups.bump_members_of(session, [g.id for g in r.security_groups])
     for net in networks.values():
         if net.dhcp_host_id is None:  # its first port: the gateway goes beside it
             net.dhcp_host_id = host.id
@@ -304,11 +305,13 @@ def finish_delete(session: Session, inst: Instance) -> None:
             fip.port_id = None  # the project keeps its floating IP, unassociated
         session.flush()
         session.delete(port)
-    for link in session.scalars(
+    links = session.scalars(
         select(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
-    ):
+    ).all()
+    for link in links:
         session.delete(link)
-    secgroups.bump_project(session, inst.project_id)
+    session.flush()
+    secgroups.bump_members_of(session, [link.group_id for link in links])
     if inst.host_id:
         release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
     operations.finish(session, inst.id, "delete")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
+from collections.abc import Collection
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -191,16 +192,38 @@ def rules_for(session: Session, instance_ids: list[str]) -> dict[str, list[a.Des
     return out
 
 
-def bump_project(session: Session, project_id: str) -> None:
-    """Rules or members changed: every host with a server of the project recomputes its
-    ports' rules (remote groups stay within a project)."""
-    hosts = set(
+def _member_hosts(session: Session, group_ids: Collection[str]) -> set[str]:
+    """The hosts of the live servers in any of these groups."""
+    if not group_ids:
+        return set()
+    return set(
         session.scalars(
-            select(Instance.host_id).where(
-                Instance.project_id == project_id,
+            select(Instance.host_id)
+            .join(InstanceSecurityGroup, InstanceSecurityGroup.instance_id == Instance.id)
+            .where(
+                InstanceSecurityGroup.group_id.in_(group_ids),
                 Instance.deleted_at.is_(None),
                 Instance.host_id.is_not(None),
             )
         )
     )
-    generations.bump_after_commit(session, hosts)
+
+
+def bump_rules_of(session: Session, group_id: str) -> None:
+    """A group's rules changed: the hosts of its members recompute their ports' rules."""
+    generations.bump_after_commit(session, _member_hosts(session, [group_id]))
+
+
+def bump_members_of(session: Session, group_ids: Collection[str]) -> None:
+    """A server joined or left these groups: the hosts of servers whose rules name one of them
+    as a remote group see its address come or go. (Its own host is bumped by the caller.)"""
+    if not group_ids:
+        return
+    referring = set(
+        session.scalars(
+            select(SecurityGroupRule.group_id).where(
+                SecurityGroupRule.remote_group_id.in_(group_ids)
+            )
+        )
+    )
+    generations.bump_after_commit(session, _member_hosts(session, referring))

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
-from nubes.control import lookup, secgroups
+from nubes.control import generations, lookup, secgroups
 from nubes.db.models import Instance, InstanceSecurityGroup, SecurityGroup, SecurityGroupRule
 from nubes.errors import Conflict, NotFound
 from nubes.schemas import resources as s
@@ -105,7 +105,8 @@ def create_rule(
     secgroups.check_quota(session, state.settings, who.project_id, "security_group_rules")
     row = secgroups.rule_row(session, group, body, who)
     session.add(row)
-    secgroups.bump_project(session, who.project_id)
+    session.flush()
+    secgroups.bump_rules_of(session, group.id)
     session.commit()
     state.notifier.notify()
     return secgroups.rule_wire(session, row)
@@ -118,7 +119,7 @@ def delete_rule(rule_id: str, session: SessionDep, who: CallerDep, state: StateD
     if row is None or group is None or group.project_id != who.project_id:
         raise NotFound(f"security group rule {rule_id!r} not found", field="rule")
     session.delete(row)
-    secgroups.bump_project(session, who.project_id)
+    secgroups.bump_rules_of(session, group.id)
     session.commit()
     state.notifier.notify()
 
@@ -133,7 +134,9 @@ def add_to_server(
     group = lookup.owned(session, SecurityGroup, body.group, who, "group")
     if session.get(InstanceSecurityGroup, (inst.id, group.id)) is None:
         session.add(InstanceSecurityGroup(instance_id=inst.id, group_id=group.id))
-        secgroups.bump_project(session, who.project_id)
+        session.flush()
+        secgroups.bump_members_of(session, [group.id])
+        generations.bump_after_commit(session, [inst.host_id])
     session.commit()
     state.notifier.notify()
 
@@ -150,6 +153,8 @@ def remove_from_server(
             f"server {inst.name!r} is not in security group {group.name!r}", field="group"
         )
     session.delete(link)
-    secgroups.bump_project(session, who.project_id)
+    session.flush()
+    secgroups.bump_members_of(session, [group.id])
+    generations.bump_after_commit(session, [inst.host_id])
     session.commit()
     state.notifier.notify()
