@@ -45,6 +45,7 @@ def host_ns(tmp_path: Path) -> Iterator[str]:
         for gw in set(netns.list_names("qgw-")) - before:
             kill_namespace_processes(gw)
             netns.delete(gw)
+        netns.delete(name)
 
 
 def start_up(ns: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -91,7 +92,10 @@ def test_up_runs_a_cloud_and_restarting_it_keeps_guests(host_ns: str, tmp_path: 
         pids = qemu_pids(host_ns)
         assert len(pids) == 1
         up.send_signal(signal.SIGINT)
-        up.wait(timeout=30)
+        try:
+            up.wait(timeout=30)  # agent and API get 10 s together, then SIGKILL
+        except subprocess.TimeoutExpired:
+            raise AssertionError((tmp_path / "up.log").read_text()[-4000:]) from None
         assert qemu_pids(host_ns) == pids, "stopping nubes up must not stop guests"
         up = start_up(host_ns, env, tmp_path / "up.log")
         client = wait_client(state)

@@ -155,6 +155,10 @@ class Agent:
             self._latest = desired
             self._fresh.set()
 
+    def wake(self) -> None:
+        """Start the next pass now (or notice a stop now)."""
+        self._fresh.set()
+
     def run(self, stop: threading.Event) -> None:
         threading.Thread(target=self.poll_loop, args=(stop,), daemon=True).start()
         last: tuple[int, Report] | None = None

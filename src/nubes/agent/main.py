@@ -132,9 +132,14 @@ def main() -> None:
     joined = joined_client(get_settings())
     settings = joined.settings
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     agent = build_agent(settings, joined.client)
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        agent.wake()  # the loop stops now, not at the end of its wait
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     if not register_until_up(agent, stop, console_starter(agent, joined)):
         return
     beat = threading.Thread(target=agent.heartbeat_loop, args=(stop,), daemon=True)

@@ -78,15 +78,25 @@ def wait_api(state_dir: Path, pid: int, timeout: float) -> None:
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    stop_pids([pid], timeout)
+
+
+def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM to all, then SIGKILL to those still alive after `timeout`."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def stop_api(state_dir: Path) -> None:
