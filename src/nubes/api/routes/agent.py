@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
@@ -79,30 +78,10 @@ def register(
     return {"id": host.id}
 
 
-# A thousand hosts' heartbeats may not fill the threadpool: on SQLite they wait there for the
-# write lock, and a request holding it needs a thread to finish (its session's close); with
-# every thread a waiting heartbeat, all would wait out the lock's 30 s timeout.
-HEARTBEAT_THREADS = 4
-
-
-def _heartbeat_limiter(request: Request) -> CapacityLimiter:
-    """One per app, made in its event loop."""
-    limiter: CapacityLimiter | None = getattr(request.app.state, "heartbeat_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.heartbeat_limiter = CapacityLimiter(HEARTBEAT_THREADS)
-    return limiter
-
-
 @router.post("/hosts/{host_id}/heartbeat", status_code=204)
 async def heartbeat(host_id: str, request: Request, state: StateDep) -> None:
-    """One statement and one thread hop for a host's own heartbeat (control/heartbeat.py); the
-    dependencies' checks only when that fails, for their precise answer."""
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    own = heartbeats.beat_as_own_host
-    if await to_thread.run_sync(
-        own, state.engine, host_id, token, limiter=_heartbeat_limiter(request)
-    ):
-        return
+    """A host's own heartbeat is answered before routing (api/heartbeat_path.py); what reaches
+    this route is any other caller, for the precise 401/403/404 or an admin's heartbeat."""
     who = await run_in_threadpool(any_caller, request, state)
     await agent(who)
     require_own_host(who, host_id)
