@@ -23,7 +23,18 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "network.py"
 def test_network_bench_smoke() -> None:
     before = set(netns.list_names())
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--ports", "3", "--rounds", "1", "--megabytes", "20"],
+        [
+            sys.executable,
+            str(BENCH),
+            "--ports",
+            "3",
+            "--rounds",
+            "1",
+            "--megabytes",
+            "20",
+            "--tp-rounds",
+            "1",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
@@ -32,5 +43,6 @@ def test_network_bench_smoke() -> None:
     assert re.search(r"speedup \d+\.\dx", proc.stdout), proc.stdout
     assert re.search(r"rtnl.py vs pyroute2 \d+\.\dx", proc.stdout), proc.stdout
     assert re.search(r"ratio \d+\.\d\d \(goal <= 1.2\)", proc.stdout), proc.stdout
-    assert re.search(r"overlay/underlay \d+\.\d\d", proc.stdout), proc.stdout
+    assert re.search(r"overlay/bare underlay \d+\.\d\d", proc.stdout), proc.stdout
+    assert re.search(r"overlay/host to host +\d+\.\d\d", proc.stdout), proc.stdout
     assert set(netns.list_names()) == before

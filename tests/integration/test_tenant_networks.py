@@ -303,3 +303,69 @@ def test_seed_004_macvlan_in_a_namespace_inside_instances(lab2: LabCloud, tmp_pa
     assert [x.port_security for x in c.server("n1").nics] == [False]
     for name in inner:
         c.delete_server(name)
+
+
+TARGET_SCRIPT = """#!/bin/sh
+mkdir -p /tmp/www && echo "nubes-web" >/tmp/www/index.html
+httpd -p 80 -h /tmp/www
+"""
+
+PROBE_SCRIPT = """#!/bin/sh
+t() { echo "nubes-test: $*"; }
+n=0  # dropbear answers on 22 as soon as the target is up: wait for it
+while [ $n -lt 60 ] && ! nc -w 2 TARGET 22 </dev/null 2>/dev/null | grep -q SSH; do
+    n=$((n + 1))
+done
+if [ $n -lt 60 ]; then t "probe 22 open"; else t "probe 22 closed"; fi
+sleep 5  # its httpd starts right after dropbear
+n=0; web=closed
+while [ $n -lt 3 ]; do
+    if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 TARGET 80 2>/dev/null | grep -q nubes-web; then
+        web=open; break
+    fi
+    n=$((n + 1))
+done
+t "probe 80 $web"
+"""
+
+
+def test_security_groups_between_guests_on_two_hosts(lab2: LabCloud, tmp_path: Path) -> None:
+    """Real guests, real TCP, across hosts: a target whose group lets in tcp/22 from anywhere
+    and tcp/80 from the members of `probes` only. A probe in `probes` reaches both; one in the
+    default group reaches 22 (and its replies come back, though its own group lets in only
+    members: conntrack) but not 80."""
+    cloud = lab2
+    c = cloud.client
+    cloud.nubes("network", "create", "sg", "--cidr", "10.44.0.0/24")
+    cloud.nubes("security-group", "create", "web")
+    cloud.nubes("security-group", "create", "probes")
+    cloud.nubes(
+        "security-group", "rule", "create", "web", "--ingress", "--protocol", "tcp",
+        "--port", "22",
+    )  # fmt: skip
+    cloud.nubes(
+        "security-group", "rule", "create", "web", "--ingress", "--protocol", "tcp",
+        "--port", "80", "--remote-group", "probes",
+    )  # fmt: skip
+    target = "10.44.0.10"
+    cloud.nubes(
+        "server", "create", "t", "--image", "tiny", "--network", f"sg:{target}",
+        "--security-group", "web", "--host", cloud.host_ns(1),
+        "--user-data", str(write(tmp_path, "t.sh", TARGET_SCRIPT)),
+    )  # fmt: skip
+    probe = write(tmp_path, "p.sh", PROBE_SCRIPT.replace("TARGET", target))
+    for name, groups in (("p1", ["--security-group", "probes"]), ("p2", [])):
+        cloud.nubes(
+            "server", "create", name, "--image", "tiny", "--network", "sg",
+            "--host", cloud.host_ns(2), "--user-data", str(probe), *groups,
+        )  # fmt: skip
+    logs = {n: console_lines(c, n, timeout=400) for n in ("p1", "p2")}
+    assert c.server("t").host != c.server("p1").host
+    assert c.server("p2").security_groups == ["default"]
+    for name, web in (("p1", "open"), ("p2", "closed")):
+        assert "nubes-test: probe 22 open" in logs[name], logs[name][-3000:]
+        assert f"nubes-test: probe 80 {web}" in logs[name], logs[name][-3000:]
+    for name in ("t", "p1", "p2"):
+        c.delete_server(name)
+    wait_for(lambda: not [x for x in c.servers() if x.name in ("t", "p1", "p2")], 120, "deletes")
+    cloud.nubes("network", "delete", "sg")
