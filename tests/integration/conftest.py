@@ -164,9 +164,27 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
     return cloud
 
 
+def processes_of(state_dir: Path) -> list[int]:
+    """Processes started for this state directory (the API, agents), found by environment."""
+    marker = f"NUBES_STATE_DIR={state_dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def stop_lab(cloud: LabCloud) -> None:
     cloud.client.close()
-    cloud.nubes("lab", "down", check=False, timeout=120)
+    down = subprocess.run(
+        [sys.executable, "-m", "nubes.cli", "lab", "down"],
+        env=cloud.env, text=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert down.returncode == 0, f"lab down failed:\n{down.stdout}\n{down.stderr}"
+    assert not processes_of(cloud.state_dir), "lab down left processes of its state directory"
     leftovers = netns.list_names(cloud.prefix + "-")
     assert not leftovers, f"lab down left namespaces: {leftovers}"
     mounts = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,6 +67,10 @@ def up() -> None:
     """
     if os.geteuid() != 0:
         fail("nubes up needs root (bridges, taps and QEMU)")
+    # Ctrl-C and SIGTERM stop it even when started in the background, where the shell left
+    # SIGINT ignored (and Python then never raises KeyboardInterrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     env = base_env()
     # one machine: the agent serves consoles to the API on a free loopback port it registers
     env.setdefault("NUBES_AGENT_CONSOLE_PORT", "0")
@@ -190,8 +195,10 @@ def lab_down(
     """Remove every lab host, guest, process and device, and stop the API."""
     lab = _lab()
     hosts = state_dir() / "hosts"  # each lab host's agent keeps its instances under it
-    lab.destroy(guests=[d.name for d in hosts.glob("*/instances/*") if d.is_dir()])
-    daemon.stop_api(state_dir())
+    try:
+        lab.destroy(guests=[d.name for d in hosts.glob("*/instances/*") if d.is_dir()])
+    finally:
+        daemon.stop_api(state_dir())  # whatever the hosts left, no API keeps running
     if not keep_state:
         shutil.rmtree(state_dir(), ignore_errors=True)
     console.print("lab down: no hosts, namespaces or guests are left")
