@@ -445,9 +445,7 @@ class Lab:
         for ns in self._known_namespaces():
             guests.update(_guest_ids(ns))
             kill_namespace_processes(ns, timeout)
-            veth = f"{ns}-ul"
-            if _link_exists(veth):
-                _ip("link", "del", veth)  # takes eth0 in the namespace with it
+            _delete_link(f"{ns}-ul")  # takes eth0 in the namespace with it
             netns.delete(ns)
         for host in self._hosts:
             self._drop_mount_ns(host)
@@ -455,12 +453,10 @@ class Lab:
             _drop_mount_file(left)  # also those a lost state file forgot
         if _is_mountpoint(self.mnt_dir):
             subprocess.run(["umount", "-l", self.mnt_dir], capture_output=True)
-        for veth in (f"{self.prefix}-ox", *(f"{h.netns}-ex" for h in self._hosts)):
-            if _link_exists(veth):
-                _ip("link", "del", veth)
+        for link in (f"{self.prefix}-ox", *(f"{h.netns}-ex" for h in self._hosts)):
+            _delete_link(link)
         for bridge in (self.bridge, self.ext_bridge):
-            if _link_exists(bridge):
-                _ip("link", "del", bridge)
+            _delete_link(bridge)
         subprocess.run(["nft", "delete", "table", "inet", self.guard_table], capture_output=True)
         for instance_id in guests:
             if _SAFE_ID.fullmatch(instance_id):
@@ -585,6 +581,15 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _delete_link(name: str) -> None:
+    """Delete the link if it is there. A veth whose other end was in a namespace just deleted
+    goes by itself, a moment later (the kernel cleans namespaces up asynchronously): checking
+    first and deleting then would race with that."""
+    proc = subprocess.run(["ip", "link", "del", "dev", name], capture_output=True, text=True)
+    if proc.returncode != 0 and _link_exists(name):
+        raise LabError(f"ip link del {name}: {proc.stderr.strip()}")
 
 
 def _link_exists(name: str) -> bool:
