@@ -55,6 +55,15 @@ from nubes.db.engine import make_engine  # noqa: E402
 from nubes.db.models import Host, HostCredential, new_id, utcnow  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# --api-cpus: the API on these CPUs, the simulated agents and the creating client on the others
+# (as on a real cloud, where the agents run on other machines); empty: no pinning
+PINNING: dict[str, set[int]] = {}
+
+
+def pinned(role: str) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child to `role`'s CPUs (inherited by its threads)."""
+    cpus = PINNING.get(role)
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
 @dataclass
@@ -117,7 +126,11 @@ class Api:
         self.log = root / "api.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nubes.api.server"], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "nubes.api.server"],
+                env=env,
+                stdout=out,
+                stderr=out,
+                preexec_fn=pinned("api"),
             )
         self.url = f"https://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
@@ -349,6 +362,7 @@ def start_agents(api: Api, hosts: list[dict[str, str]], procs: int,
                 [sys.executable, __file__, "--worker", str(spec)],
                 stdout=subprocess.PIPE,
                 text=True,
+                preexec_fn=pinned("agents"),
             )
         )
     for w in workers:
@@ -433,11 +447,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of creates, each run")
     ap.add_argument("--window", type=float, default=20.0, help="seconds of CPU measured")
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
+    ap.add_argument(
+        "--api-cpus",
+        default="",
+        help="e.g. 0: the API on CPU 0, the agents and the client on the others (default: none)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return
+    if args.api_cpus:
+        api_cpus = {int(c) for c in args.api_cpus.split(",")}
+        others = os.sched_getaffinity(0) - api_cpus
+        if not others or not api_cpus <= os.sched_getaffinity(0):
+            raise SystemExit(f"--api-cpus {args.api_cpus}: leave the agents a CPU of their own")
+        PINNING.update(api=api_cpus, agents=others)
+        os.sched_setaffinity(0, others)  # the creating client
+        print(f"API on CPUs {sorted(api_cpus)}, agents and client on {sorted(others)}")
     cleanup: list[Callable[[], None]] = []
     try:
         for db, url in databases(args.db.split(","), cleanup):
