@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -105,18 +107,21 @@ def dhcp_hostname(instance_id: str) -> str:
 
 
 def _off_limits(session: Session) -> list[str]:
-    """Every host's networks and address (as registered): no forwarded guest packet goes there."""
-    nets: set[str] = set()
+    """Every host's networks and address (as registered): no forwarded guest packet goes there.
+    Collapsed, so a thousand hosts on a few subnets are a few prefixes, not a thousand."""
+    nets: set[ipaddress.IPv4Network] = set()
     for address, networks in session.execute(select(Host.address, Host.networks)):
         for text in [address, *networks.split(",")]:
             try:
-                nets.add(str(ipaddress.IPv4Network(text.strip(), strict=False)))
+                nets.add(ipaddress.IPv4Network(text.strip(), strict=False))
             except ValueError:
                 continue
-    return sorted(nets)
+    return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
-def _network(session: Session, net: Network, host: Host, off_limits: list[str]) -> a.DesiredNetwork:
+def _network(
+    session: Session, net: Network, host: Host, off_limits: Callable[[], list[str]]
+) -> a.DesiredNetwork:
     rows = session.execute(
         select(Port, Instance)
         .join(Instance, Instance.id == Port.instance_id)
@@ -177,7 +182,8 @@ def desired_state(session: Session, host: Host, generation: int) -> a.DesiredSta
     # Neutron's DHCP agent does: its next first port needs no bridge or dnsmasq started
     net_ids.update(session.scalars(select(Network.id).where(Network.dhcp_host_id == host.id)))
     nets = session.scalars(select(Network).where(Network.id.in_(net_ids))).all()
-    off_limits = _off_limits(session)
+    # read only by a host serving a routed network (one read of every host: not for the others)
+    off_limits = functools.cache(lambda: _off_limits(session))
     return a.DesiredState(
         generation=generation,
         cloud_id=cloud_id(session),

@@ -9,6 +9,7 @@ first time a server is placed on it; a floating IP is an address of it a project
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -96,7 +97,7 @@ def bump_port_gateway(session: Session, port_id: str | None) -> None:
 
 
 def desired_external(
-    session: Session, net: Network, off_limits: list[str]
+    session: Session, net: Network, off_limits: Callable[[], list[str]]
 ) -> a.DesiredExternal | None:
     """What the serving host of a tenant network needs for its egress and floating IPs."""
     router = session.scalar(select(ExternalAddress).where(ExternalAddress.router_of == net.id))
@@ -117,5 +118,5 @@ def desired_external(
         prefix=ipaddress.ip_network(ext.cidr).prefixlen,
         gateway=ext.gateway,
         floating=[a.DesiredFloating(address=f, fixed=ip) for f, ip in floating],
-        off_limits=off_limits,
+        off_limits=off_limits(),
     )
