@@ -26,6 +26,8 @@ class AppState:
     # each host's latest report of what it has that nothing wants (`nubes gc --dry-run`)
     leftovers: dict[str, list[str]] = field(default_factory=dict)
     notifier: Notifier = field(init=False)
+    # when each host was last sent a changed desired state (api/routes/agent.py's ANSWER_GAP)
+    answered: dict[str, float] = field(default_factory=dict)
     # sessions that only read (every GET, credential checks, desired states): no write lock
     reads: sessionmaker[Session] = field(init=False)
 

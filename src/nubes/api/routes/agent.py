@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes import tls
+from nubes.api.agent_lane import in_agent_lane
 from nubes.api.deps import (
     AgentDep,
     Caller,
@@ -26,6 +31,11 @@ from nubes.errors import Forbidden, InvalidInput, NotFound
 from nubes.schemas import agent as a
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
+
+# Each server change wakes its host and its network's gateway host; a burst of creates woke
+# the gateway host for each, and their fetches shared the API with the next creates (most of
+# their tail, bench/control_plane.py). Small beside a boot; the lab's sync period is 1 s.
+ANSWER_GAP = 0.5
 join_router = APIRouter(prefix="/v1/join", tags=["agent"])
 
 
@@ -123,12 +133,18 @@ async def desired(
     """Long-poll: answers when the host's generation differs from `since`; after `wait` seconds
     with no change, 304 Not Modified and no body (the agent keeps what it has: a thousand idle
     hosts' polls then cost no desired state each). The wait holds no thread and no database
-    connection (control/watch.py)."""
+    connection (control/watch.py). A host is sent a changed state at most every `ANSWER_GAP`
+    seconds: the first change after a quiet while at once, a burst's later ones together."""
     require_own_host(who, host_id)
-    if wait > 0 and await run_in_threadpool(_generation, state, host_id) == since:
+    if wait > 0 and await in_agent_lane(_generation, state, host_id) == since:
         if not await state.notifier.wait(host_id, since, wait):
             return Response(status_code=304)
-    return await run_in_threadpool(_desired, state, host_id)
+    if wait > 0 and since >= 0:  # not an agent's first fetch or its resync: those at once
+        last = state.answered.get(host_id, 0.0)
+        await asyncio.sleep(max(0.0, last + ANSWER_GAP - time.monotonic()))
+    answer = await in_agent_lane(_desired, state, host_id)
+    state.answered[host_id] = time.monotonic()
+    return answer
 
 
 def _generation(state: AppState, host_id: str) -> int:
@@ -149,24 +165,42 @@ def _desired(state: AppState, host_id: str) -> a.DesiredState:
 
 
 @router.post("/hosts/{host_id}/report", status_code=204)
-def report(
+async def report(
     host_id: str, body: a.Report, session: SessionDep, who: AgentDep, state: StateDep
 ) -> None:
-    host = _host(session, host_id, who)
-    state.leftovers[host.name] = body.leftovers
+    await in_agent_lane(_report, host_id, body, session, who, state)
+
+
+def _report(host_id: str, body: a.Report, session: Session, who: Caller, state: AppState) -> None:
+    # Most reports (a resync's, a host's echo) change nothing: tell so in a read, which takes
+    # no write lock, and write only when something changes (on SQLite the writers queue)
+    with state.reads() as look, look.no_autoflush:
+        host = _host(look, host_id, who)
+        state.leftovers[host.name] = body.leftovers
+        if not _fold(look, host, body, dry=True):
+            return
+        look.rollback()  # what the dry pass changed in its objects, forgotten
+    if _fold(session, _host(session, host_id, who), body, dry=False):
+        session.commit()
+
+
+def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
+    """Fold a report into the database; True if anything changed. `dry`: only tell, writing
+    nothing (a deleted instance's end, which writes at once, is only said to be a change)."""
     changed = shown_changed = False
     for obs in body.instances:
         inst = session.get(Instance, obs.id)
-        if inst is None or inst.host_id != host_id or inst.deleted_at is not None:
+        if inst is None or inst.host_id != host.id or inst.deleted_at is not None:
             continue
+        if dry and obs.status == "DELETED" and inst.desired_state == "deleted":
+            return True
         shown = (inst.status, inst.desired_state)  # what the host's desired state says
         changed |= operations.observe(session, inst, obs, host.name)
         changed |= apply_observation(session, inst, obs)
         shown_changed |= inst.deleted_at is None and shown != (inst.status, inst.desired_state)
-    if shown_changed:  # its agent acts on these: it is told (one extra fetch, then quiet)
-        generations.bump(session, [host_id])
-    if changed:
-        session.commit()
+    if shown_changed and not dry:  # its agent acts on these: it is told (an extra fetch)
+        generations.bump(session, [host.id])
+    return changed
 
 
 def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstance) -> bool:
