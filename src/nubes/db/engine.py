@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import select
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from nubes.db import sqlite_writers
+from nubes.db.sqlite_writers import QueuedWriters
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,7 +24,9 @@ def make_engine(url: str, timeout: float = 30.0) -> Engine:
     before OperationalError, which the API answers with 503."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": timeout}, pool_size=20
+            url,
+            connect_args={"check_same_thread": False, "timeout": timeout, "factory": QueuedWriters},
+            pool_size=20,
         )
         _sqlite_write_locks(engine, timeout)
         return engine
@@ -73,8 +79,11 @@ def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
     """WAL, and BEGIN IMMEDIATE so racing writers queue instead of failing on lock upgrade
     (DEFERRED for connections marked read-only: `read_only`)."""
 
+    writers = sqlite_writers.lock_for(str(engine.url))
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.writer_lock = writers
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -89,8 +98,19 @@ def _sqlite_write_locks(engine: Engine, timeout: float) -> None:
     # "begin" event emits ours, IMMEDIATE so the write lock is taken at the start.
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        read = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        dbapi_conn: Any = conn.connection.dbapi_connection
+        try:  # this process's writers first (sqlite_writers.py)
+            dbapi_conn.take_write_lock(timeout)
+        except sqlite3.OperationalError as exc:  # as SQLAlchemy wraps SQLite's own "locked"
+            raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_conn.let_go()
+            raise
 
 
 def migrate(url: str) -> None:
