@@ -192,6 +192,9 @@ class Instance(Base):
             sqlite_where=text("deleted_at IS NULL"),
             postgresql_where=text("deleted_at IS NULL"),
         ),
+        # a host's live instances and recent tombstones, read on every desired state: without
+        # it each agent's fetch scanned every instance ever deleted (bench/control_plane.py)
+        Index("ix_instances_host_deleted", "host_id", "deleted_at"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
@@ -264,7 +267,7 @@ class Port(Base):
     __table_args__ = (UniqueConstraint("network_id", "ip"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
-    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     ip: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
