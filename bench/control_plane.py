@@ -19,7 +19,7 @@ process's CPU (utime + stime from /proc) over a window with no agent and with N 
 Goals: p99 with agents <= 2x p99 with none; N=1,000 idle agents <= 25% of one core.
 
     .venv/bin/python bench/control_plane.py [--agents 1000] [--procs 4] [--duration 30]
-        [--window 20] [--db sqlite,postgresql]
+        [--window 120] [--db sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -445,7 +445,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=4, help="processes the agents run in")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of creates, each run")
-    ap.add_argument("--window", type=float, default=20.0, help="seconds of CPU measured")
+    ap.add_argument(
+        "--window",
+        type=float,
+        default=Settings().resync_interval,
+        help="seconds of idle CPU measured (default: one resync period, so that each agent's "
+        "heartbeats, long-polls and resync are all in it; a short window can fall between "
+        "their waves and read a fraction)",
+    )
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
     ap.add_argument(
         "--api-cpus",
