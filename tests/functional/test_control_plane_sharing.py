@@ -1,0 +1,172 @@
+"""How the agents' requests share the API with users': heartbeats arriving together are written
+in one statement, an unchanged report writes nothing, the agents' work runs at most
+`AGENT_THREADS` at a time, and SQLite's writers in one process queue for the lock in turn."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select, text
+from sqlalchemy.exc import OperationalError
+
+from nubes.api.agent_lane import AGENT_THREADS, in_agent_lane
+from nubes.client import NubesClient
+from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
+from nubes.db.engine import make_engine
+from nubes.db.models import Host, HostCredential, new_id
+from nubes.schemas import agent as a
+from tests.cloud import Cloud
+
+
+def statements_of(engine: Any, prefix: str) -> list[str]:
+    """A list that fills with the statements `engine` runs that start with `prefix`."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if sql.lstrip().upper().startswith(prefix):
+            seen.append(sql)
+
+    event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+def hosts_with_credentials(cloud: Cloud, n: int) -> dict[str, str]:
+    """N hosts straight into the database, each with its credential (as if joined)."""
+    hosts = {new_id(): HOST_CREDENTIAL_PREFIX + secrets.token_urlsafe(16) for _ in range(n)}
+    with cloud.app.state.nubes.engine.begin() as conn:
+        conn.execute(
+            insert(Host),
+            [
+                dict(id=h, name=f"sim{i}", address=f"10.254.0.{i + 1}", state_dir="")
+                for i, h in enumerate(hosts)
+            ],
+        )
+        conn.execute(
+            insert(HostCredential),
+            [dict(id=new_id(), secret_sha256=hash_token(c), host_id=h) for h, c in hosts.items()],
+        )
+    return hosts
+
+
+def test_heartbeats_arriving_together_are_written_in_one_statement(cloud: Cloud) -> None:
+    state = cloud.app.state.nubes
+    hosts = hosts_with_credentials(cloud, 12)
+    writes = statements_of(state.engine, "UPDATE HOSTS SET LAST_HEARTBEAT")
+    clients = {h: NubesClient(cloud.url, c) for h, c in hosts.items()}
+    start = threading.Barrier(len(clients))
+    failed: list[BaseException] = []
+
+    def beat(host_id: str) -> None:
+        start.wait()
+        try:
+            clients[host_id].heartbeat(host_id)
+        except BaseException as exc:  # noqa: BLE001 (shown below)
+            failed.append(exc)
+
+    threads = [threading.Thread(target=beat, args=(h,)) for h in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for c in clients.values():
+        c.close()
+    assert not failed, failed
+    with state.reads() as session:
+        beaten = session.scalars(select(Host.id).where(Host.last_heartbeat.is_not(None)))
+        assert set(hosts) <= set(beaten)
+    # each heartbeat alone would be 12 statements; those that arrive within 0.2 s share one (a
+    # slow start may split them, never into one each)
+    assert 1 <= len(writes) <= 3, writes
+
+
+def test_a_report_that_changes_nothing_writes_nothing(cloud: Cloud) -> None:
+    ((host_id, credential),) = hosts_with_credentials(cloud, 1).items()
+    state = cloud.app.state.nubes
+    with NubesClient(cloud.url, credential) as own:
+        own.report(host_id, a.Report(instances=[], leftovers=["nubes-i-stray"]))
+        writes = statements_of(state.engine, "BEGIN IMMEDIATE")
+        writes += statements_of(state.engine, "UPDATE")
+        writes += statements_of(state.engine, "INSERT")
+        own.report(host_id, a.Report(instances=[], leftovers=["nubes-i-stray"]))
+        assert writes == []
+        assert state.leftovers["sim0"] == ["nubes-i-stray"]  # still read and kept
+
+
+def test_the_agents_work_runs_at_most_agent_threads_at_a_time() -> None:
+    running, most = [0], [0]
+    guard = threading.Lock()
+
+    def work() -> None:
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(in_agent_lane(work) for _ in range(4 * AGENT_THREADS)))
+
+    asyncio.run(many())
+    assert most[0] == AGENT_THREADS
+
+
+def test_sqlite_writers_in_one_process_take_the_lock_in_turn(tmp_path: Any) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/w.db", timeout=0.5)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        order: list[str] = []
+        first_holds = threading.Event()
+
+        def first() -> None:
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES (1)"))
+                first_holds.set()
+                time.sleep(0.2)
+                order.append("first commits")
+
+        holder = threading.Thread(target=first)
+        holder.start()
+        first_holds.wait(timeout=10)
+        with engine.begin() as conn:  # waits for the first, then goes at once
+            order.append("second writes")
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+        holder.join(timeout=10)
+        assert order == ["first commits", "second writes"]
+        # a writer that cannot have the lock within the timeout: OperationalError (the API's 503)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (3)"))
+            failed: list[BaseException] = []
+
+            def late() -> None:
+                try:
+                    with engine.begin() as other:
+                        other.execute(text("INSERT INTO t VALUES (4)"))
+                except BaseException as exc:  # noqa: BLE001 (checked below)
+                    failed.append(exc)
+
+            waiter = threading.Thread(target=late)
+            waiter.start()
+            waiter.join(timeout=10)
+        assert len(failed) == 1 and isinstance(failed[0], OperationalError), failed
+        assert "this process's other writers held it" in str(failed[0])
+        with engine.connect() as conn:
+            assert [v for (v,) in conn.execute(text("SELECT v FROM t ORDER BY v"))] == [1, 2, 3]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def cloud(tmp_path: Any) -> Any:
+    """On SQLite (BEGIN IMMEDIATE marks its write transactions)."""
+    c = Cloud(tmp_path, hosts=0, database_url="")  # no agent of its own: only the test writes
+    try:
+        yield c
+    finally:
+        c.close()
