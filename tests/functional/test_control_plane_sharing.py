@@ -1,6 +1,7 @@
 """How the agents' requests share the API with users': heartbeats arriving together are written
-in one statement, an unchanged report writes nothing, the agents' work runs at most
-`AGENT_THREADS` at a time, and SQLite's writers in one process queue for the lock in turn."""
+in one statement, an unchanged report writes nothing, a host's changed states come at most
+`ANSWER_GAP` apart, the agents' work runs at most `AGENT_THREADS` at a time, and SQLite's
+writers in one process queue for the lock in turn."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from sqlalchemy import event, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from nubes.api.agent_lane import AGENT_THREADS, in_agent_lane
+from nubes.api.routes.agent import ANSWER_GAP
 from nubes.client import NubesClient
+from nubes.control import generations
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
 from nubes.db.engine import make_engine
 from nubes.db.models import Host, HostCredential, new_id
@@ -95,6 +98,32 @@ def test_a_report_that_changes_nothing_writes_nothing(cloud: Cloud) -> None:
         own.report(host_id, a.Report(instances=[], leftovers=["nubes-i-stray"]))
         assert writes == []
         assert state.leftovers["sim0"] == ["nubes-i-stray"]  # still read and kept
+
+
+def test_a_host_is_sent_changed_states_at_most_answer_gap_apart(cloud: Cloud) -> None:
+    """A burst of changes for one host: its agent fetches them ANSWER_GAP apart, not one each."""
+    ((host_id, credential),) = hosts_with_credentials(cloud, 1).items()
+    state = cloud.app.state.nubes
+
+    def change() -> None:
+        with state.sessions() as session:
+            generations.bump(session, [host_id])
+            session.commit()
+
+    with NubesClient(cloud.url, credential) as own:
+        first = own.desired(host_id, -1, 0)
+        answered = [time.monotonic()]
+        assert first is not None
+        since = first.generation
+        for _ in range(2):
+            change()
+            got = own.desired(host_id, since, 30)
+            answered.append(time.monotonic())
+            assert got is not None and got.generation == since + 1
+            since = got.generation
+    gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
+    # (measured by the client, a little after the API's own stamps)
+    assert all(gap >= ANSWER_GAP - 0.1 for gap in gaps), gaps
 
 
 def test_the_agents_work_runs_at_most_agent_threads_at_a_time() -> None:
