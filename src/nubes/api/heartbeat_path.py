@@ -54,6 +54,17 @@ class GroupCommit:
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_pending()
+        finally:
+            # ended by anything else (cancelled at shutdown, a bug): no caller waits forever, and
+            # no later heartbeat of the same host joins a future nobody will resolve
+            left, self.pending = self.pending, {}
+            for _, future in left.values():
+                if not future.done():
+                    future.set_exception(RuntimeError("heartbeat not written"))
+
+    async def _flush_pending(self) -> None:
         while self.pending:
             await asyncio.sleep(GATHER_SECONDS)
             batch = dict(list(self.pending.items())[:BATCH_MAX])

@@ -180,8 +180,12 @@ def _report(host_id: str, body: a.Report, session: Session, who: Caller, state: 
         if not _fold(look, host, body, dry=True):
             return
         look.rollback()  # what the dry pass changed in its objects, forgotten
+    # the write ends here, in the lane: left to the session's teardown (a threadpool task that
+    # may wait for a thread), SQLite's write lock would outlive the request
     if _fold(session, _host(session, host_id, who), body, dry=False):
         session.commit()
+    else:
+        session.rollback()
 
 
 def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
