@@ -19,7 +19,7 @@ process's CPU (utime + stime from /proc) over a window with no agent and with N 
 Goals: p99 with agents <= 2x p99 with none; N=1,000 idle agents <= 25% of one core.
 
     .venv/bin/python bench/control_plane.py [--agents 1000] [--procs 4] [--duration 30]
-        [--window 120] [--db sqlite,postgresql]
+        [--window 120] [--db sqlite,postgresql] [--api-cpus auto|none|0,...]
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from nubes.db.engine import make_engine  # noqa: E402
 from nubes.db.models import Host, HostCredential, new_id, utcnow  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-# --api-cpus: the API on these CPUs, the simulated agents and the creating client on the others
-# (as on a real cloud, where the agents run on other machines); empty: no pinning
+# --api-cpus: the API, its database and the client on these CPUs, the simulated agents on the
+# others (as on a real cloud, where the agents run on other machines); empty: no pinning
 PINNING: dict[str, set[int]] = {}
 
 
@@ -440,6 +440,25 @@ def databases(which: list[str], cleanup: list[Callable[[], None]]) -> Iterator[t
             raise SystemExit(f"unknown database {db!r}: sqlite or postgresql")
 
 
+def pin(api_cpus_arg: str) -> None:
+    """The agents' simulators on CPUs of their own: in a real cloud they are other machines, and
+    here, sharing the API's and the client's CPUs, they slowed both (the client's own clock
+    counted the waits for a CPU it shared with them)."""
+    mine = os.sched_getaffinity(0)
+    if api_cpus_arg == "none" or (api_cpus_arg == "auto" and len(mine) < 2):
+        print("API, client and agents share all CPUs")
+        return
+    api_cpus = {min(mine)} if api_cpus_arg == "auto" else {
+        int(c) for c in api_cpus_arg.split(",")
+    }  # fmt: skip
+    others = mine - api_cpus
+    if not others or not api_cpus <= mine:
+        raise SystemExit(f"--api-cpus {api_cpus_arg}: leave the agents a CPU of their own")
+    PINNING.update(api=api_cpus, agents=others)
+    os.sched_setaffinity(0, api_cpus)  # the client, and a PostgreSQL server started from here
+    print(f"API, its database and the client on CPUs {sorted(api_cpus)}; agents on", sorted(others))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--agents", type=int, default=1000)
@@ -456,22 +475,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
     ap.add_argument(
         "--api-cpus",
-        default="",
-        help="e.g. 0: the API on CPU 0, the agents and the client on the others (default: none)",
+        default="auto",
+        help="the API, its database and the creating client (which only waits on it) on these "
+        "CPUs, e.g. 0; the simulated agents, which stand for other machines, on the others. "
+        "auto (the default): CPU 0 where there are two or more; none: everything shares all",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return
-    if args.api_cpus:
-        api_cpus = {int(c) for c in args.api_cpus.split(",")}
-        others = os.sched_getaffinity(0) - api_cpus
-        if not others or not api_cpus <= os.sched_getaffinity(0):
-            raise SystemExit(f"--api-cpus {args.api_cpus}: leave the agents a CPU of their own")
-        PINNING.update(api=api_cpus, agents=others)
-        os.sched_setaffinity(0, others)  # the creating client
-        print(f"API on CPUs {sorted(api_cpus)}, agents and client on {sorted(others)}")
+    pin(args.api_cpus)
     cleanup: list[Callable[[], None]] = []
     try:
         for db, url in databases(args.db.split(","), cleanup):

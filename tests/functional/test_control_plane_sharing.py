@@ -1,7 +1,8 @@
 """How the agents' requests share the API with users': heartbeats arriving together are written
 in one statement, an unchanged report writes nothing, a host's changed states come at most
-`ANSWER_GAP` apart, the agents' work runs at most `AGENT_THREADS` at a time, and SQLite's
-writers in one process queue for the lock in turn."""
+`ANSWER_GAP` apart, the agents' work runs at most `AGENT_THREADS` at a time and after the users'
+requests in flight, and SQLite's writers in one process queue for the lock in turn, users'
+before the agents'."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import pytest
 from sqlalchemy import event, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from nubes.api.agent_lane import AGENT_THREADS, in_agent_lane
+from nubes.api.agent_lane import AGENT_THREADS, YIELD_AT_MOST, UsersFirst, in_agent_lane
 from nubes.api.routes.agent import ANSWER_GAP
 from nubes.client import NubesClient
 from nubes.control import generations
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
+from nubes.db import sqlite_writers
 from nubes.db.engine import make_engine
 from nubes.db.models import Host, HostCredential, new_id
 from nubes.schemas import agent as a
@@ -143,6 +145,102 @@ def test_the_agents_work_runs_at_most_agent_threads_at_a_time() -> None:
 
     asyncio.run(many())
     assert most[0] == AGENT_THREADS
+
+
+async def _user_request(app: UsersFirst, path: str) -> None:
+    """A request for `path` through the middleware."""
+    scope = {"type": "http", "path": path, "method": "POST", "headers": []}
+
+    async def nothing() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def ignore(_: Any) -> None:
+        return None
+
+    await app(scope, nothing, ignore)
+
+
+def test_an_agents_job_starts_after_the_users_requests_in_flight() -> None:
+    async def slow_handler(_scope: Any, _receive: Any, _send: Any) -> None:
+        await asyncio.sleep(0.15)
+
+    middleware = UsersFirst(slow_handler)
+
+    async def job_start_while(path: str | None) -> float:
+        begin = time.monotonic()
+        user = asyncio.create_task(_user_request(middleware, path)) if path else None
+        await asyncio.sleep(0.01)  # the request is in flight
+        started = await in_agent_lane(time.monotonic) - begin
+        if user:
+            await user
+        return started
+
+    async def runs() -> tuple[float, float, float, float]:
+        quiet = await job_start_while(None)
+        agent = await job_start_while("/v1/agent/hosts/x/report")  # agents don't hold it back
+        short = await job_start_while("/v1/servers")  # a user's request of 0.15 s...
+        middleware.app = _forever
+        long = await job_start_while("/v1/images/x/file")  # ...and one that never ends
+        return quiet, agent, short, long
+
+    quiet, agent, short, long = asyncio.run(runs())
+    assert quiet < 0.1 and agent < 0.1, (quiet, agent)
+    assert 0.15 - 0.02 <= short < YIELD_AT_MOST, short  # once the user's request had ended
+    # never held back longer than YIELD_AT_MOST (then it runs beside the users)
+    assert YIELD_AT_MOST - 0.02 <= long < YIELD_AT_MOST + 0.2, long
+
+
+async def _forever(_scope: Any, _receive: Any, _send: Any) -> None:
+    await asyncio.sleep(5)
+
+
+def test_sqlite_users_writers_go_before_the_agents(tmp_path: Any) -> None:
+    lock = sqlite_writers.WriterLock()
+    order: list[str] = []
+    assert lock.acquire(timeout=1)
+
+    def writer(name: str, background: bool) -> None:
+        sqlite_writers.background.set(background)
+        assert lock.acquire(timeout=5)
+        order.append(name)
+        lock.release()
+
+    agent = threading.Thread(target=writer, args=("agent", True))
+    agent.start()
+    time.sleep(0.05)  # the agent's writer waits first
+    user = threading.Thread(target=writer, args=("user", False))
+    user.start()
+    time.sleep(0.05)
+    lock.release()
+    for t in (agent, user):
+        t.join(timeout=10)
+    assert order == ["user", "agent"]
+
+    # an agent's writer yields for BACKGROUND_YIELD at most: users that keep the lock busy
+    # cannot starve it
+    assert lock.acquire(timeout=1)
+    stop = threading.Event()
+
+    def busy_users() -> None:
+        while not stop.is_set():
+            assert lock.acquire(timeout=5)
+            time.sleep(0.002)
+            lock.release()
+
+    agent = threading.Thread(target=writer, args=("agent late", True))
+    agent.start()
+    users = [threading.Thread(target=busy_users) for _ in range(3)]
+    for t in users:
+        t.start()
+    begin = time.monotonic()
+    lock.release()
+    agent.join(timeout=10)
+    waited = time.monotonic() - begin
+    stop.set()
+    for t in users:
+        t.join(timeout=10)
+    assert order[-1] == "agent late"
+    assert waited < sqlite_writers.BACKGROUND_YIELD + 1.0, waited
 
 
 def test_sqlite_writers_in_one_process_take_the_lock_in_turn(tmp_path: Any) -> None:

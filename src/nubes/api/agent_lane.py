@@ -1,32 +1,94 @@
-"""The agents' lane: the work behind their desired states and reports, a thread at a time.
+"""The agents' lane: the work behind their desired states and reports, one at a time, after
+the users' requests in flight.
 
 Each server change wakes its host and its network's gateway host, whose fetches and reports
-are CPU work in this one Python process. Run in the common threadpool, a handful of them ran
-beside a user's create and shared the interpreter with it, which made the create several times
-slower (bench/control_plane.py, figures in docs/architecture.md). In one lane of their own they
-queue behind each other instead, and a user's request shares the interpreter with at most one
-of them. The agents lose nothing they notice: a fetch or a report waits a few milliseconds."""
+are CPU work in this one Python process, about as much as the create itself. Run beside a
+user's request, they share the interpreter with it and make it several times slower
+(bench/control_plane.py, figures in docs/architecture.md). So the agents' work waits in a lane
+of its own: one job at a time, and a job starts only once no user's request is in flight, or
+after `YIELD_AT_MOST` seconds however busy the users are (agents never starve). A user's
+request then shares the interpreter with at most the one job that had started before it came.
+The agents lose nothing they notice: a fetch or a report waits a few milliseconds, beside
+boots of seconds and a sync period of two."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 from weakref import WeakKeyDictionary
 
 from anyio import CapacityLimiter, to_thread
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nubes.db import sqlite_writers
 
 T = TypeVar("T")
 
+AGENT_THREADS = 1
+YIELD_AT_MOST = 0.25  # seconds an agent's job waits for the users' requests to end, at most
+AGENT_PATHS = ("/v1/agent/", "/v1/join")  # what is not a user's request
 
-AGENT_THREADS = 2
-# one limiter per event loop (a test's client may serve each request in a loop of its own)
-_LANES: WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = WeakKeyDictionary()
+
+@dataclass
+class _Lane:
+    limiter: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(AGENT_THREADS))
+    users: int = 0  # users' requests in flight
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.quiet.set()
 
 
-async def in_agent_lane(fn: Callable[..., T], *args: object) -> T:
+# one lane per event loop (a test's client may serve each request in a loop of its own)
+_LANES: WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = WeakKeyDictionary()
+
+
+def _lane() -> _Lane:
     loop = asyncio.get_running_loop()
     lane = _LANES.get(loop)
     if lane is None:
-        lane = _LANES[loop] = CapacityLimiter(AGENT_THREADS)
-    return await to_thread.run_sync(fn, *args, limiter=lane)
+        lane = _LANES[loop] = _Lane()
+    return lane
+
+
+async def in_agent_lane(fn: Callable[..., T], *args: object) -> T:
+    lane = _lane()
+    async with lane.limiter:
+        try:
+            await asyncio.wait_for(lane.quiet.wait(), YIELD_AT_MOST)
+        except TimeoutError:
+            pass  # the users keep it busy: go now, beside them
+        return await to_thread.run_sync(_as_agent, fn, *args)
+
+
+def _as_agent(fn: Callable[..., T], *args: object) -> T:
+    return in_background(fn, *args)
+
+
+def in_background(fn: Callable[..., T], *args: object) -> T:
+    """`fn` in this thread as background work: its SQLite writes let users' go first."""
+    sqlite_writers.background.set(True)  # this thread's copy of the context: this call only
+    return fn(*args)
+
+
+class UsersFirst:
+    """ASGI middleware: counts the users' HTTP requests in flight, for the lane above."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(AGENT_PATHS):
+            await self.app(scope, receive, send)
+            return
+        lane = _lane()
+        lane.users += 1
+        lane.quiet.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            lane.users -= 1
+            if lane.users == 0:
+                lane.quiet.set()

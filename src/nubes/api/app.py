@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from nubes import faults, tls
 from nubes.api import errors
+from nubes.api.agent_lane import UsersFirst
 from nubes.api.bootstrap import seed_database, write_client_config
 from nubes.api.heartbeat_path import HeartbeatFirst
 from nubes.api.routes import (
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
+    app.add_middleware(UsersFirst)  # the agents' jobs start after the users' requests
     app.add_middleware(HeartbeatFirst, state=app.state.nubes)
     for module in (
         images,

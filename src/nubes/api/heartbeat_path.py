@@ -18,6 +18,7 @@ from anyio import to_thread
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nubes.api.agent_lane import in_background
 from nubes.control import heartbeat
 from nubes.control.state import AppState
 
@@ -72,7 +73,10 @@ class GroupCommit:
                 del self.pending[host_id]
             try:
                 good = await to_thread.run_sync(
-                    heartbeat.beat_own_hosts, self.engine, {h: s for h, (s, _) in batch.items()}
+                    in_background,
+                    heartbeat.beat_own_hosts,
+                    self.engine,
+                    {h: s for h, (s, _) in batch.items()},
                 )
             except Exception as exc:  # the database failed them all: each caller gets a 500
                 for _, future in batch.values():
