@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     quota_security_group_rules: int = Field(default=100, ge=0)
     quota_floating_ips: int = Field(default=50, ge=0)
     max_image_virtual_size_gb: int = Field(default=2048, description="larger images are refused")
+    # a request's body, read before authentication: larger ones get 413 (uploads excepted)
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    # an image upload's data, streamed to disk after authentication (and the disk's free space)
+    max_upload_bytes: int = Field(default=64 << 30, ge=1)
     allow_private_image_urls: bool = False
 
     # how long a request waits for a locked or unreachable database before answering 503

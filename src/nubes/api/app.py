@@ -13,6 +13,7 @@ from nubes import faults, tls
 from nubes.api import errors
 from nubes.api.agent_lane import UsersFirst
 from nubes.api.bootstrap import seed_database, write_client_config
+from nubes.api.bounds import BoundedBodies
 from nubes.api.heartbeat_path import HeartbeatFirst
 from nubes.api.routes import (
     agent,
@@ -87,6 +88,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.nubes = AppState(settings=settings, engine=engine, sessions=sessions)
     errors.install(app)
+    app.add_middleware(
+        BoundedBodies,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        images_dir=settings.images_dir,
+    )
     app.add_middleware(UsersFirst)  # the agents' jobs start after the users' requests
     app.add_middleware(HeartbeatFirst, state=app.state.nubes)
     for module in (

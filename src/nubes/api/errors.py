@@ -63,7 +63,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, "Error", str(exc.detail))
+        title, field = getattr(exc, "title", "Error"), getattr(exc, "field", None)
+        return problem(exc.status_code, title, str(exc.detail), field)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
