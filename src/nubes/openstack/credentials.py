@@ -4,32 +4,15 @@ what a clouds.yaml needs beside it (`nubes openstack clouds-yaml`)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
 from nubes.db.models import Project
 from nubes.errors import Forbidden, NotFound
 from nubes.openstack import tokens
+from nubes.schemas.openstack import Credential, CredentialCreate
 
 router = APIRouter(prefix="/v1/openstack", tags=["openstack"])
-
-
-class CredentialCreate(BaseModel):
-    project: str | None = Field(
-        default=None, max_length=64, description="admin: another project (a member credential)"
-    )
-    name: str = Field(default="clouds-yaml", max_length=64)
-
-
-class Credential(BaseModel):
-    id: str
-    secret: str = Field(description="shown only in this answer")
-    project: str
-    project_id: str
-    auth_url: str
-    region: str = "RegionOne"
-    ca_file: str
 
 
 @router.post("/credentials", status_code=201)
