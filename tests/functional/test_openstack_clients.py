@@ -4,6 +4,7 @@ failed command's `--debug` output is in the failure message."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.cloud import make_image
 from tests.openstack_env import OPENSTACK, OpenStackCli, OpenStackCloud
 from tests.pgcluster import PgCluster
 
@@ -115,3 +117,97 @@ def test_server_lifecycle(osc: OpenStackCloud) -> None:
     gone = cli.run("server", "show", created["id"], check=False)
     assert gone.returncode != 0 and "No Server found" in gone.stderr
     assert all(s.name != "web1" for s in osc.team.servers())
+
+
+def test_image_create_file(osc: OpenStackCloud) -> None:
+    data = make_image(osc.root / "upload.qcow2").read_bytes()
+    (osc.root / "upload.qcow2").write_bytes(data)
+    made = osc.cli.run(
+        "image", "create", "--file", str(osc.root / "upload.qcow2"), "--disk-format", "qcow2",
+        "--container-format", "bare", "uploaded",
+    )  # fmt: skip
+    assert made["name"] == "uploaded"
+    shown = osc.cli.run("image", "show", "uploaded")
+    assert shown["status"] == "active" and shown["size"] == len(data)
+    assert shown["checksum"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert osc.team.image("uploaded").status == "active"
+    osc.cli.run("image", "delete", "uploaded", fmt=False)
+    assert "uploaded" not in {i["Name"] for i in osc.cli.run("image", "list")}
+
+
+def test_network_and_subnet_create(osc: OpenStackCloud) -> None:
+    net = osc.cli.run("network", "create", "red")
+    assert net["name"] == "red" and net["status"] == "ACTIVE" and net["subnets"] == []
+    subnet = osc.cli.run(
+        "subnet", "create", "--network", "red", "--subnet-range", "10.40.0.0/24", "red-v4"
+    )
+    assert subnet["cidr"] == "10.40.0.0/24" and subnet["network_id"] == net["id"]
+    assert subnet["gateway_ip"] == "10.40.0.1" and subnet["name"] == "red-v4"
+    shown = osc.cli.run("network", "show", "red")
+    assert shown["subnets"] == [subnet["id"]]
+    nubes = osc.team.network("red")  # the subnet made the nubes network, with the same id
+    assert nubes.id == net["id"] and nubes.cidr == "10.40.0.0/24"
+    assert [s["Name"] for s in osc.cli.run("subnet", "list", "--network", "red")] == ["red-v4"]
+
+
+def test_security_group_rule_create(osc: OpenStackCloud) -> None:
+    rule = osc.cli.run(
+        "security", "group", "rule", "create", "default", "--protocol", "tcp", "--dst-port", "22"
+    )
+    assert rule["port_range_min"] == 22 and rule["protocol"] == "tcp"
+    assert rule["direction"] == "ingress"
+    group = osc.cli.run("security", "group", "create", "web")
+    osc.cli.run(
+        "security", "group", "rule", "create", "web", "--protocol", "tcp", "--dst-port",
+        "80:81", "--remote-ip", "192.0.2.0/24",
+    )  # fmt: skip
+    rules = osc.cli.run("security", "group", "rule", "list", "web")
+    assert any(r["Port Range"] == "80:81" and r["IP Range"] == "192.0.2.0/24" for r in rules)
+    nubes = osc.team.security_group("web")
+    assert nubes.id == group["id"]
+    assert any(r.port_min == 80 and r.remote_ip == "192.0.2.0/24" for r in nubes.rules)
+
+
+def test_floating_ip_create_and_set(osc: OpenStackCloud) -> None:
+    cli = osc.cli
+    server = cli.run(
+        "server", "create", "--image", "tiny", "--flavor", "m1.tiny", "--network", "blue",
+        "--wait", "fip1",
+    )  # fmt: skip
+    fip = cli.run("floating", "ip", "create", "public")
+    address = fip["floating_ip_address"]
+    assert address.startswith("198.51.100.") and fip["port_id"] is None
+    ports = cli.run("port", "list", "--server", server["id"])
+    assert len(ports) == 1
+    cli.run("floating", "ip", "set", "--port", ports[0]["ID"], address, fmt=False)
+    shown = cli.run("floating", "ip", "show", address)
+    assert shown["port_id"] == ports[0]["ID"]
+    assert shown["fixed_ip_address"] == ports[0]["Fixed IP Addresses"][0]["ip_address"]
+    assert address in json.dumps(cli.run("server", "show", "fip1")["addresses"])
+    assert [f.server for f in osc.team.floating_ips() if f.address == address] == ["fip1"]
+    cli.run("floating", "ip", "unset", "--port", address, fmt=False)
+    cli.run("floating", "ip", "delete", address, fmt=False)
+    cli.run("server", "delete", "--wait", "fip1", fmt=False)
+
+
+SDK_SCRIPT = """
+import json, openstack
+conn = openstack.connect(cloud="nubes")
+server = conn.create_server(
+    "sdk1", image="tiny", flavor="m1.tiny", network="blue", wait=True, auto_ip=True,
+    timeout=120,
+)
+# what the SDK computes (public_v4, private_v4) comes with the cloud layer's get_server
+server = conn.get_server(server.id)
+print(json.dumps({"id": server.id, "status": server.status,
+                  "public_v4": server.public_v4, "private_v4": server.private_v4}))
+"""
+
+
+def test_sdk_create_server_with_auto_ip(osc: OpenStackCloud) -> None:
+    made = osc.cli.python(SDK_SCRIPT)
+    assert made["status"] == "ACTIVE"
+    assert made["private_v4"].startswith("10.30.0.")
+    assert made["public_v4"].startswith("198.51.100.")
+    fips = {f.address: f.server for f in osc.team.floating_ips()}
+    assert fips[made["public_v4"]] == "sdk1"
