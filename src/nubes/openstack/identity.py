@@ -107,7 +107,7 @@ def _app_credential(session: Session, ttl: float, identity: dict[str, Any]) -> I
     if not ident:
         # by name: the credential's user (a project) names it
         raise BadRequest(
-            "application_credential: give its id (nubes openstack clouds-yaml prints it)",
+            "application_credential.id: required (nubes openstack clouds-yaml prints it)",
             field="application_credential.id",
         )
     return tokens.by_app_credential(session, ttl, ident, secret)
