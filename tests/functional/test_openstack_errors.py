@@ -275,3 +275,32 @@ def test_other_projects_resources_answer_404(http: httpx.Client, ready: Cloud) -
     assert [n["name"] for n in nets] == []  # the admin's tenant network is not theirs
     images = http.get("/image/v2/images", headers=member).json()["images"]
     assert [i["visibility"] for i in images] == ["public"]  # the admin's images are public
+
+
+def test_pagination_by_marker(http: httpx.Client, ready: Cloud) -> None:
+    auth = {"x-auth-token": admin_token(http, ready)}
+    for name in ("p1", "p2", "p3"):
+        made = http.post("/image/v2/images", json={"name": name, "x_custom": 1}, headers=auth)
+        assert made.status_code == 201 and made.json()["x_custom"] == "1"
+    first = http.get("/image/v2/images?limit=2", headers=auth).json()
+    assert len(first["images"]) == 2 and first["next"].startswith("/v2/images?marker=")
+    rest = http.get("/image" + first["next"], headers=auth).json()
+    seen = [i["name"] for i in first["images"] + rest["images"]]
+    assert sorted(seen) == ["img", "p1", "p2", "p3"] and "next" not in rest
+    assert http.get("/image/v2/images?marker=nope", headers=auth).status_code == 400
+    good = {"imageRef": ready.client.image("img").id, "flavorRef": ready.client.flavors()[0].id}
+    for name in ("a1", "a2"):
+        made = http.post("/compute/v2.1/servers", json=server_body(**good, name=name), headers=auth)
+        assert made.status_code == 202, made.text
+    one = http.get("/compute/v2.1/servers/detail?limit=1", headers=auth).json()["servers"]
+    two = http.get(f"/compute/v2.1/servers?limit=1&marker={one[0]['id']}", headers=auth).json()
+    after = http.get(f"/compute/v2.1/servers?marker={two['servers'][0]['id']}", headers=auth).json()
+    assert {one[0]["name"], two["servers"][0]["name"]} == {"a1", "a2"}
+    assert after == {"servers": []}
+    named = http.get("/compute/v2.1/servers/detail?name=^a1$", headers=auth).json()["servers"]
+    assert [s["name"] for s in named] == ["a1"]
+    assert (
+        named[0]["OS-SRV-USG:launched_at"] is None or "Z" not in named[0]["OS-SRV-USG:launched_at"]
+    )
+    bad = http.get("/compute/v2.1/servers?name=(", headers=auth)
+    assert bad.status_code == 400

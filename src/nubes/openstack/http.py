@@ -4,6 +4,7 @@ the clients' time formats."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable, Coroutine
@@ -24,6 +25,8 @@ from nubes.control.state import AppState
 from nubes.errors import BadRequest, NubesError, Unauthorized
 from nubes.openstack import tokens
 from nubes.schemas.common import first_problem
+
+log = logging.getLogger("nubes.api")
 
 
 class NotAcceptable(NubesError):
@@ -71,6 +74,8 @@ def error(service: str, status: int, message: str) -> JSONResponse:
 def _as_error(service: str, request: Request, exc: Exception) -> JSONResponse | None:
     """The service's error answer for what a handler raised (None: not ours to answer)."""
     if isinstance(exc, NubesError):
+        if exc.status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
         status = 400 if exc.status == 422 else exc.status  # OpenStack says 400 for bad input
         who = getattr(request.state, "caller", None)
         return error(service, status, redact.for_caller(who, exc.message))
