@@ -304,3 +304,52 @@ def test_pagination_by_marker(http: httpx.Client, ready: Cloud) -> None:
     )
     bad = http.get("/compute/v2.1/servers?name=(", headers=auth)
     assert bad.status_code == 400
+
+
+WEIRD: list[Any] = [None, 0, -1, 2**70, True, "", "x" * 5000, "a\x00b", [], [1], {}, {"a": 1}]
+
+
+def test_hostile_values_in_every_field_are_never_a_500(http: httpx.Client, ready: Cloud) -> None:
+    """Each field of each OpenStack write, given each odd value over a good body: 4xx or a
+    success, never a 500 (the clients act on the status)."""
+    auth = {"x-auth-token": admin_token(http, ready)}
+    net = http.post("/network/v2.0/networks", json={"network": {"name": "h1"}}, headers=auth)
+    group = http.get("/network/v2.0/security-groups?name=default", headers=auth).json()
+    image, flavor = ready.client.image("img").id, ready.client.flavors()[0].id
+    writes: list[tuple[str, str | None, dict[str, Any]]] = [
+        ("/compute/v2.1/servers", "server",
+         {"name": "h", "imageRef": image, "flavorRef": flavor, "networks": [{"uuid": "net"}],
+          "key_name": None, "user_data": None, "security_groups": [{"name": "default"}],
+          "min_count": 1, "block_device_mapping_v2": []}),
+        ("/compute/v2.1/os-keypairs", "keypair", {"name": "hk", "public_key": None}),
+        ("/network/v2.0/networks", "network", {"name": "hn", "router:external": False}),
+        ("/network/v2.0/subnets", "subnet",
+         {"network_id": net.json()["network"]["id"], "cidr": "10.77.0.0/24", "name": "s",
+          "ip_version": 4, "gateway_ip": None, "enable_dhcp": True}),
+        ("/network/v2.0/security-groups", "security_group", {"name": "hg", "description": ""}),
+        ("/network/v2.0/security-group-rules", "security_group_rule",
+         {"security_group_id": group["security_groups"][0]["id"], "direction": "ingress",
+          "protocol": "tcp", "port_range_min": 1, "port_range_max": 2, "ethertype": "IPv4",
+          "remote_ip_prefix": None, "remote_group_id": None}),
+        ("/network/v2.0/floatingips", "floatingip", {"floating_network_id": "x", "port_id": None}),
+        ("/image/v2/images", None, {"name": "hi", "disk_format": "qcow2", "prop": "v"}),
+        ("/identity/v3/auth/tokens", "auth",
+         {"identity": {"methods": ["password"], "password": {"user": {"name": "admin",
+                                                                      "password": "x"}}}}),
+    ]  # fmt: skip
+    failures = []
+    for path, key, good in writes:
+        for field in good:
+            for value in WEIRD:
+                inner = good | {field: value}
+                body = {key: inner} if key else inner
+                answer = http.post(path, json=body, headers=auth)
+                if answer.status_code >= 500:
+                    failures.append(f"{path} {field}={value!r:.40}: {answer.text[:200]}")
+    for path in ("/compute/v2.1/servers/x/action", "/network/v2.0/floatingips/x"):
+        for value in WEIRD:
+            answer = http.request("PUT" if "floating" in path else "POST", path, json=value,
+                                  headers=auth)  # fmt: skip
+            if answer.status_code >= 500:
+                failures.append(f"{path} {value!r:.40}: {answer.text[:200]}")
+    assert not failures, "\n".join(failures[:20])

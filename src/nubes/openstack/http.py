@@ -169,6 +169,8 @@ def text(d: dict[str, Any], key: str, *, required: bool = False, where: str = ""
         return None
     if not isinstance(value, str):
         raise BadRequest(f"{field}: must be a string", field=field)
+    if "\0" in value:  # PostgreSQL refuses NUL even in a lookup: it would be a 500
+        raise BadRequest(f"{field}: NUL characters are not allowed", field=field)
     return value
 
 
