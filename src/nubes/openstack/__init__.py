@@ -11,6 +11,7 @@ def install(app: FastAPI) -> None:
     # each module adds its routes to its service's router on import
     from nubes.openstack import (
         compute,
+        compute_misc,  # noqa: F401  (zones and limits on compute's router)
         credentials,
         flavors_keypairs,  # noqa: F401  (Nova's flavors and keypairs on compute's router)
         identity,

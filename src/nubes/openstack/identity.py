@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import Body, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import SessionDep, StateDep
 from nubes.control.state import AppState
+from nubes.db.models import Project
 from nubes.errors import BadRequest, Unauthorized
 from nubes.openstack import tokens
 from nubes.openstack.http import derived_id, make_router, section, text
@@ -176,3 +178,36 @@ def revoke_token(request: Request, session: SessionDep, state: StateDep) -> Resp
 def show_catalog(request: Request, state: StateDep) -> dict[str, Any]:
     tokens.verify(state, request.headers.get("x-auth-token", ""))
     return {"catalog": catalog(state), "links": {"self": None}}
+
+
+def _project_doc(state: AppState, p: Project) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "domain_id": DOMAIN["id"],
+        "description": "",
+        "enabled": True,
+        "is_domain": False,
+        "parent_id": DOMAIN["id"],
+        "tags": [],
+        "links": {"self": f"{state.settings.public_url}/identity/v3/projects/{p.id}"},
+    }
+
+
+@router.get("/v3/auth/projects")
+def my_projects(request: Request, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    """The projects a token may be scoped to: its own (a user is a project)."""
+    who = tokens.verify(state, request.headers.get("x-auth-token", ""))
+    project = session.get(Project, who.project_id)
+    return {"projects": [_project_doc(state, project)] if project else [], "links": {}}
+
+
+@router.get("/v3/projects")
+def list_projects(request: Request, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    """An admin's token sees every project, a member's its own."""
+    who = tokens.verify(state, request.headers.get("x-auth-token", ""))
+    query = select(Project).order_by(Project.name)
+    if not who.is_admin:
+        query = query.where(Project.id == who.project_id)
+    rows = session.scalars(query)
+    return {"projects": [_project_doc(state, p) for p in rows], "links": {}}
