@@ -99,6 +99,22 @@ def test_password_token_and_application_credential_methods(
         },
     )
     assert by_cred.status_code == 201
+    by_name = http.post(
+        "/identity/v3/auth/tokens",
+        json={
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {
+                        "name": "clouds-yaml",
+                        "user": {"name": "team", "domain": {"name": "Default"}},
+                        "secret": cred["secret"],
+                    },
+                }
+            }
+        },
+    )
+    assert by_name.status_code == 201, by_name.text
     assert by_cred.json()["token"]["project"]["id"] == team.id
     assert by_cred.json()["token"]["roles"][0]["name"] == "member"
 

@@ -106,13 +106,22 @@ def _app_credential(session: Session, ttl: float, identity: dict[str, Any]) -> I
     cred = section(identity, "application_credential")
     secret = text(cred, "secret", required=True, where="application_credential") or ""
     ident = text(cred, "id")
-    if not ident:
-        # by name: the credential's user (a project) names it
+    if ident:
+        return tokens.by_app_credential(session, ttl, ident, secret)
+    # by name: then its user (a project) names it too
+    name = text(cred, "name")
+    found = cred.get("user")
+    user: dict[str, Any] = found if isinstance(found, dict) else {}
+    owner = text(user, "id", where="application_credential.user") or text(
+        user, "name", where="application_credential.user"
+    )
+    if not name or not owner:
         raise BadRequest(
-            "application_credential.id: required (nubes openstack clouds-yaml prints it)",
+            "application_credential.id: required, or its name and user "
+            "(nubes openstack clouds-yaml prints the id)",
             field="application_credential.id",
         )
-    return tokens.by_app_credential(session, ttl, ident, secret)
+    return tokens.by_app_credential_name(session, ttl, owner, name, secret)
 
 
 def authenticate(session: Session, ttl: float, body: Any) -> Issued:

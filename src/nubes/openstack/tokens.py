@@ -90,6 +90,23 @@ def by_app_credential(session: Session, ttl: float, ident: str, secret: str) -> 
     return issue(session, ttl, project, row.role, ["application_credential"], app_credential=row)
 
 
+def by_app_credential_name(
+    session: Session, ttl: float, project: str, name: str, secret: str
+) -> Issued:
+    """A credential named by its name and its user (a project's name or id)."""
+    owner = project_by(session, project, None)
+    row = session.scalar(
+        select(OsAppCredential).where(
+            OsAppCredential.project_id == owner.id,
+            OsAppCredential.name == name,
+            OsAppCredential.secret_sha256 == hash_token(secret),
+        )
+    )
+    if row is None:
+        raise Unauthorized("the application credential is unknown or its secret is wrong")
+    return by_app_credential(session, ttl, row.id, secret)
+
+
 def issue(
     session: Session,
     ttl: float,
