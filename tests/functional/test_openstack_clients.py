@@ -41,6 +41,16 @@ def osc(
             postgres.drop_database(url)
 
 
+@pytest.fixture(autouse=True)
+def debug_output(osc: OpenStackCloud) -> Iterator[None]:
+    """The last client command's --debug output, printed after each test: pytest shows it
+    with a failed assertion (a command that fails has it in its own message)."""
+    osc.cli.debug = ""
+    yield
+    if osc.cli.debug:
+        print(f"--- the last openstack command's --debug output:\n{osc.cli.debug[-30000:]}")
+
+
 def wait_for(cli: OpenStackCli, server: str, status: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     shown: dict[str, Any] = {}
