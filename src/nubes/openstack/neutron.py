@@ -75,6 +75,8 @@ def listed(request: Request, docs: list[dict[str, Any]], collection: str) -> dic
     params = request.query_params
     for key in set(params.keys()) - NOT_FILTERS:
         wanted = params.getlist(key)
+        if all(w == "" for w in wanted):
+            continue  # `?name=` (Terraform's data sources send it): no filter
         docs = [d for d in docs if key not in d or _matches(d, key, wanted)]
     limit = limit_of(params.get("limit"))
     shown = page(docs, params.get("marker"), limit)
