@@ -141,6 +141,8 @@ def test_image_create_file(osc: OpenStackCloud) -> None:
     assert shown["status"] == "active" and shown["size"] == len(data)
     assert shown["checksum"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
     assert osc.team.image("uploaded").status == "active"
+    osc.cli.run("image", "set", "--property", "os_distro=debian", "uploaded", fmt=False)
+    assert osc.cli.run("image", "show", "uploaded")["properties"]["os_distro"] == "debian"
     osc.cli.run("image", "delete", "uploaded", fmt=False)
     assert "uploaded" not in {i["Name"] for i in osc.cli.run("image", "list")}
 

@@ -203,6 +203,47 @@ async def upload(
     return Response(status_code=204)
 
 
+def _patched(row: Image, ops: Any) -> dict[str, str]:
+    """Glance's JSON patch on custom properties: add, replace, remove of `/<key>`."""
+    if not isinstance(ops, list):
+        raise BadRequest("the body must be a list of patch operations", field="body")
+    props = properties(row)
+    for i, op in enumerate(ops):
+        where = f"[{i}]"
+        if not isinstance(op, dict):
+            raise BadRequest(f"{where}: must be an object", field=where)
+        kind, path = text(op, "op", required=True, where=where), text(op, "path", where=where)
+        key = (path or "").lstrip("/")
+        if not key or "/" in key or key in KNOWN | {"status", "owner", MD5}:
+            raise Forbidden(f"{where}.path: {path!r} cannot be changed here", field="path")
+        if kind in ("add", "replace"):
+            props |= _custom({key: op.get("value")})
+        elif kind == "remove":
+            props.pop(key, None)
+        else:
+            raise BadRequest(f"{where}.op: add, replace or remove", field="op")
+    return props
+
+
+def _apply_patch(session: Session, ident: str, who: Caller, ops: Any) -> dict[str, Any]:
+    row, public = image_by_id(session, ident, who)
+    if row.project_id != who.project_id:
+        raise Forbidden("this image belongs to another project")
+    row.properties = json.dumps(_patched(row, ops))
+    session.commit()
+    return image_doc(row, public)
+
+
+@router.patch("/v2/images/{ident}")
+async def update_image(ident: str, request: Request, session: SessionDep, who: OsCaller) -> Any:
+    """`openstack image set --property k=v` (application/openstack-images-v2.1-json-patch)."""
+    try:
+        ops = json.loads(await request.body())
+    except ValueError:
+        raise BadRequest("the body must be a JSON patch", field="body") from None
+    return await run_in_threadpool(_apply_patch, session, ident, who, ops)
+
+
 @router.delete("/v2/images/{ident}", status_code=204)
 def delete_image(ident: str, session: SessionDep, who: OsCaller, state: StateDep) -> Response:
     image_by_id(session, ident, who)
