@@ -5,7 +5,6 @@ the clients' time formats."""
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -21,7 +20,6 @@ from starlette.exceptions import HTTPException
 from nubes.api import redact
 from nubes.api.deps import StateDep
 from nubes.control.caller import Caller
-from nubes.control.state import AppState
 from nubes.errors import BadRequest, NubesError, Unauthorized
 from nubes.openstack import tokens
 from nubes.schemas.common import first_problem
@@ -146,10 +144,6 @@ def os_caller(request: Request, state: StateDep) -> Caller:
 OsCaller = Annotated[Caller, Depends(os_caller)]
 
 
-def base_url(state: AppState) -> str:
-    return state.settings.public_url
-
-
 # --- bodies: permissive about what they do not know, precise about what is wrong ---
 
 
@@ -236,13 +230,6 @@ def iso_z(when: datetime | None) -> str | None:
 def usage_time(when: datetime | None) -> str | None:
     """OS-SRV-USG times: no zone (Terraform breaks on a Z)."""
     return when.strftime("%Y-%m-%dT%H:%M:%S.%f") if when else None
-
-
-_UUID_RE = re.compile(r"^[0-9a-fA-F-]{32,36}$")
-
-
-def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
 
 
 def derived_id(kind: str, of: str) -> str:
