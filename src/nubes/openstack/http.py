@@ -85,8 +85,9 @@ def _as_error(service: str, request: Request, exc: Exception) -> JSONResponse | 
 
 
 def route_class(service: str, before: Callable[[Request], None] | None = None) -> type[APIRoute]:
-    """A route class whose errors come in `service`'s shape; `before` may refuse a request
-    (compute's microversion check) and `after` headers (see `compute_headers`)."""
+    """A route class whose errors come in `service`'s shape. `before` runs first and may
+    refuse the request (compute's microversion check); headers it leaves in
+    `request.state.os_headers` go on every answer, errors included."""
 
     class OsRoute(APIRoute):
         def get_route_handler(self) -> Handler:
