@@ -27,6 +27,8 @@ from tests.cloud import Cloud, make_image
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("NUBES_OPENSTACK_VENV", ROOT / ".venv-openstack"))
 OPENSTACK = VENV / "bin" / "openstack"
+ANSIBLE_VENV = Path(os.environ.get("NUBES_ANSIBLE_VENV", ROOT / ".venv-ansible"))
+ANSIBLE_PLAYBOOK = ANSIBLE_VENV / "bin" / "ansible-playbook"
 
 
 def free_port() -> int:
@@ -90,6 +92,28 @@ class OpenStackCli:
         if not check:
             return proc
         return json.loads(proc.stdout) if fmt and proc.stdout.strip() else proc.stdout
+
+    def playbook(self, path: Path) -> dict[str, Any]:
+        """`ansible-playbook` on localhost with the JSON callback: {task name: its result}."""
+        env = self.env | {
+            "ANSIBLE_STDOUT_CALLBACK": "json",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+            "ANSIBLE_HOME": str(path.parent / "ansible-home"),
+        }
+        argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(path)]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        try:
+            plays = json.loads(proc.stdout)["plays"]
+        except (ValueError, KeyError):
+            plays = []
+        results = {t["task"]["name"]: t["hosts"]["localhost"] for p in plays for t in p["tasks"]}
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"ansible-playbook exited {proc.returncode}\n--- results:\n"
+                f"{json.dumps(results, indent=1)[-20000:]}\n--- stderr:\n{proc.stderr[-10000:]}"
+            )
+        return results
 
     def python(self, script: str) -> Any:
         """A script run by the clients' venv's python; it prints one JSON document."""

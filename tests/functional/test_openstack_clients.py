@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.cloud import make_image
-from tests.openstack_env import OPENSTACK, OpenStackCli, OpenStackCloud
+from tests.openstack_env import ANSIBLE_PLAYBOOK, OPENSTACK, OpenStackCli, OpenStackCloud
 from tests.pgcluster import PgCluster
 
 pytestmark = pytest.mark.skipif(
@@ -223,3 +223,47 @@ def test_sdk_create_server_with_auto_ip(osc: OpenStackCloud) -> None:
     assert made["public_v4"].startswith("198.51.100.")
     fips = {f.address: f.server for f in osc.team.floating_ips()}
     assert fips[made["public_v4"]] == "sdk1"
+
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: create
+      openstack.cloud.server:
+        cloud: nubes
+        name: ans1
+        image: tiny
+        flavor: m1.tiny
+        network: blue
+        auto_ip: true
+        wait: true
+        timeout: 120
+    - name: info
+      openstack.cloud.server_info:
+        cloud: nubes
+        name: ans1
+    - name: delete
+      openstack.cloud.server:
+        cloud: nubes
+        name: ans1
+        state: absent
+        wait: true
+"""
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason=f"{ANSIBLE_PLAYBOOK} is missing")
+def test_ansible_server_playbook(osc: OpenStackCloud) -> None:
+    """Ansible's openstack.cloud.server (the SDK's create_server with auto_ip), then its facts
+    and its removal."""
+    path = osc.root / "server.yml"
+    path.write_text(PLAYBOOK)
+    results = osc.cli.playbook(path)
+    assert results["create"]["changed"] and results["create"]["server"]["status"] == "ACTIVE"
+    [server] = results["info"]["servers"]
+    assert server["name"] == "ans1" and server["status"] == "ACTIVE"
+    assert server["access_ipv4"].startswith("198.51.100.")
+    assert results["delete"]["changed"]
+    assert all(s.name != "ans1" for s in osc.team.servers())
