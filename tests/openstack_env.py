@@ -100,6 +100,7 @@ class OpenStackCli:
             "ANSIBLE_LOCALHOST_WARNING": "false",
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
             "ANSIBLE_HOME": str(path.parent / "ansible-home"),
+            "LC_ALL": "C.UTF-8",  # ansible-core refuses a locale that is not UTF-8
         }
         argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(path)]
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
