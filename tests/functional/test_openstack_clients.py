@@ -119,6 +119,11 @@ def test_server_lifecycle(osc: OpenStackCloud) -> None:
     wait_for(cli, "web1", "SHUTOFF")
     cli.run("server", "start", "web1", fmt=False)
     wait_for(cli, "web1", "ACTIVE")
+    cli.run("security", "group", "create", "life", fmt=False)
+    cli.run("server", "add", "security", "group", "web1", "life", fmt=False)
+    assert set(osc.team.server("web1").security_groups) == {"default", "life"}
+    cli.run("server", "remove", "security", "group", "web1", "life", fmt=False)
+    assert osc.team.server("web1").security_groups == ["default"]
     cli.run("server", "reboot", "web1", fmt=False)
     wait_for(cli, "web1", "ACTIVE")
     listed = cli.run("server", "list")
@@ -191,6 +196,9 @@ def test_floating_ip_create_and_set(osc: OpenStackCloud) -> None:
     assert address.startswith("198.51.100.") and fip["port_id"] is None
     ports = cli.run("port", "list", "--server", server["id"])
     assert len(ports) == 1
+    port = cli.run("port", "show", ports[0]["ID"])
+    assert port["device_id"] == server["id"] and port["status"] == "ACTIVE"
+    assert port["security_group_ids"] == [osc.team.security_group("default").id]
     cli.run("floating", "ip", "set", "--port", ports[0]["ID"], address, fmt=False)
     shown = cli.run("floating", "ip", "show", address)
     assert shown["port_id"] == ports[0]["ID"]

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import SessionDep, StateDep
+from nubes.api.routes import secgroups as v1_secgroups
 from nubes.control import compute
 from nubes.control.caller import Caller
 from nubes.control.state import AppState
@@ -313,7 +314,26 @@ def _action(body: Any) -> s.ServerAction:
 def server_action(
     ident: str, body: Annotated[Any, Body()], session: SessionDep, who: OsCaller, state: StateDep
 ) -> Response:
+    if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in GROUP_ACTIONS:
+        return _group_action(ident, body, session, who, state)
     action = _action(body)
     inst = owned_server(session, ident, who)
     compute.act(state, session, inst, action)
+    return Response(status_code=202)
+
+
+GROUP_ACTIONS = ("addSecurityGroup", "removeSecurityGroup")
+
+
+def _group_action(
+    ident: str, body: dict[str, Any], session: Session, who: Caller, state: AppState
+) -> Response:
+    """`openstack server add|remove security group`: /v1's own routes, applied at once."""
+    name, args = next(iter(body.items()))
+    group = text(args if isinstance(args, dict) else {}, "name", required=True, where=name) or ""
+    inst = owned_server(session, ident, who)
+    if name == "addSecurityGroup":
+        v1_secgroups.add_to_server(inst.id, s.ServerSecurityGroup(group=group), session, who, state)
+    else:
+        v1_secgroups.remove_from_server(inst.id, group, session, who, state)
     return Response(status_code=202)

@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session
 from nubes.api.deps import SessionDep, StateDep
 from nubes.api.routes import networks as v1_networks
 from nubes.control.caller import Caller
-from nubes.db.models import ExternalAddress, Instance, Network, OsNetwork, Port
+from nubes.db.models import (
+    ExternalAddress,
+    Instance,
+    InstanceSecurityGroup,
+    Network,
+    OsNetwork,
+    Port,
+)
 from nubes.errors import BadRequest, Conflict, Forbidden, NotFound
 from nubes.openstack.http import OsCaller, derived_id, flag, section, text
 from nubes.openstack.neutron import listed, router, standard
@@ -271,6 +278,13 @@ def port_docs(session: Session, who: Caller) -> list[dict[str, Any]]:
         .where(Instance.project_id == who.project_id, Instance.deleted_at.is_(None))
         .order_by(Port.created_at, Port.id)
     ).all()
+    groups: dict[str, list[str]] = {}
+    for inst_id, group_id in session.execute(
+        select(InstanceSecurityGroup.instance_id, InstanceSecurityGroup.group_id).where(
+            InstanceSecurityGroup.instance_id.in_({i.id for _, i in rows})
+        )
+    ):
+        groups.setdefault(inst_id, []).append(group_id)
     return [
         standard(p.id, i.project_id, p.created_at)
         | {
@@ -284,7 +298,7 @@ def port_docs(session: Session, who: Caller) -> list[dict[str, Any]]:
             "admin_state_up": True,
             "port_security_enabled": p.port_security,
             "allowed_address_pairs": [],
-            "security_groups": [],
+            "security_groups": sorted(groups.get(i.id, [])) if p.port_security else [],
             "binding:vnic_type": "normal",
         }
         for p, i in rows
