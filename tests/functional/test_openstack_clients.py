@@ -119,6 +119,8 @@ def test_server_lifecycle(osc: OpenStackCloud) -> None:
     wait_for(cli, "web1", "SHUTOFF")
     cli.run("server", "start", "web1", fmt=False)
     wait_for(cli, "web1", "ACTIVE")
+    log = cli.run("console", "log", "show", "web1", fmt=False)
+    assert isinstance(log, str)
     cli.run("security", "group", "create", "life", fmt=False)
     cli.run("server", "add", "security", "group", "web1", "life", fmt=False)
     assert set(osc.team.server("web1").security_groups) == {"default", "life"}

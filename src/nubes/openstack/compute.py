@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from nubes.api.deps import SessionDep, StateDep
 from nubes.api.routes import secgroups as v1_secgroups
+from nubes.api.routes import servers as v1_servers
 from nubes.control import compute
 from nubes.control.caller import Caller
 from nubes.control.state import AppState
@@ -23,6 +24,7 @@ from nubes.openstack import servers_wire as wire
 from nubes.openstack.http import (
     NotAcceptable,
     OsCaller,
+    integer,
     last_segment,
     limit_of,
     make_router,
@@ -316,6 +318,8 @@ def server_action(
 ) -> Response:
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in GROUP_ACTIONS:
         return _group_action(ident, body, session, who, state)
+    if isinstance(body, dict) and "os-getConsoleOutput" in body:
+        return _console_output(ident, body["os-getConsoleOutput"], session, who, state)
     action = _action(body)
     inst = owned_server(session, ident, who)
     compute.act(state, session, inst, action)
@@ -337,3 +341,15 @@ def _group_action(
     else:
         v1_secgroups.remove_from_server(inst.id, group, session, who, state)
     return Response(status_code=202)
+
+
+def _console_output(
+    ident: str, args: Any, session: Session, who: Caller, state: AppState
+) -> JSONResponse:
+    """`openstack console log show`: the serial console through the host's agent (/v1's)."""
+    length = integer(args, "length", "os-getConsoleOutput") if isinstance(args, dict) else None
+    if length is not None and length < 0:
+        length = None  # Nova: -1 is the whole log
+    inst = owned_server(session, ident, who)
+    output = v1_servers.console_log(inst.id, session, who, state, tail=length or 0)
+    return JSONResponse({"output": output}, status_code=200)
