@@ -3,6 +3,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .cache/stamps
+# the real OpenStack clients, pinned, in a venv of their own (tests/openstack_env.py runs them)
+OPENSTACK_VENV := .venv-openstack
+OPENSTACK_CLIENTS := python-openstackclient==10.5.0 openstacksdk==4.22.0
+# Ansible's openstack.cloud 2.5.0 (bundled in ansible 12.3.0) reads `openstack.version`, which
+# openstacksdk imports on `import openstack` only up to 4.14.0: a venv of its own
+ANSIBLE_VENV := .venv-ansible
+ANSIBLE_CLIENTS := ansible==12.3.0 openstacksdk==4.14.0
 APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base dnsmasq-utils nftables iproute2 busybox-static \
 	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump iputils-ping \
 	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
@@ -32,7 +39,19 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	ln -sf $(CURDIR)/$(VENV)/bin/nubes /usr/local/bin/nubes
 	@touch $@
 
-deps: $(STAMPS)/apt $(STAMPS)/user $(STAMPS)/venv
+$(STAMPS)/openstack-clients: Makefile $(STAMPS)/apt
+	test -x $(OPENSTACK_VENV)/bin/python || /usr/bin/python3 -m venv $(OPENSTACK_VENV)
+	$(OPENSTACK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OPENSTACK_VENV)/bin/python -m pip install -q $(OPENSTACK_CLIENTS)
+	@touch $@
+
+$(STAMPS)/ansible: Makefile $(STAMPS)/apt
+	test -x $(ANSIBLE_VENV)/bin/python || /usr/bin/python3 -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ANSIBLE_VENV)/bin/python -m pip install -q $(ANSIBLE_CLIENTS)
+	@touch $@
+
+deps: $(STAMPS)/apt $(STAMPS)/user $(STAMPS)/venv $(STAMPS)/openstack-clients $(STAMPS)/ansible
 
 demo: deps
 	$(PY) -m nubes.demo

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 << 30, ge=1)
     allow_private_image_urls: bool = False
 
+    # the OpenStack-compatible API (nubes/openstack/): the base URL its catalog and version
+    # documents name ("": https://<api_host>:<api_port>), and how long a Keystone token lives
+    openstack_public_url: str = ""
+    openstack_token_ttl: float = Field(default=3600.0, gt=0)
+
     # how long a request waits for a locked or unreachable database before answering 503
     db_timeout: float = 30.0
 
@@ -94,6 +99,14 @@ class Settings(BaseSettings):
     def listen_addresses(self) -> list[str]:
         extra = [a.strip() for a in self.api_listen.split(",") if a.strip()]
         return list(dict.fromkeys([self.api_host, *extra]))
+
+    @property
+    def public_url(self) -> str:
+        """The OpenStack layer's base URL, without a trailing slash."""
+        if self.openstack_public_url:
+            return self.openstack_public_url.rstrip("/")
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"https://{host}:{self.api_port}"
 
     @property
     def images_dir(self) -> Path:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from nubes import faults, tls
+from nubes import faults, openstack, tls
 from nubes.api import errors
 from nubes.api.agent_lane import UsersFirst
 from nubes.api.bootstrap import seed_database, write_client_config
@@ -114,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         app.include_router(module.router)
     app.include_router(agent.join_router)
+    openstack.install(app)  # the OpenStack-compatible subset, on the same state
 
     expiring = threading.Event()
     threading.Thread(target=_expire_loop, args=(app.state.nubes, expiring), daemon=True).start()

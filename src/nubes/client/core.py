@@ -12,6 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from nubes import tls
 from nubes.schemas import agent as a
+from nubes.schemas import openstack as so
 from nubes.schemas import resources as s
 
 M = TypeVar("M", bound=BaseModel)
@@ -252,6 +253,9 @@ class NubesClient:
 
     def projects(self) -> list[s.Project]:
         return self._list("/v1/projects", s.Project)
+
+    def create_openstack_credential(self, body: so.CredentialCreate) -> so.Credential:
+        return self._post("/v1/openstack/credentials", so.Credential, body)
 
     def create_project(self, body: s.ProjectCreate) -> s.ProjectCreated:
         return self._post("/v1/projects", s.ProjectCreated, body)

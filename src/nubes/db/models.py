@@ -136,6 +136,8 @@ class Image(Base):
     ready_pattern: Mapped[str] = mapped_column(String(255), default="")
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Glance's custom properties (JSON object of strings), set through the OpenStack API
+    properties: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class Flavor(Base):
@@ -328,4 +330,45 @@ class ExternalAddress(Base):
         ForeignKey("networks.id"), nullable=True, unique=True
     )
     port_id: Mapped[str | None] = mapped_column(ForeignKey("ports.id"), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OsToken(Base):
+    """A Keystone token the OpenStack layer issued (nubes/openstack/): only its hash is kept;
+    it speaks for one project with the role of the credential it was issued for, until it
+    expires."""
+
+    __tablename__ = "os_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    role: Mapped[str] = mapped_column(String(16))  # admin | member
+    methods: Mapped[str] = mapped_column(String(64), default="")  # comma-separated
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OsAppCredential(Base):
+    """A Keystone application credential: its id and secret authenticate as its project
+    (`nubes openstack clouds-yaml` makes one); only the secret's hash is kept."""
+
+    __tablename__ = "os_app_credentials"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OsNetwork(Base):
+    """What Neutron knows of a network that nubes does not: a network created through the
+    OpenStack API lives only here until its subnet arrives (a nubes network needs a CIDR);
+    the subnet then makes the nubes network with this same id, and its name stays here."""
+
+    __tablename__ = "os_networks"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    subnet_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: pending
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

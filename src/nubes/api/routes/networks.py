@@ -8,8 +8,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
 from nubes.control import generations, lookup, netranges
+from nubes.control.state import AppState
 from nubes.db.ipam import gateway_for
 from nubes.db.models import ExternalAddress, Host, Network, Port
 from nubes.errors import Conflict, Forbidden, InvalidInput
@@ -116,6 +117,17 @@ def show_network(ref: str, session: SessionDep, who: CallerDep) -> s.Network:
 def create_network(
     body: s.NetworkCreate, session: SessionDep, who: CallerDep, state: StateDep
 ) -> s.Network:
+    return create(body, session, who, state)
+
+
+def create(
+    body: s.NetworkCreate,
+    session: Session,
+    who: Caller,
+    state: AppState,
+    network_id: str | None = None,
+) -> s.Network:
+    """`network_id`: the id it gets (the OpenStack layer's, for a network made by its subnet)."""
     net = parse_cidr(body.cidr)
     gateway = gateway_for(str(net))
     if body.external:
@@ -169,6 +181,7 @@ def create_network(
     elif session.scalar(select(Network.id).where(Network.vni == vni)):
         raise Conflict(f"vni: {vni} is in use", field="vni")
     row = Network(
+        **({"id": network_id} if network_id else {}),
         project_id=who.project_id,
         name=body.name,
         cidr=str(net),
