@@ -22,7 +22,7 @@ from nubes.client import NubesClient
 from nubes.control import generations
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
 from nubes.db import sqlite_writers
-from nubes.db.engine import make_engine
+from nubes.db.engine import make_engine, read_only
 from nubes.db.models import Host, HostCredential, new_id
 from nubes.schemas import agent as a
 from tests.cloud import Cloud
@@ -188,6 +188,52 @@ def test_an_agents_job_starts_after_the_users_requests_in_flight() -> None:
     assert 0.15 - 0.02 <= short < YIELD_AT_MOST, short  # once the user's request had ended
     # never held back longer than YIELD_AT_MOST (then it runs beside the users)
     assert YIELD_AT_MOST - 0.02 <= long < YIELD_AT_MOST + 0.2, long
+
+
+def test_an_agents_job_pauses_its_reads_while_a_users_request_runs(tmp_path: Any) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/r.db")
+    reads, writes = read_only(engine), engine
+
+    async def slow_handler(_scope: Any, _receive: Any, _send: Any) -> None:
+        await asyncio.sleep(0.15)
+
+    middleware = UsersFirst(slow_handler)
+
+    async def run() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        users: list[asyncio.Future[None]] = []
+        stamps: dict[str, float] = {}
+
+        def job() -> None:
+            with reads.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                begin = time.monotonic()
+                users.append(asyncio.run_coroutine_threadsafe(
+                    _user_request(middleware, "/v1/servers"), loop
+                ))  # fmt: skip
+                time.sleep(0.02)  # the user's request is in flight
+                conn.execute(text("SELECT 2"))  # waits for it
+                stamps["read"] = time.monotonic() - begin
+            with writes.begin() as conn:  # a write never waits (it would hold its locks)
+                mark = time.monotonic()
+                users.append(asyncio.run_coroutine_threadsafe(
+                    _user_request(middleware, "/v1/servers"), loop
+                ))  # fmt: skip
+                time.sleep(0.02)
+                conn.execute(text("CREATE TABLE t (v INTEGER)"))
+                stamps["write"] = time.monotonic() - mark
+
+        await in_agent_lane(job)
+        for user in users:
+            await asyncio.wrap_future(user)
+        return stamps
+
+    try:
+        stamps = asyncio.run(run())
+    finally:
+        engine.dispose()
+    assert 0.15 - 0.02 <= stamps["read"] < YIELD_AT_MOST + 0.1, stamps
+    assert stamps["write"] < 0.1, stamps
 
 
 async def _forever(_scope: Any, _receive: Any, _send: Any) -> None:

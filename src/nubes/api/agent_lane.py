@@ -8,12 +8,15 @@ user's request, they share the interpreter with it and make it several times slo
 of its own: one job at a time, and a job starts only once no user's request is in flight, or
 after `YIELD_AT_MOST` seconds however busy the users are (agents never starve). A user's
 request then shares the interpreter with at most the one job that had started before it came.
+Once started, a job still pauses before each statement it reads while users' requests run.
 The agents lose nothing they notice: a fetch or a report waits a few milliseconds, beside
 boots of seconds and a sync period of two."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -22,7 +25,7 @@ from weakref import WeakKeyDictionary
 from anyio import CapacityLimiter, to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from nubes.db import sqlite_writers
+from nubes.db import engine, sqlite_writers
 
 T = TypeVar("T")
 
@@ -35,10 +38,23 @@ AGENT_PATHS = ("/v1/agent/", "/v1/join")  # what is not a user's request
 class _Lane:
     limiter: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(AGENT_THREADS))
     users: int = 0  # users' requests in flight
-    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # for the event loop
+    quiet_now: threading.Event = field(default_factory=threading.Event)  # for the lane's thread
 
     def __post_init__(self) -> None:
         self.quiet.set()
+        self.quiet_now.set()
+
+    def busy(self) -> None:
+        self.users += 1
+        self.quiet.clear()
+        self.quiet_now.clear()
+
+    def done(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.quiet.set()
+            self.quiet_now.set()
 
 
 # one lane per event loop (a test's client may serve each request in a loop of its own)
@@ -60,10 +76,20 @@ async def in_agent_lane(fn: Callable[..., T], *args: object) -> T:
             await asyncio.wait_for(lane.quiet.wait(), YIELD_AT_MOST)
         except TimeoutError:
             pass  # the users keep it busy: go now, beside them
-        return await to_thread.run_sync(_as_agent, fn, *args)
+        return await to_thread.run_sync(_as_agent, lane, fn, *args)
 
 
-def _as_agent(fn: Callable[..., T], *args: object) -> T:
+def _as_agent(lane: _Lane, fn: Callable[..., T], *args: object) -> T:
+    """The job, pausing before each statement it reads while users' requests run (the Python
+    between its statements would otherwise share the interpreter with them), for
+    `YIELD_AT_MOST` seconds in all."""
+    deadline = time.monotonic() + YIELD_AT_MOST
+
+    def give_way() -> None:
+        if not lane.quiet_now.is_set():
+            lane.quiet_now.wait(max(0.0, deadline - time.monotonic()))
+
+    engine.before_each_read.set(give_way)  # this thread's copy of the context: this job only
     return in_background(fn, *args)
 
 
@@ -84,11 +110,8 @@ class UsersFirst:
             await self.app(scope, receive, send)
             return
         lane = _lane()
-        lane.users += 1
-        lane.quiet.clear()
+        lane.busy()
         try:
             await self.app(scope, receive, send)
         finally:
-            lane.users -= 1
-            if lane.users == 0:
-                lane.quiet.set()
+            lane.done()

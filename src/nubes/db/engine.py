@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import select
 import sqlite3
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,14 @@ from nubes.db.sqlite_writers import QueuedWriters
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+# Called before each statement of a read-only transaction in this context, if set: background
+# readers (the API's agents' lane) wait there while users' requests run. Only reads: a writer
+# waiting there would hold its locks, and the users would wait for it.
+before_each_read: ContextVar[Callable[[], None] | None] = ContextVar(
+    "before_each_read", default=None
+)
+
+
 def make_engine(url: str, timeout: float = 30.0) -> Engine:
     """timeout: how long a statement waits for a lock (SQLite) or a connection (PostgreSQL)
     before OperationalError, which the API answers with 503."""
@@ -29,16 +39,23 @@ def make_engine(url: str, timeout: float = 30.0) -> Engine:
             pool_size=20,
         )
         _sqlite_write_locks(engine, timeout)
-        return engine
-    engine = create_engine(
-        url,
-        pool_size=20,
-        max_overflow=20,
-        pool_timeout=timeout,
-        connect_args={"connect_timeout": max(1, round(timeout))},
-    )
-    _drop_closed_connections(engine)
+    else:
+        engine = create_engine(
+            url,
+            pool_size=20,
+            max_overflow=20,
+            pool_timeout=timeout,
+            connect_args={"connect_timeout": max(1, round(timeout))},
+        )
+        _drop_closed_connections(engine)
+    event.listen(engine, "before_cursor_execute", _before_statement)
     return engine
+
+
+def _before_statement(conn: Connection, *_: Any) -> None:
+    hook = before_each_read.get()
+    if hook is not None and conn.get_execution_options().get(READ_ONLY, False):
+        hook()
 
 
 def _drop_closed_connections(engine: Engine) -> None:
