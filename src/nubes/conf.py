@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     openstack_public_url: str = ""
     openstack_token_ttl: float = Field(default=3600.0, gt=0)
 
+    # GET /metrics without a token (a scraper on a trusted network); else the admin token
+    metrics_open: bool = False
+
     # how long a request waits for a locked or unreachable database before answering 503
     db_timeout: float = 30.0
 

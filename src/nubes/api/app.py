@@ -25,12 +25,14 @@ from nubes.api.routes import (
     hosts,
     images,
     keypairs,
+    metrics,
     networks,
     operations,
     projects,
     secgroups,
     servers,
 )
+from nubes.api.timing import RequestTimer
 from nubes.conf import Settings
 from nubes.control import gateways
 from nubes.control import operations as operation_log
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(UsersFirst)  # the agents' jobs start after the users' requests
     app.add_middleware(HeartbeatFirst, state=app.state.nubes)
+    app.add_middleware(RequestTimer, metrics=app.state.nubes.metrics)  # outermost: all of it
     for module in (
         images,
         flavors,
@@ -111,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         operations,
         gc,
         agent,
+        metrics,
     ):
         app.include_router(module.router)
     app.include_router(agent.join_router)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.control import generations
+from nubes.control import generations, metrics
 from nubes.db.models import Instance, Operation, utcnow
 from nubes.schemas.agent import ObservedInstance
 
@@ -31,10 +31,17 @@ def _step(name: str, state: str = "done", at: datetime | None = None) -> dict[st
     return {"step": name, "state": state, "at": when.isoformat(timespec="milliseconds")}
 
 
+def _ended(session: Session, op: Operation, result: str) -> None:
+    """Its duration, for /metrics (observed once the transaction commits)."""
+    took = (utcnow() - op.created_at).total_seconds() if op.created_at else 0.0
+    metrics.operation_ended(session, op.kind, result, took)
+
+
 def begin(session: Session, inst: Instance, kind: str, *steps: str) -> Operation:
     """Record a request; an older one still running on the instance is superseded."""
     for old in running(session, inst.id):
         old.status, old.error = "superseded", f"superseded by {kind}"
+        _ended(session, old, "superseded")
     op = Operation(
         project_id=inst.project_id,
         instance_id=inst.id,
@@ -67,11 +74,13 @@ def observe(session: Session, inst: Instance, obs: ObservedInstance, host_name: 
         if obs.status == "ERROR":
             op.status, op.error = "failed", obs.fault
             steps.append(_step("failed", "error"))
+            _ended(session, op, "failed")
         elif obs.status == DONE_WHEN.get(op.kind) and not (
             op.kind == "reboot" and obs.reboot_gen < inst.reboot_gen
         ):
             op.status = "done"
             steps.append(_step(obs.status.lower()))
+            _ended(session, op, "done")
         op.steps = json.dumps(steps)
         changed |= before != (op.steps, op.status, op.holder)
     return changed
@@ -82,6 +91,7 @@ def finish(session: Session, instance_id: str, kind: str) -> None:
         if op.kind == kind:
             op.status = "done"
             op.steps = json.dumps([*json.loads(op.steps), _step("done")])
+            _ended(session, op, "done")
 
 
 def expire(session: Session, older_than: float) -> int:
@@ -93,6 +103,7 @@ def expire(session: Session, older_than: float) -> int:
     for op in stale:
         op.status = "failed"
         op.error = f"did not finish within {older_than:.0f} s (host down or unreachable?)"
+        _ended(session, op, "expired")
         inst = session.get(Instance, op.instance_id) if op.instance_id else None
         if inst is not None and inst.deleted_at is None:
             inst.task_state = ""

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nubes.conf import Settings
 from nubes.control import generations
+from nubes.control.metrics import Metrics
 from nubes.control.watch import Notifier
 from nubes.db.engine import read_only, session_factory
 from nubes.db.models import Host, Meta
@@ -30,11 +31,13 @@ class AppState:
     answered: dict[str, float] = field(default_factory=dict)
     # sessions that only read (every GET, credential checks, desired states): no write lock
     reads: sessionmaker[Session] = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.reads = session_factory(read_only(self.engine))
         self.notifier = Notifier(self.read_generations)
         generations.install(self.sessions, self.engine, self.notifier.notify)
+        self.metrics.install(self.sessions, self.reads)
 
     def read_generations(self) -> dict[str, int]:
         with self.reads() as session:
