@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     openstack_public_url: str = ""
     openstack_token_ttl: float = Field(default=3600.0, gt=0)
 
+    # GET /v1/events: how long server events are kept for clients that resume (seconds)
+    events_retention: float = Field(default=7 * 86400.0, gt=0)
+
     # GET /metrics without a token (a scraper on a trusted network); else the admin token
     metrics_open: bool = False
 

@@ -32,6 +32,8 @@ T = TypeVar("T")
 AGENT_THREADS = 1
 YIELD_AT_MOST = 0.25  # seconds an agent's job waits for the users' requests to end, at most
 AGENT_PATHS = ("/v1/agent/", "/v1/join")  # what is not a user's request
+# nor are streams that stay open (a user's request in flight makes the agents' jobs wait)
+NOT_COUNTED = (*AGENT_PATHS, "/v1/events")
 
 
 @dataclass
@@ -106,7 +108,7 @@ class UsersFirst:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(AGENT_PATHS):
+        if scope["type"] != "http" or scope["path"].startswith(NOT_COUNTED):
             await self.app(scope, receive, send)
             return
         lane = _lane()

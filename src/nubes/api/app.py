@@ -18,6 +18,7 @@ from nubes.api.heartbeat_path import HeartbeatFirst
 from nubes.api.routes import (
     agent,
     console,
+    events,
     flavors,
     floatingips,
     gc,
@@ -34,6 +35,7 @@ from nubes.api.routes import (
 )
 from nubes.api.timing import RequestTimer
 from nubes.conf import Settings
+from nubes.control import events as server_events
 from nubes.control import gateways
 from nubes.control import operations as operation_log
 from nubes.control.state import AppState
@@ -43,11 +45,15 @@ log = logging.getLogger("nubes.api")
 
 
 def _expire_loop(state: AppState, stop: threading.Event) -> None:
-    """No operation, and so no instance, stays in a transitional state past the bound."""
+    """No operation, and so no instance, stays in a transitional state past the bound; server
+    events are kept for their retention."""
     while not stop.wait(min(10.0, state.settings.operation_timeout / 4)):
         try:
             with state.sessions() as session:
                 if operation_log.expire(session, state.settings.operation_timeout):
+                    session.commit()
+            with state.sessions() as session:
+                if server_events.prune(session, state.settings.events_retention):
                     session.commit()
         except Exception:
             log.exception("expiring stale operations failed")
@@ -105,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         keypairs,
         networks,
         servers,
+        events,
         console,
         groups,
         secgroups,

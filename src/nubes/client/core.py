@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,7 +12,9 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from nubes import tls
+from nubes.client import sse
 from nubes.schemas import agent as a
+from nubes.schemas import events as se
 from nubes.schemas import openstack as so
 from nubes.schemas import resources as s
 
@@ -198,6 +201,37 @@ class NubesClient:
 
     def explain_server(self, body: s.ServerCreate) -> s.Explanation:
         return self._post("/v1/servers/explain", s.Explanation, body)
+
+    def events(
+        self, after: int | None = None, reconnect: bool = True, ticks: bool = False
+    ) -> Iterator[se.ServerEvent | None]:
+        """Server events as they happen (`after`: resume after this id; None: from now on).
+        A dropped connection is opened again with Last-Event-ID (the last id the stream gave,
+        the id of its start included): no event is lost or repeated. `ticks`: also None for
+        each block without an event (the start, keepalives every 15 s), to look up between
+        events. An error answer (401, 404) raises ApiError; so does a drop if not `reconnect`.
+        """
+        last = after
+        while True:
+            headers = {"last-event-id": str(last)} if last is not None else {}
+            timeout = httpx.Timeout(30.0, read=45.0)  # keepalives come every 15 s
+            try:
+                with self._http.stream("GET", "/v1/events", headers=headers, timeout=timeout) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise _error(r)
+                    for m in sse.parse(r.iter_lines()):
+                        last = int(m.id) if m.id else last
+                        if m.data:
+                            yield se.ServerEvent.model_validate_json(m.data)
+                        elif ticks:
+                            yield None
+            except httpx.TransportError as exc:
+                if not reconnect:
+                    raise ApiError(0, f"the event stream from {self._url} broke: {exc}") from exc
+            if not reconnect:
+                return  # the server ended it (shutting down)
+            time.sleep(1.0)
 
     def groups(self) -> list[s.Group]:
         return self._list("/v1/groups", s.Group)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import external, generations, lookup, operations, secgroups
+from nubes.control import events, external, generations, lookup, operations, secgroups
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
 from nubes.control.ports import Nic, allowed_pairs, make_ports, pairs_of, resolve
@@ -233,6 +233,7 @@ def create(
             try:
                 inst, host = _place(session, state.settings, body, who)
                 operations.begin(session, inst, "create", f"scheduled on {host.name}")
+                events.record(session, inst, "create")
                 generations.instance_changed(session, inst, ports=True)
                 # the answer from inside the transaction: no second one (SQLite: write lock)
                 server = to_wire(session, inst, state.settings.host_down_after)
@@ -298,6 +299,7 @@ def finish_delete(session: Session, inst: Instance) -> None:
         return
     for key, value in (("status", "DELETED"), ("task_state", ""), ("deleted_at", now)):
         set_committed_value(inst, key, value)
+    events.record(session, inst, "delete")
     for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
         for fip in session.scalars(
             select(ExternalAddress).where(ExternalAddress.port_id == port.id)

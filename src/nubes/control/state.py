@@ -8,11 +8,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nubes.conf import Settings
-from nubes.control import generations
+from nubes.control import events, generations
 from nubes.control.metrics import Metrics
 from nubes.control.watch import Notifier
 from nubes.db.engine import read_only, session_factory
 from nubes.db.models import Host, Meta
+
+EVENTS = "~events"  # the watcher's key for the event streams
 
 
 def read_meta(session: Session, key: str) -> int:
@@ -35,9 +37,17 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.reads = session_factory(read_only(self.engine))
-        self.notifier = Notifier(self.read_generations)
+        self.notifier = Notifier(self.read_watched)
         generations.install(self.sessions, self.engine, self.notifier.notify)
+        # the event streams wait on the same watcher, under a key no host id can be
+        events.install(self.sessions, lambda: self.notifier.notify({EVENTS}))
         self.metrics.install(self.sessions, self.reads)
+
+    def read_watched(self) -> dict[str, int]:
+        """What the watcher compares: the hosts' generations, and the newest event's id
+        (another API server's events wake this one's streams within a period)."""
+        with self.reads() as session:
+            return self.read_generations() | {EVENTS: events.newest(session)}
 
     def read_generations(self) -> dict[str, int]:
         with self.reads() as session:

@@ -70,6 +70,10 @@ class Notifier:
                 if not mine:
                     del self._waiters[host_id]
 
+    @property
+    def released(self) -> bool:
+        return self._released
+
     def release(self) -> None:
         """The server is shutting down: every long-poll answers now (no change), and any new one
         at once. Called in the server's event loop."""

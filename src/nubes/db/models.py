@@ -372,3 +372,22 @@ class OsNetwork(Base):
     name: Mapped[str] = mapped_column(String(64))
     subnet_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: pending
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ServerEvent(Base):
+    """A server's state change, for `GET /v1/events` (control/events.py): ids only grow
+    (AUTOINCREMENT on SQLite, so an emptied table never hands out an old id again)."""
+
+    __tablename__ = "server_events"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    server_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))  # create | update | delete
+    status: Mapped[str] = mapped_column(String(16))
+    task_state: Mapped[str] = mapped_column(String(16), default="")
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)  # the guest said it is ready
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
