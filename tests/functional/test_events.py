@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from nubes.cli.main import app
 from nubes.client import NubesClient
 from nubes.control import events
 from nubes.schemas import events as se
@@ -126,3 +133,28 @@ def test_a_member_sees_only_its_own_projects_events(ready: Cloud, tmp_path: Path
                 break
     assert {e.project for e in seen} == {project.id}
     assert all(e.name == "mine" for e in seen)
+
+
+def test_cli_events_and_create_wait(ready: Cloud) -> None:
+    env = {"NUBES_URL": ready.url, "NUBES_TOKEN": ready.token}
+    cmd = ["server", "create", "w1", "--image", "img", "--network", "net", "--wait", "-o", "json"]
+    out = CliRunner().invoke(app, cmd, env=env)
+    assert out.exit_code == 0, out.output
+    created = json.loads(out.output)
+    assert created["status"] == "ACTIVE" and created["ready_at"]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "nubes.cli", "events", "--after", "0", "-o", "json"],
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        lines = [json.loads(follower.stdout.readline()) for _ in range(2)]
+        assert lines[0]["kind"] == "create" and lines[0]["name"] == "w1"
+        ready.client.delete_server("w1")
+        while (ev := json.loads(follower.stdout.readline()))["kind"] != "delete":
+            assert ev["name"] == "w1"
+    finally:
+        follower.terminate()
+        follower.wait(10)

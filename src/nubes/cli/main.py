@@ -6,6 +6,7 @@ import typer
 
 from nubes.cli import (
     console,
+    events,
     floatingips,
     hostjoin,
     openstack,
@@ -41,6 +42,7 @@ app.command("up")(services.up)
 app.command("ssh")(ssh.ssh)
 app.add_typer(ops.operation_app, name="operation")
 app.command("gc")(ops.gc)
+app.command("events")(events.events)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from nubes.cli import events
 from nubes.cli.common import (
     Output,
     OutputOpt,
@@ -29,22 +30,31 @@ COLS = ("name", "status", "task_state", "host", "image", "flavor", "group", "add
 
 
 def wait_for(c: NubesClient, ref: str, timeout: float, ready: bool) -> s.Server:
-    """Until ACTIVE (and, if asked, guest-ready) or ERROR; progress on the terminal."""
+    """Until ACTIVE (and, if asked, guest-ready) or ERROR; progress on the terminal. The server
+    is read again when the event stream says it changed (polling if the stream is not there or
+    breaks)."""
     deadline = time.monotonic() + timeout
-    with console.status("waiting") as status:
-        while True:
-            server = c.server(ref)
-            phase = server.status + (f"/{server.task_state}" if server.task_state else "")
-            status.update(f"{server.name}: {phase}")
-            if server.status == "ERROR":
-                fail(f"server {server.name} failed: {server.fault}")
-            if server.status == "ACTIVE" and not server.task_state:
-                if not ready or server.ready_at is not None:
-                    return server
-                status.update(f"{server.name}: ACTIVE, waiting for the guest to be ready")
-            if time.monotonic() > deadline:
-                fail(f"timed out after {timeout:.0f} s: {server.name} is {phase}")
-            time.sleep(0.3)
+    stream = events.changes(c)  # connected before the first read: no change falls between
+    try:
+        with console.status("waiting") as status:
+            while True:
+                server = c.server(ref)
+                phase = server.status + (f"/{server.task_state}" if server.task_state else "")
+                status.update(f"{server.name}: {phase}")
+                if server.status == "ERROR":
+                    fail(f"server {server.name} failed: {server.fault}")
+                if server.status == "ACTIVE" and not server.task_state:
+                    if not ready or server.ready_at is not None:
+                        return server
+                    status.update(f"{server.name}: ACTIVE, waiting for the guest to be ready")
+                if time.monotonic() > deadline:
+                    fail(f"timed out after {timeout:.0f} s: {server.name} is {phase}")
+                if not events.until_change(stream, server.id):
+                    stream = None
+                    time.sleep(0.3)
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 @server_app.command("create")

@@ -4,7 +4,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,7 +204,7 @@ class NubesClient:
 
     def events(
         self, after: int | None = None, reconnect: bool = True, ticks: bool = False
-    ) -> Iterator[se.ServerEvent | None]:
+    ) -> Generator[se.ServerEvent | None]:
         """Server events as they happen (`after`: resume after this id; None: from now on).
         A dropped connection is opened again with Last-Event-ID (the last id the stream gave,
         the id of its start included): no event is lost or repeated. `ticks`: also None for
