@@ -56,11 +56,17 @@ class Settings(BaseSettings):
     disk_allocation_ratio: float = 2.0
     scheduler_weigher: str = "spread"  # spread | pack
 
-    # per project: a clear 409 past these (Neutron's defaults, where it has them)
-    quota_networks: int = Field(default=100, ge=0)
-    quota_security_groups: int = Field(default=10, ge=0)
-    quota_security_group_rules: int = Field(default=100, ge=0)
-    quota_floating_ips: int = Field(default=50, ge=0)
+    # per project: a clear 409 past these (Nova's, Neutron's defaults, where they have them);
+    # -1 is unlimited; `nubes quota set` gives a project its own (control/quotas.py)
+    quota_servers: int = Field(default=10, ge=-1)
+    quota_vcpus: int = Field(default=20, ge=-1)
+    quota_ram_mb: int = Field(default=51200, ge=-1)
+    quota_images: int = Field(default=100, ge=-1)
+    quota_volumes: int = Field(default=10, ge=-1)  # no volumes yet: kept, enforced later
+    quota_networks: int = Field(default=100, ge=-1)
+    quota_security_groups: int = Field(default=10, ge=-1)
+    quota_security_group_rules: int = Field(default=100, ge=-1)
+    quota_floating_ips: int = Field(default=50, ge=-1)
     max_image_virtual_size_gb: int = Field(default=2048, description="larger images are refused")
     # a request's body, read before authentication: larger ones get 413 (uploads excepted)
     max_body_bytes: int = Field(default=4 << 20, ge=1024)

@@ -30,6 +30,7 @@ from nubes.api.routes import (
     networks,
     operations,
     projects,
+    quotas,
     secgroups,
     servers,
 )
@@ -118,6 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
         floatingips,
         hosts,
         projects,
+        quotas,
         operations,
         gc,
         agent,

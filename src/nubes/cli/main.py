@@ -11,6 +11,7 @@ from nubes.cli import (
     hostjoin,
     openstack,
     ops,
+    quotas,
     resources,
     secgroups,
     servers,
@@ -36,6 +37,7 @@ app.add_typer(tenancy.group_app, name="group")
 app.add_typer(secgroups.sg_app, name="security-group")
 app.add_typer(floatingips.fip_app, name="floating-ip")
 app.add_typer(tenancy.project_app, name="project")
+app.add_typer(quotas.quota_app, name="quota")
 app.add_typer(openstack.openstack_app, name="openstack")
 app.add_typer(services.lab_app, name="lab")
 app.command("up")(services.up)

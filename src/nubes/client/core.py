@@ -16,6 +16,7 @@ from nubes.client import sse
 from nubes.schemas import agent as a
 from nubes.schemas import events as se
 from nubes.schemas import openstack as so
+from nubes.schemas import quotas as sq
 from nubes.schemas import resources as s
 
 M = TypeVar("M", bound=BaseModel)
@@ -290,6 +291,16 @@ class NubesClient:
 
     def create_openstack_credential(self, body: so.CredentialCreate) -> so.Credential:
         return self._post("/v1/openstack/credentials", so.Credential, body)
+
+    def quotas(self, project: str | None = None) -> sq.QuotaSet:
+        """A project's limits and usage (None: the caller's own project)."""
+        return self._get(f"/v1/quotas/{project}" if project else "/v1/quotas", sq.QuotaSet)
+
+    def set_quotas(self, project: str, body: sq.QuotaUpdate) -> sq.QuotaSet:
+        payload = body.model_dump(exclude_unset=True)
+        return sq.QuotaSet.model_validate(
+            self.request("PUT", f"/v1/quotas/{project}", json=payload).json()
+        )
 
     def create_project(self, body: s.ProjectCreate) -> s.ProjectCreated:
         return self._post("/v1/projects", s.ProjectCreated, body)

@@ -14,7 +14,15 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nubes.conf import Settings
-from nubes.control import events, external, generations, lookup, operations, secgroups
+from nubes.control import (
+    events,
+    external,
+    generations,
+    lookup,
+    operations,
+    quotas,
+    secgroups,
+)
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
 from nubes.control.ports import Nic, allowed_pairs, make_ports, pairs_of, resolve
@@ -186,6 +194,8 @@ def _place(
 ) -> tuple[Instance, HostState]:
     """Validate, claim a host, write the instance and its port (the caller commits)."""
     r = _validate(session, body, who)
+    wants = {"servers": 1, "vcpus": r.flavor.vcpus, "ram_mb": r.flavor.ram_mb}
+    quotas.check(session, settings, who.project_id, wants)  # before the host's row is locked
     values = dict(
         project_id=who.project_id,
         name=body.name,

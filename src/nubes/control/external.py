@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
-from nubes.control import generations
+from nubes.control import generations, quotas
 from nubes.db.models import ExternalAddress, Network, Port
 from nubes.errors import Conflict
 from nubes.schemas import agent as a
@@ -66,16 +66,7 @@ def allocate_floating(session: Session, settings: Settings, project_id: str) -> 
     ext = external_network(session)
     if ext is None:
         raise Conflict("no external network: an admin declares one first", field="network")
-    held = session.scalar(
-        select(func.count()).where(
-            ExternalAddress.project_id == project_id, ExternalAddress.kind == "floating"
-        )
-    )
-    if (held or 0) >= settings.quota_floating_ips:
-        raise Conflict(
-            f"quota exceeded: {settings.quota_floating_ips} floating IPs per project",
-            field="floating_ips",
-        )
+    quotas.check(session, settings, project_id, {"floating_ips": 1})
     row = ExternalAddress(
         external_id=ext.id,
         address=_free_address(session, ext),

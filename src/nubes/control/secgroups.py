@@ -7,11 +7,11 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Collection
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
-from nubes.control import generations, lookup
+from nubes.control import generations, lookup, quotas
 from nubes.control.caller import Caller
 from nubes.db.models import (
     Instance,
@@ -20,7 +20,7 @@ from nubes.db.models import (
     SecurityGroup,
     SecurityGroupRule,
 )
-from nubes.errors import Conflict, InvalidInput
+from nubes.errors import InvalidInput
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
 
@@ -59,19 +59,7 @@ def for_create(session: Session, refs: list[str], who: Caller) -> list[SecurityG
 
 
 def check_quota(session: Session, settings: Settings, project_id: str, what: str) -> None:
-    if what == "security_groups":
-        have = session.scalar(select(func.count()).where(SecurityGroup.project_id == project_id))
-        limit = settings.quota_security_groups
-    else:
-        have = session.scalar(
-            select(func.count())
-            .select_from(SecurityGroupRule)
-            .join(SecurityGroup, SecurityGroup.id == SecurityGroupRule.group_id)
-            .where(SecurityGroup.project_id == project_id)
-        )
-        limit = settings.quota_security_group_rules
-    if (have or 0) >= limit:
-        raise Conflict(f"quota exceeded: {limit} {what.replace('_', ' ')} per project", field=what)
+    quotas.check(session, settings, project_id, {what: 1})
 
 
 def rule_row(

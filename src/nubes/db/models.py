@@ -391,3 +391,15 @@ class ServerEvent(Base):
     task_state: Mapped[str] = mapped_column(String(16), default="")
     ready: Mapped[bool] = mapped_column(Boolean, default=False)  # the guest said it is ready
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class ProjectQuota(Base):
+    """A project's own limit for one resource (control/quotas.py); without a row, the default
+    setting applies. -1: unlimited."""
+
+    __tablename__ = "project_quotas"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource: Mapped[str] = mapped_column(String(32), primary_key=True)
+    limit: Mapped[int] = mapped_column(BigInteger)

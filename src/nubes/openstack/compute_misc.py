@@ -1,5 +1,5 @@
-"""Nova's cheap insurance: availability zones (one, `nova`) and absolute limits (what the
-project uses; nubes has no compute quotas yet, so the maxima are -1, unlimited)."""
+"""Nova's cheap insurance: availability zones (one, `nova`) and absolute limits (the project's
+quotas and usage, control/quotas.py; -1 is unlimited, as in Nova)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from nubes.api.deps import SessionDep
-from nubes.db.models import Instance, Keypair, SecurityGroup
+from nubes.api.deps import SessionDep, StateDep
+from nubes.control import quotas
+from nubes.db.models import Keypair
 from nubes.openstack.compute import router
 from nubes.openstack.http import OsCaller
 
@@ -26,18 +27,14 @@ def zones_detail(_: OsCaller) -> Any:
 
 
 @router.get("/v2.1/limits")
-def limits(session: SessionDep, who: OsCaller) -> Any:
-    used = session.execute(
-        select(func.count(Instance.id), func.sum(Instance.vcpus), func.sum(Instance.ram_mb)).where(
-            Instance.project_id == who.project_id, Instance.deleted_at.is_(None)
-        )
-    ).one()
+def limits(session: SessionDep, who: OsCaller, state: StateDep) -> Any:
+    limit = {r: v for r, (v, _) in quotas.limits(session, state.settings, who.project_id).items()}
+    used = quotas.usage(session, who.project_id)
     keys = session.scalar(select(func.count()).where(Keypair.project_id == who.project_id))
-    groups = session.scalar(select(func.count()).where(SecurityGroup.project_id == who.project_id))
     absolute = {
-        "maxTotalInstances": -1,
-        "maxTotalCores": -1,
-        "maxTotalRAMSize": -1,
+        "maxTotalInstances": limit["servers"],
+        "maxTotalCores": limit["vcpus"],
+        "maxTotalRAMSize": limit["ram_mb"],
         "maxTotalKeypairs": -1,
         "maxServerMeta": 128,
         "maxImageMeta": 128,
@@ -45,15 +42,15 @@ def limits(session: SessionDep, who: OsCaller) -> Any:
         "maxPersonalitySize": 10240,
         "maxServerGroups": -1,
         "maxServerGroupMembers": -1,
-        "maxSecurityGroups": -1,
-        "maxSecurityGroupRules": -1,
-        "maxTotalFloatingIps": -1,
-        "totalInstancesUsed": int(used[0] or 0),
-        "totalCoresUsed": int(used[1] or 0),
-        "totalRAMUsed": int(used[2] or 0),
+        "maxSecurityGroups": limit["security_groups"],
+        "maxSecurityGroupRules": limit["security_group_rules"],
+        "maxTotalFloatingIps": limit["floating_ips"],
+        "totalInstancesUsed": used["servers"],
+        "totalCoresUsed": used["vcpus"],
+        "totalRAMUsed": used["ram_mb"],
         "totalKeyPairsUsed": int(keys or 0),
         "totalServerGroupsUsed": 0,
-        "totalSecurityGroupsUsed": int(groups or 0),
-        "totalFloatingIpsUsed": 0,
+        "totalSecurityGroupsUsed": used["security_groups"],
+        "totalFloatingIpsUsed": used["floating_ips"],
     }
     return {"limits": {"rate": [], "absolute": absolute}}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
-from nubes.control import images, lookup
+from nubes.control import images, lookup, quotas
 from nubes.control.lookup import admin_project_id
 from nubes.db.models import Image, Instance
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
@@ -63,6 +63,7 @@ def create_image(
     taken = select(Image).where(Image.project_id == who.project_id, Image.name == body.name)
     if session.scalar(taken):
         raise Conflict(f"image {body.name!r} already exists", field="name")
+    quotas.check(session, state.settings, who.project_id, {"images": 1})
     address = None
     if body.url:
         address = images.check_url(body.url, state.settings.allow_private_image_urls)

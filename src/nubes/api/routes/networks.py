@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
-from nubes.control import generations, lookup, netranges
+from nubes.control import generations, lookup, netranges, quotas
 from nubes.control.state import AppState
 from nubes.db.ipam import gateway_for
 from nubes.db.models import ExternalAddress, Host, Network, Port
@@ -156,16 +156,7 @@ def create(
         if body.uplink or body.gateway:
             raise InvalidInput("uplink: only an external network has one", field="uplink")
         netranges.check_tenant_cidr(session, net)
-        count = session.scalar(
-            select(func.count()).where(
-                Network.project_id == who.project_id, Network.external.is_(False)
-            )
-        )
-        if (count or 0) >= state.settings.quota_networks:
-            raise Conflict(
-                f"quota exceeded: {state.settings.quota_networks} networks per project",
-                field="networks",
-            )
+        quotas.check(session, state.settings, who.project_id, {"networks": 1})
     if body.vni is not None and not who.is_admin:
         raise Forbidden("vni: only an admin may choose a VNI", field="vni")
     overlay, note = choose_overlay(body.type, hosts_without_geneve(session))
