@@ -140,7 +140,15 @@ class NubesClient:
         return model.model_validate(self.request("GET", path, **kw).json())
 
     def _list(self, path: str, model: type[M]) -> list[M]:
-        return TypeAdapter(list[model]).validate_python(self.request("GET", path).json())  # type: ignore[valid-type]
+        """Every page of a list, following each answer's `Link: <...>; rel="next"`."""
+        adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
+        items: list[M] = []
+        url: str | None = path
+        while url:
+            resp = self.request("GET", url)
+            items += adapter.validate_python(resp.json())
+            url = resp.links.get("next", {}).get("url")
+        return items
 
     def _post(self, path: str, model: type[M], body: BaseModel | dict[str, Any]) -> M:
         payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
@@ -322,8 +330,9 @@ class NubesClient:
     def set_host_enabled(self, ref: str, enabled: bool) -> s.Host:
         return self._post(f"/v1/hosts/{ref}/{'enable' if enabled else 'disable'}", s.Host, {})
 
-    def operations(self, server: str | None = None) -> list[s.Operation]:
-        params = {"server": server} if server else {}
+    def operations(self, server: str | None = None, limit: int = 50) -> list[s.Operation]:
+        """The newest `limit` (one page: a log, not a list to read whole)."""
+        params: dict[str, Any] = {"limit": limit} | ({"server": server} if server else {})
         resp = self.request("GET", "/v1/operations", params=params)
         return TypeAdapter(list[s.Operation]).validate_python(resp.json())
 

@@ -61,12 +61,49 @@ def host_up(host: Host | None, down_after: float) -> bool:
 
 def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
     """`down_after`: the host timeout; servers on a down host are UNKNOWN (computed, not stored)."""
-    ports = session.execute(
+    return to_wire_many(session, [inst], down_after)[0]
+
+
+def _by_id(session: Session, model: Any, ids: set[str | None]) -> dict[str, Any]:
+    wanted = sorted(i for i in ids if i)
+    if not wanted:
+        return {}
+    return {r.id: r for r in session.scalars(select(model).where(model.id.in_(wanted)))}
+
+
+def to_wire_many(session: Session, insts: list[Instance], down_after: float) -> list[s.Server]:
+    """Servers for a list's page: a fixed number of queries (ports, hosts, images, flavors,
+    groups, security groups) for the whole page, never per server."""
+    ids = [i.id for i in insts]
+    ports: dict[str, list[tuple[str, Port]]] = {}
+    for net_name, port in session.execute(
         select(Network.name, Port)
         .join(Network, Network.id == Port.network_id)
-        .where(Port.instance_id == inst.id)
-        .order_by(Port.position)
-    ).all()
+        .where(Port.instance_id.in_(ids))
+        .order_by(Port.instance_id, Port.position)
+    ).all():
+        ports.setdefault(port.instance_id, []).append((net_name, port))
+    hosts = _by_id(session, Host, {i.host_id for i in insts})
+    images = _by_id(session, Image, {i.image_id for i in insts})
+    flavors = _by_id(session, Flavor, {i.flavor_id for i in insts})
+    groups = _by_id(session, ServerGroup, {i.group_id for i in insts})
+    sec = secgroups.names_of_many(session, ids)
+    return [
+        _wire(inst, ports.get(inst.id, []), hosts, images, flavors, groups, sec, down_after)
+        for inst in insts
+    ]
+
+
+def _wire(
+    inst: Instance,
+    ports: list[tuple[str, Port]],
+    hosts: dict[str, Host],
+    images: dict[str, Image],
+    flavors: dict[str, Flavor],
+    groups: dict[str, ServerGroup],
+    sec: dict[str, list[str]],
+    down_after: float,
+) -> s.Server:
     addresses: dict[str, list[str]] = {}
     for net_name, port in ports:
         addresses.setdefault(net_name, []).append(port.ip)
@@ -80,10 +117,9 @@ def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
         )
         for net_name, port in ports
     ]
-    host = session.get(Host, inst.host_id) if inst.host_id else None
-    image = session.get(Image, inst.image_id)
-    flavor = session.get(Flavor, inst.flavor_id)
-    group = session.get(ServerGroup, inst.group_id) if inst.group_id else None
+    host = hosts.get(inst.host_id) if inst.host_id else None
+    image, flavor = images.get(inst.image_id), flavors.get(inst.flavor_id)
+    group = groups.get(inst.group_id) if inst.group_id else None
     status = inst.status
     if host is not None and status != "DELETED" and not host_up(host, down_after):
         status = "UNKNOWN"
@@ -98,7 +134,7 @@ def to_wire(session: Session, inst: Instance, down_after: float) -> s.Server:
         group=group.name if group else None,
         addresses=addresses,
         nics=nics,
-        security_groups=secgroups.names_of(session, inst.id),
+        security_groups=sec.get(inst.id, []),
         key_name=inst.key_name,
         fault=inst.fault,
         created_at=inst.created_at,

@@ -135,6 +135,22 @@ def names_of(session: Session, instance_id: str) -> list[str]:
     )
 
 
+def names_of_many(session: Session, instance_ids: list[str]) -> dict[str, list[str]]:
+    """instance id -> its groups' names, sorted (one query for a list's page)."""
+    out: dict[str, list[str]] = {}
+    if not instance_ids:
+        return out
+    rows = session.execute(
+        select(InstanceSecurityGroup.instance_id, SecurityGroup.name)
+        .join(SecurityGroup, InstanceSecurityGroup.group_id == SecurityGroup.id)
+        .where(InstanceSecurityGroup.instance_id.in_(instance_ids))
+        .order_by(SecurityGroup.name)
+    )
+    for inst_id, name in rows:
+        out.setdefault(inst_id, []).append(name)
+    return out
+
+
 def rules_for(session: Session, instance_ids: list[str]) -> dict[str, list[a.DesiredRule]]:
     """instance id -> the rules of its groups, remote groups as their members' addresses."""
     if not instance_ids:

@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from nubes.api.deps import AdminDep, CallerDep, SessionDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import lookup
 from nubes.db.models import Flavor, Instance
 from nubes.errors import Conflict
@@ -24,8 +25,9 @@ def to_wire(f: Flavor) -> s.Flavor:
 
 
 @router.get("")
-def list_flavors(session: SessionDep, _: CallerDep) -> list[s.Flavor]:
-    return [to_wire(f) for f in session.scalars(select(Flavor).order_by(Flavor.ram_mb))]
+def list_flavors(session: SessionDep, _: CallerDep, page: PageDep) -> list[s.Flavor]:
+    """By RAM (flavors have no creation time), then id; a page (api/paging.py)."""
+    return [to_wire(f) for f in paginate(session, select(Flavor), (Flavor.ram_mb, Flavor.id), page)]
 
 
 @router.get("/{ref}")

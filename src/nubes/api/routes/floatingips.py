@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from sqlalchemy import or_, select
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import external, lookup
 from nubes.db.models import ExternalAddress, Instance, Network, Port
 from nubes.errors import Conflict, NotFound
@@ -74,12 +75,11 @@ def _associate(session: SessionDep, row: ExternalAddress, server: str, who: Call
 
 
 @router.get("")
-def list_floating(session: SessionDep, who: CallerDep) -> list[s.FloatingIp]:
-    rows = session.scalars(
-        select(ExternalAddress)
-        .where(ExternalAddress.project_id == who.project_id, ExternalAddress.kind == "floating")
-        .order_by(ExternalAddress.created_at)
+def list_floating(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.FloatingIp]:
+    query = select(ExternalAddress).where(
+        ExternalAddress.project_id == who.project_id, ExternalAddress.kind == "floating"
     )
+    rows = paginate(session, query, (ExternalAddress.created_at, ExternalAddress.id), page)
     return [_wire(session, r) for r in rows]
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nubes.api.deps import CallerDep, SessionDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import lookup
 from nubes.db.models import Host, Instance, ServerGroup
 from nubes.errors import Conflict
@@ -33,12 +34,9 @@ def to_wire(session: SessionDep, g: ServerGroup) -> s.Group:
 
 
 @router.get("")
-def list_groups(session: SessionDep, who: CallerDep) -> list[s.Group]:
-    rows = session.scalars(
-        select(ServerGroup)
-        .where(ServerGroup.project_id == who.project_id)
-        .order_by(ServerGroup.name)
-    )
+def list_groups(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.Group]:
+    query = select(ServerGroup).where(ServerGroup.project_id == who.project_id)
+    rows = paginate(session, query, (ServerGroup.created_at, ServerGroup.id), page)
     return [to_wire(session, g) for g in rows]
 
 

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 
 from nubes import tls
 from nubes.api.deps import AdminDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.api.routes.servers import host_up
 from nubes.control import joining, lookup
 from nubes.db.models import Host, Instance
@@ -52,10 +53,10 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
 
 
 @router.get("")
-def list_hosts(session: SessionDep, _: AdminDep, state: StateDep) -> list[s.Host]:
+def list_hosts(session: SessionDep, _: AdminDep, state: StateDep, page: PageDep) -> list[s.Host]:
     """Hosts are the cloud's machinery (underlay addresses, capacity): admins only, as Nova's
     os-hypervisors. A member sees the host name of their own servers, nothing more."""
-    rows = session.scalars(select(Host).order_by(Host.name))
+    rows = paginate(session, select(Host), (Host.created_at, Host.id), page)
     counts = live_counts(session)
     return [to_wire(session, h, state.settings.host_down_after, counts.get(h.id, 0)) for h in rows]
 

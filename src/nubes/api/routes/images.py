@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import images, lookup, quotas
 from nubes.control.lookup import admin_project_id
 from nubes.db.models import Image, Instance
@@ -45,9 +46,10 @@ def to_wire(i: Image) -> s.Image:
 
 
 @router.get("")
-def list_images(session: SessionDep, who: CallerDep) -> list[s.Image]:
+def list_images(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.Image]:
     projects = [who.project_id, admin_project_id(session)]
-    rows = session.scalars(select(Image).where(Image.project_id.in_(projects)).order_by(Image.name))
+    query = select(Image).where(Image.project_id.in_(projects))
+    rows = paginate(session, query, (Image.created_at, Image.id), page)
     return [to_wire(i) for i in rows]
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from nubes.api.deps import CallerDep, SessionDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import lookup
 from nubes.db.models import Keypair
 from nubes.errors import Conflict, InvalidInput
@@ -69,10 +70,9 @@ def to_wire(k: Keypair, private_key: str | None = None) -> s.Keypair:
 
 
 @router.get("")
-def list_keypairs(session: SessionDep, who: CallerDep) -> list[s.Keypair]:
-    rows = session.scalars(
-        select(Keypair).where(Keypair.project_id == who.project_id).order_by(Keypair.name)
-    )
+def list_keypairs(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.Keypair]:
+    query = select(Keypair).where(Keypair.project_id == who.project_id)
+    rows = paginate(session, query, (Keypair.created_at, Keypair.id), page)
     return [to_wire(k) for k in rows]
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import generations, lookup, netranges, quotas
 from nubes.control.state import AppState
 from nubes.db.ipam import gateway_for
@@ -99,12 +100,12 @@ def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
 
 
 @router.get("")
-def list_networks(session: SessionDep, who: CallerDep) -> list[s.Network]:
-    rows = session.scalars(
-        select(Network)
-        .where(or_(Network.project_id == who.project_id, Network.external.is_(True)))
-        .order_by(Network.external, Network.name)
-    )  # the external network is everyone's to see, as in Neutron
+def list_networks(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.Network]:
+    # the external network is everyone's to see, as in Neutron
+    query = select(Network).where(
+        or_(Network.project_id == who.project_id, Network.external.is_(True))
+    )
+    rows = paginate(session, query, (Network.created_at, Network.id), page)
     return [to_wire(session, n) for n in rows]
 
 

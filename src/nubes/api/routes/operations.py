@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from nubes.api import redact
 from nubes.api.deps import Caller, CallerDep, SessionDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import lookup
 from nubes.db.models import Instance, Operation
 from nubes.errors import NotFound
@@ -33,15 +34,17 @@ def to_wire(op: Operation, who: Caller) -> s.Operation:
 def list_operations(
     session: SessionDep,
     who: CallerDep,
+    page: PageDep,
     server: str | None = Query(default=None, max_length=64, description="server name or id"),
-    limit: int = Query(default=50, ge=1, le=1000),
 ) -> list[s.Operation]:
+    """Newest first (then by id), a page at a time (api/paging.py)."""
     query = select(Operation).where(Operation.project_id == who.project_id)
     if server:
         query = query.where(
             Operation.instance_id == lookup.owned(session, Instance, server, who, "server").id
         )
-    rows = session.scalars(query.order_by(Operation.created_at.desc()).limit(limit))
+    keys = (Operation.created_at, Operation.id)
+    rows = paginate(session, query, keys, page, descending=True)
     return [to_wire(op, who) for op in rows]
 
 

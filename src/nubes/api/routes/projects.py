@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nubes.api.deps import AdminDep, SessionDep, hash_token
+from nubes.api.paging import PageDep, paginate
 from nubes.db.models import Project, Token, new_id
 from nubes.errors import Conflict
 from nubes.schemas import resources as s
@@ -21,8 +22,9 @@ def to_wire(p: Project) -> s.Project:
 
 
 @router.get("")
-def list_projects(session: SessionDep, _: AdminDep) -> list[s.Project]:
-    return [to_wire(p) for p in session.scalars(select(Project).order_by(Project.name))]
+def list_projects(session: SessionDep, _: AdminDep, page: PageDep) -> list[s.Project]:
+    rows = paginate(session, select(Project), (Project.created_at, Project.id), page)
+    return [to_wire(p) for p in rows]
 
 
 @router.post("", status_code=201)

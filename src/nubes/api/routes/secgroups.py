@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from nubes.api.deps import CallerDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import generations, lookup, secgroups
 from nubes.db.models import Instance, InstanceSecurityGroup, SecurityGroup, SecurityGroupRule
 from nubes.errors import Conflict, NotFound
@@ -16,14 +17,11 @@ router = APIRouter(tags=["security groups"])
 
 
 @router.get("/v1/security-groups")
-def list_groups(session: SessionDep, who: CallerDep) -> list[s.SecurityGroup]:
+def list_groups(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.SecurityGroup]:
     secgroups.ensure_default(session, who.project_id)
     session.commit()
-    rows = session.scalars(
-        select(SecurityGroup)
-        .where(SecurityGroup.project_id == who.project_id)
-        .order_by(SecurityGroup.name)
-    )
+    query = select(SecurityGroup).where(SecurityGroup.project_id == who.project_id)
+    rows = paginate(session, query, (SecurityGroup.created_at, SecurityGroup.id), page)
     return [secgroups.to_wire(session, g) for g in rows]
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from nubes.api import redact
 from nubes.api.deps import Caller, CallerDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
 from nubes.control import compute, consoles, lookup
 from nubes.control.compute import host_up
 from nubes.control.idempotency import run_once
@@ -23,13 +24,16 @@ def shown(server: s.Server, who: Caller) -> s.Server:
 
 
 @router.get("")
-def list_servers(session: SessionDep, who: CallerDep, state: StateDep) -> list[s.Server]:
-    rows = session.scalars(
-        select(Instance)
-        .where(Instance.project_id == who.project_id, Instance.deleted_at.is_(None))
-        .order_by(Instance.name)
+def list_servers(
+    session: SessionDep, who: CallerDep, state: StateDep, page: PageDep
+) -> list[s.Server]:
+    """A page (api/paging.py: `limit`, `marker`, the next page in the `Link` header)."""
+    query = select(Instance).where(
+        Instance.project_id == who.project_id, Instance.deleted_at.is_(None)
     )
-    return [shown(compute.to_wire(session, i, state.settings.host_down_after), who) for i in rows]
+    rows = paginate(session, query, (Instance.created_at, Instance.id), page)
+    wire = compute.to_wire_many(session, rows, state.settings.host_down_after)
+    return [shown(server, who) for server in wire]
 
 
 @router.post("", status_code=202, response_model=s.Server)
