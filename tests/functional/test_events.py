@@ -158,3 +158,17 @@ def test_cli_events_and_create_wait(ready: Cloud) -> None:
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_bad_resume_points_and_callers_are_4xx(ready: Cloud) -> None:
+    http = ready.client._http
+    for headers, params in (
+        ({"last-event-id": "x"}, {}),
+        ({"last-event-id": "-3"}, {}),
+        ({}, {"after": "-1"}),
+        ({}, {"after": "nope"}),
+    ):
+        answer = http.get("/v1/events", headers=headers, params=params)
+        assert answer.status_code == 422, (headers, params, answer.text)
+    with NubesClient(ready.url, "") as nobody:
+        assert nobody._http.get("/v1/events").status_code == 401
