@@ -3,6 +3,7 @@ template (`/v1/servers/{ref}`), never the raw path: label values stay as few as 
 
 from __future__ import annotations
 
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nubes.control.metrics import Metrics
 
 UNMATCHED = "unmatched"  # a 404 on no route, or an answer before routing (413, NUL)
+# answered short of the router (api/heartbeat_path.py), so no route in the scope
+HEARTBEAT = re.compile(r"/v1/agent/hosts/[^/]+/heartbeat")
+HEARTBEAT_ROUTE = "/v1/agent/hosts/{host_id}/heartbeat"  # its route's own template
 
 
 class RequestTimer:
@@ -34,7 +38,9 @@ class RequestTimer:
             await self.app(scope, receive, watched)
         finally:
             # the router put the matched route in the scope it shares with us
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = HEARTBEAT_ROUTE if HEARTBEAT.fullmatch(scope["path"]) else UNMATCHED
             if route != "/v1/events":  # a stream's length says nothing of latency
                 self.metrics.requests.labels(route, scope["method"], f"{status // 100}xx").observe(
                     time.perf_counter() - start
