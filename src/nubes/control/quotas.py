@@ -100,8 +100,12 @@ def usage(session: Session, project_id: str, only: str | None = None) -> dict[st
 
 
 def _lock(session: Session, project_id: str) -> None:
+    """FOR NO KEY UPDATE: quota checks of one project queue on it, but rows that merely
+    reference the project (an operation, a port...) do not wait (their foreign key takes
+    FOR KEY SHARE, which FOR UPDATE would block)."""
     if session.get_bind().dialect.name != "sqlite":
-        session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+        query = select(Project.id).where(Project.id == project_id)
+        session.execute(query.with_for_update(key_share=True))
 
 
 def check(session: Session, settings: Settings, project_id: str, adding: dict[str, int]) -> None:
