@@ -17,20 +17,38 @@ router = APIRouter(prefix="/v1/floating-ips", tags=["floating IPs"])
 
 
 def _wire(session: SessionDep, row: ExternalAddress) -> s.FloatingIp:
-    ext = session.get(Network, row.external_id)
-    server = fixed = None
-    if row.port_id:
-        port = session.get(Port, row.port_id)
-        inst = session.get(Instance, port.instance_id) if port else None
-        server, fixed = (inst.name if inst else None), (port.ip if port else None)
-    return s.FloatingIp(
-        id=row.id,
-        address=row.address,
-        network=ext.name if ext else row.external_id,
-        server=server,
-        fixed_ip=fixed,
-        created_at=row.created_at,
+    return _wire_many(session, [row])[0]
+
+
+def _wire_many(session: SessionDep, rows: list[ExternalAddress]) -> list[s.FloatingIp]:
+    """Two queries for a page (external networks' names, associated ports), never per row."""
+    nets = sorted({r.external_id for r in rows})
+    names = dict(
+        session.execute(select(Network.id, Network.name).where(Network.id.in_(nets))).all()
     )
+    port_ids = sorted({r.port_id for r in rows if r.port_id})
+    ports = {
+        port_id: (ip, server)
+        for port_id, ip, server in session.execute(
+            select(Port.id, Port.ip, Instance.name)
+            .outerjoin(Instance, Instance.id == Port.instance_id)
+            .where(Port.id.in_(port_ids))
+        )
+    }
+    out = []
+    for row in rows:
+        fixed, server = ports.get(row.port_id, (None, None)) if row.port_id else (None, None)
+        out.append(
+            s.FloatingIp(
+                id=row.id,
+                address=row.address,
+                network=names.get(row.external_id, row.external_id),
+                server=server,
+                fixed_ip=fixed,
+                created_at=row.created_at,
+            )
+        )
+    return out
 
 
 def _mine(session: SessionDep, ref: str, who: CallerDep) -> ExternalAddress:
@@ -80,7 +98,7 @@ def list_floating(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.
         ExternalAddress.project_id == who.project_id, ExternalAddress.kind == "floating"
     )
     rows = paginate(session, query, (ExternalAddress.created_at, ExternalAddress.id), page)
-    return [_wire(session, r) for r in rows]
+    return _wire_many(session, rows)
 
 
 @router.post("", status_code=201)

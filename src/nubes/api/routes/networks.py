@@ -71,32 +71,42 @@ def choose_overlay(requested: str | None, lacking: list[str] | None) -> tuple[st
     return "vxlan", f"type: VXLAN, since {why}"
 
 
-def _serving_host(session: Session, n: Network) -> str | None:
-    host = session.get(Host, n.dhcp_host_id) if n.dhcp_host_id else None
-    return host.name if host else None
-
-
 def to_wire(session: Session, n: Network, note: str = "") -> s.Network:
-    router = session.scalar(
-        select(ExternalAddress.address).where(ExternalAddress.router_of == n.id)
+    return to_wire_many(session, [n], note)[0]
+
+
+def to_wire_many(session: Session, rows: list[Network], note: str = "") -> list[s.Network]:
+    """Two queries for a page (routers' addresses, serving hosts' names), never per network."""
+    ids = [n.id for n in rows]
+    routers = dict(
+        session.execute(
+            select(ExternalAddress.router_of, ExternalAddress.address).where(
+                ExternalAddress.router_of.in_(ids)
+            )
+        ).all()
     )
-    return s.Network(
-        id=n.id,
-        name=n.name,
-        cidr=n.cidr,
-        gateway=n.gateway,
-        type=n.overlay,
-        vni=n.vni,
-        mtu=n.mtu,
-        gateway_host=_serving_host(session, n),
-        port_security=n.port_security,
-        egress=n.egress,
-        external=n.external,
-        uplink=n.uplink,
-        router_ip=router,
-        note=note,
-        created_at=n.created_at,
-    )
+    serving = sorted({n.dhcp_host_id for n in rows if n.dhcp_host_id})
+    hosts = dict(session.execute(select(Host.id, Host.name).where(Host.id.in_(serving))).all())
+    return [
+        s.Network(
+            id=n.id,
+            name=n.name,
+            cidr=n.cidr,
+            gateway=n.gateway,
+            type=n.overlay,
+            vni=n.vni,
+            mtu=n.mtu,
+            gateway_host=hosts.get(n.dhcp_host_id) if n.dhcp_host_id else None,
+            port_security=n.port_security,
+            egress=n.egress,
+            external=n.external,
+            uplink=n.uplink,
+            router_ip=routers.get(n.id),
+            note=note,
+            created_at=n.created_at,
+        )
+        for n in rows
+    ]
 
 
 @router.get("")
@@ -106,7 +116,7 @@ def list_networks(session: SessionDep, who: CallerDep, page: PageDep) -> list[s.
         or_(Network.project_id == who.project_id, Network.external.is_(True))
     )
     rows = paginate(session, query, (Network.created_at, Network.id), page)
-    return [to_wire(session, n) for n in rows]
+    return to_wire_many(session, rows)
 
 
 @router.get("/{ref}")
