@@ -38,6 +38,7 @@ ADMIN_ONLY = {
     ("POST", "/v1/projects"),
     ("GET", "/v1/gc"),
     ("POST", "/v1/gc"),
+    ("PUT", "/v1/quotas/{project}"),
 }
 # user routes that name one of the member's own resources: another project is told 404
 OWNED = {
