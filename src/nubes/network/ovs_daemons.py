@@ -29,9 +29,10 @@ def kernel_datapath() -> bool:
         mods = Path("/proc/modules").read_text()
     except OSError:
         mods = ""
-    return any(line.split(" ", 1)[0] == "openvswitch" for line in mods.splitlines()) or Path(
-        "/sys/module/openvswitch"
-    ).is_dir()
+    return (
+        any(line.split(" ", 1)[0] == "openvswitch" for line in mods.splitlines())
+        or Path("/sys/module/openvswitch").is_dir()
+    )
 
 
 def installed() -> bool:

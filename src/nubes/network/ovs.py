@@ -1,0 +1,365 @@
+"""The Open vSwitch network driver: br-int with a local VLAN per network (Neutron's OVS agent
+shape), Geneve or VXLAN tunnel ports to the network's peer hosts, port security in OpenFlow
+(openflow.py), gateways (gateway.py) as veth ports of br-int.
+
+The host's own ovsdb-server/ovs-vswitchd (ovs_daemons.py) are ensured on every call: a dead
+vswitchd is restarted, and as it forgets every flow, the whole table is put back from what
+OVSDB holds. Our ports carry external_ids (`nubes-net`, `nubes-port`, `nubes-peer`): that is
+how a restarted agent finds what it owns.
+
+With the userspace datapath, tunnels leave through the kernel routes of an OVS bridge: the
+underlay address moves from its device onto br-phy, which holds the device as a port.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import hashlib
+import ipaddress
+import json
+import logging
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nubes.errors import DriverError, InvalidInput
+from nubes.network import netns, openflow
+from nubes.network.base import NetworkDriver, NetworkSpec, PortInfo, PortSpec, bridge_name
+from nubes.network.dhcp import Dnsmasq, check_id
+from nubes.network.gateway import GW_DEV, Gateways, veth_name
+from nubes.network.linuxbridge import _ifname, port_alias, validate_network
+from nubes.network.netlink import Netlink
+from nubes.network.ovs_daemons import OvsDaemons
+
+log = logging.getLogger(__name__)
+
+BR_INT = "br-int"
+BR_PHY = "br-phy"
+TUNNEL_PREFIX = "nt"
+PORT_ALIAS = "nubes port "
+UDP_PORTS = {"geneve": 6081, "vxlan": 4789}
+
+
+def tunnel_name(network_id: str, peer_ip: str) -> str:
+    return TUNNEL_PREFIX + hashlib.sha1(f"{network_id}/{peer_ip}".encode()).hexdigest()[:13]
+
+
+def tx_checksum_off(dev: str) -> None:
+    """`ethtool -K dev tx off` (ETHTOOL_STXCSUM): the userspace datapath reads frames with
+    AF_PACKET and sends them on with a checksum the sender left to offload (OVS issue #273)."""
+    value = array.array("B", struct.pack("II", 0x17, 0))
+    ifreq = struct.pack("16sP", dev.encode(), value.buffer_info()[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            fcntl.ioctl(s.fileno(), 0x8946, ifreq)  # SIOCETHTOOL
+        except OSError as e:
+            raise DriverError(f"tx checksum offload off on {dev}: {e}") from e
+
+
+@dataclass
+class _Row:
+    name: str
+    tag: int | None
+    ids: dict[str, str]
+    ofport: int = -1
+
+
+def _ovs_value(v: object) -> object:
+    if isinstance(v, list) and len(v) == 2 and v[0] == "map":
+        return {k: val for k, val in v[1]}
+    if isinstance(v, list) and len(v) == 2 and v[0] == "set":
+        return None if not v[1] else v[1]
+    return v
+
+
+def parse_snapshot(text: str) -> list[_Row]:
+    """Two `ovs-vsctl -f json list` documents: Port (name, tag, external_ids), then Interface
+    (name, ofport)."""
+    dec = json.JSONDecoder()
+    docs, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        doc, end = dec.raw_decode(text, pos)
+        docs.append(doc)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    ports, ifaces = docs
+    ofports = {r[0]: r[1] for r in ifaces["data"]}
+    rows = []
+    for name, tag, ids in ports["data"]:
+        t = _ovs_value(tag)
+        of = _ovs_value(ofports.get(name, -1))
+        rows.append(
+            _Row(
+                name,
+                t if isinstance(t, int) else None,
+                _ovs_value(ids),  # type: ignore[arg-type]
+                of if isinstance(of, int) else -1,
+            )
+        )
+    return rows
+
+
+def of_ports(rows: list[_Row]) -> list[openflow.OfPort]:
+    out = []
+    for r in rows:
+        if "nubes-port" in r.ids:
+            try:
+                _, mac, ip, secured, allowed = openflow.parse_port_ids(r.ids["nubes-port"])
+            except ValueError:
+                continue
+            out.append(openflow.OfPort(r.name, r.ofport, False, mac, ip, secured, allowed))
+        elif "nubes-net" in r.ids:  # tunnels and gateways
+            out.append(openflow.OfPort(r.name, r.ofport, trusted=True))
+    return out
+
+
+@dataclass
+class _State:
+    table: str | None = None  # the flow table last applied (None: unknown, apply again)
+    underlay: str | None = None  # local underlay address, put on br-phy
+    vlans: dict[str, int] = field(default_factory=dict)
+
+
+class OvsDriver(NetworkDriver):
+    """Acts on the network namespace of the calling thread (the agent runs in its host's)."""
+
+    def __init__(self, state_dir: Path, daemons: OvsDaemons | None = None) -> None:
+        self.state_dir = state_dir
+        self.ovs = daemons or OvsDaemons(state_dir / "ovs")
+        self.dhcp = Dnsmasq(state_dir)
+        self.gateways = Gateways(state_dir, self.dhcp, attach=self._attach_gateway)
+        self._lock = threading.RLock()
+        self._st = _State()
+
+    # -- the switch ----------------------------------------------------------------------------
+
+    def _ensure_switch(self) -> None:
+        if not self.ovs.ensure() and self._st.table is not None:
+            return
+        self._st.table = None  # a new vswitchd has no flows
+        dp = self.ovs.datapath_type
+        self.ovs.vsctl(
+            "--may-exist", "add-br", BR_INT, "--",
+            "set", "Bridge", BR_INT, f"datapath_type={dp}", "fail_mode=secure",
+            "other_config:mac-aging-time=300",
+        )  # fmt: skip
+        with Netlink() as nl:
+            nl.set_link(BR_INT, state="up")
+        if self._st.underlay:
+            self._ensure_underlay(self._st.underlay, force=True)
+
+    def _ensure_underlay(self, local_ip: str, force: bool = False) -> None:
+        """Userspace datapath: the underlay address and its device onto br-phy (once)."""
+        if self.ovs.kernel or (self._st.underlay == local_ip and not force):
+            return
+        with Netlink() as nl:
+            found = [
+                (dev, cidr) for dev, cidr in nl.all_addresses() if cidr.split("/")[0] == local_ip
+            ]
+            if not found:
+                raise DriverError(f"no device here has the underlay address {local_ip}")
+            dev, cidr = found[0]
+            if dev != BR_PHY:
+                link = nl.get_link(dev)
+                assert link is not None
+                self.ovs.vsctl(
+                    "--may-exist", "add-br", BR_PHY, "--",
+                    "set", "Bridge", BR_PHY, f"datapath_type={self.ovs.datapath_type}",
+                    f"other_config:hwaddr={link.mac}", "--",
+                    "--may-exist", "add-port", BR_PHY, dev,
+                )  # fmt: skip
+                nl.set_link(BR_PHY, state="up", mtu=link.mtu or 1500)
+                nl.ensure_address(BR_PHY, cidr)
+                nl.remove_addresses(dev)
+                log.info("underlay %s moved from %s onto %s", cidr, dev, BR_PHY)
+            else:
+                nl.set_link(BR_PHY, state="up")
+        self._st.underlay = local_ip
+
+    def _rows(self) -> list[_Row]:
+        out = self.ovs.vsctl(
+            "-f", "json", "--", "--columns=name,tag,external_ids", "list", "Port",
+            "--", "--columns=name,ofport", "list", "Interface",
+        )  # fmt: skip
+        return parse_snapshot(out)
+
+    def _sync_flows(self, rows: list[_Row] | None = None) -> None:
+        """The whole table from OVSDB, atomically, when it differs from the one applied."""
+        text = openflow.table(of_ports(rows if rows is not None else self._rows()))
+        if text == self._st.table:
+            return
+        self.ovs.ofctl("--bundle", "replace-flows", BR_INT, "-", stdin=text)
+        self._st.table = text
+
+    def _vlan(self, network_id: str, rows: list[_Row]) -> int:
+        """The network's local VLAN: the one its ports have, else the lowest free one."""
+        for r in rows:
+            if r.ids.get("nubes-net") == network_id and r.tag:
+                self._st.vlans[network_id] = r.tag
+                return r.tag
+        if network_id in self._st.vlans:
+            return self._st.vlans[network_id]
+        used = {r.tag for r in rows if r.tag} | set(self._st.vlans.values())
+        tag = next(t for t in range(1, 4095) if t not in used)
+        self._st.vlans[network_id] = tag
+        return tag
+
+    # -- networks ------------------------------------------------------------------------------
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        validate_network(spec, geneve_ok=lambda: True)
+        with self._lock:
+            self._ensure_switch()
+            peers = sorted({p.underlay_ip for p in spec.peers} - {spec.local_underlay_ip})
+            if spec.local_underlay_ip and peers:
+                self._ensure_underlay(spec.local_underlay_ip)
+            rows = self._rows()
+            vlan = self._vlan(spec.id, rows)
+            self._ensure_tunnels(spec, peers if spec.vni is not None else [], rows, vlan)
+            with Netlink() as nl:
+                if spec.serve_dhcp:
+                    self.gateways.ensure(nl, spec)
+                else:
+                    self._remove_gateway(nl, spec.id)
+            self._sync_flows()
+
+    def _ensure_tunnels(
+        self, spec: NetworkSpec, peers: list[str], rows: list[_Row], vlan: int
+    ) -> None:
+        wanted = {tunnel_name(spec.id, p): p for p in peers}
+        have = {r.name for r in rows if r.ids.get("nubes-net") == spec.id and "nubes-peer" in r.ids}
+        args: list[str] = []
+        for stale in sorted(have - set(wanted)):
+            args += ["--", "--if-exists", "del-port", BR_INT, stale]
+        for name, peer in sorted(wanted.items()):
+            if name in have:
+                continue
+            args += [
+                "--", "--may-exist", "add-port", BR_INT, name,
+                "--", "set", "Interface", name, f"type={spec.overlay}",
+                f"options:remote_ip={peer}", f"options:key={spec.vni}",
+                f"options:dst_port={UDP_PORTS[spec.overlay]}",
+                "--", "set", "Port", name, f"tag={vlan}", "protected=true",
+                f"external_ids:nubes-net={spec.id}", f"external_ids:nubes-peer={peer}",
+            ]  # fmt: skip
+        if args:
+            self.ovs.vsctl(*args)
+
+    def _attach_gateway(self, nl: Netlink, veth: str, spec: NetworkSpec, ns: str) -> None:
+        vlan = self._vlan(spec.id, self._rows())
+        nl.set_link(veth, state="up")
+        self.ovs.vsctl(
+            "--may-exist", "add-port", BR_INT, veth, "--",
+            "set", "Port", veth, f"tag={vlan}", f"external_ids:nubes-net={spec.id}",
+            "external_ids:nubes-gateway=1",
+        )  # fmt: skip
+        with netns.inside(ns):
+            tx_checksum_off(GW_DEV)
+
+    def _remove_gateway(self, nl: Netlink, network_id: str) -> None:
+        self.ovs.vsctl("--if-exists", "del-port", BR_INT, veth_name(network_id))
+        self.gateways.remove(nl, network_id)
+
+    def delete_network(self, network_id: str) -> None:
+        check_id(network_id)
+        with self._lock:
+            self._ensure_switch()
+            ours = [
+                r.name
+                for r in self._rows()
+                if r.ids.get("nubes-net") == network_id and "nubes-port" not in r.ids
+            ]
+            args: list[str] = []
+            for name in ours:
+                args += ["--", "--if-exists", "del-port", BR_INT, name]
+            if args:
+                self.ovs.vsctl(*args)
+            with Netlink() as nl:
+                self._remove_gateway(nl, network_id)
+            self._st.vlans.pop(network_id, None)
+            self._sync_flows()
+
+    def list_networks(self) -> list[str]:
+        with self._lock:
+            self._ensure_switch()
+            nets = {r.ids["nubes-net"] for r in self._rows() if "nubes-net" in r.ids}
+        return sorted(nets | set(self.gateways.network_ids()))
+
+    def metadata_endpoint(self, network_id: str) -> tuple[str | None, str]:
+        return self.gateways.endpoint(network_id)
+
+    def overlays(self) -> tuple[str, ...]:
+        return ("vxlan", "geneve")
+
+    def host_ranges(self) -> tuple[str, ...]:
+        with Netlink() as nl:
+            found = nl.all_addresses()
+        nets = {
+            str(ipaddress.IPv4Interface(cidr).network)
+            for dev, cidr in found
+            if not dev.startswith(("tap", "nvg", BR_INT, "lo")) and not cidr.startswith("127.")
+        }
+        return tuple(sorted(nets))
+
+    def leases(self, network_id: str) -> list[tuple[str, str]]:
+        return self.dhcp.leases(network_id)
+
+    # -- ports ---------------------------------------------------------------------------------
+
+    def plug_port(self, spec: PortSpec) -> None:
+        _ifname(spec.tap, "tap")
+        try:
+            ipaddress.IPv4Address(spec.ip)
+        except ValueError as e:
+            raise InvalidInput(str(e), field="ip") from e
+        ids = port_alias(spec)[len(PORT_ALIAS) :]
+        openflow.parse_port_ids(ids)  # the MAC and pairs as the flows will read them
+        with self._lock:
+            self._ensure_switch()
+            with Netlink() as nl:
+                link = nl.get_link(spec.tap)
+                if link is None or link.kind == "tun":  # a test's stand-in guest is a veth
+                    nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
+                nl.set_link(spec.tap, state="up", ifalias=PORT_ALIAS + ids)
+            vlan = self._vlan(spec.network_id, self._rows())
+            # no flow lets the new port's frames in until _sync_flows has put its own
+            self.ovs.vsctl(
+                "--may-exist", "add-port", BR_INT, spec.tap, "--",
+                "set", "Port", spec.tap, f"tag={vlan}",
+                f"external_ids:nubes-net={spec.network_id}", f"external_ids:nubes-port={ids}",
+            )  # fmt: skip
+            self._sync_flows()
+
+    def ensure_port_filter(self, spec: PortSpec) -> None:
+        """Security groups are not in OpenFlow yet (conntrack ct() flows): port security only."""
+        with self._lock:
+            self._ensure_switch()
+            self._sync_flows()
+
+    def unplug_port(self, tap: str) -> None:
+        _ifname(tap, "tap")
+        with self._lock:
+            self._ensure_switch()
+            self.ovs.vsctl("--if-exists", "del-port", BR_INT, tap)
+            with Netlink() as nl:
+                link = nl.get_link(tap)
+                if link is not None and (link.alias or "").startswith(PORT_ALIAS):
+                    nl.delete_link(tap)
+            self._sync_flows()
+
+    def list_ports(self) -> list[PortInfo]:
+        with self._lock:
+            self._ensure_switch()
+            rows = self._rows()
+        ports = []
+        for r in rows:
+            if "nubes-port" not in r.ids:
+                continue
+            _, mac, _, _, _ = openflow.parse_port_ids(r.ids["nubes-port"])
+            ports.append(PortInfo(tap=r.name, bridge=bridge_name(r.ids["nubes-net"]), mac=mac))
+        return sorted(ports, key=lambda p: p.tap)

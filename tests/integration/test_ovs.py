@@ -1,0 +1,187 @@
+"""The Open vSwitch driver between two lab hosts, driver level (no API, no QEMU): each host runs
+its own ovsdb-server and ovs-vswitchd (userspace datapath here); stand-in guests are veth
+endpoints in namespaces of their own, plugged as ports of br-int."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nubes.lab import Lab, LabHost
+from nubes.network import netns, ovs_daemons
+from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec
+from nubes.network.ovs import BR_PHY, OvsDriver, tx_checksum_off
+from tests.integration.capture import Capture
+from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
+
+__all__ = ["make_ns", "state_dir"]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not ovs_daemons.installed(), reason="Open vSwitch is not installed"),
+]
+
+UNDERLAY = "10.254.71.0/24"  # apart from the default lab's, which may be up beside us
+
+
+@pytest.fixture
+def lab2(state_dir: Path) -> Iterator[list[LabHost]]:
+    lab = Lab(state_dir / "lab", name_prefix=f"o{_uid()}", underlay_cidr=UNDERLAY)
+    try:
+        yield lab.create_hosts(2)
+    finally:
+        lab.destroy()
+    assert not any(n.startswith(lab.prefix + "-") for n in netns.list_names())
+    left = subprocess.run(["pgrep", "-f", f"ovs.*{state_dir}"], capture_output=True, text=True)
+    assert left.stdout == "", "an ovsdb-server or ovs-vswitchd outlived the lab"
+
+
+def spec_for(hosts: list[LabHost], me: LabHost, net_id: str, vni: int, overlay: str) -> NetworkSpec:
+    serving = hosts[0]
+    return net_spec(
+        net_id,
+        vni=vni,
+        overlay=overlay,
+        local_underlay_ip=me.underlay_ip,
+        peers=tuple(OverlayPeer(h.underlay_ip) for h in hosts if h != me),
+        serve_dhcp=me == serving,
+        gateway_underlay_ip=None if me == serving else serving.underlay_ip,
+        dhcp_hosts=(),
+    )
+
+
+def guest(
+    make_ns: Callable[[str], str], host: LabHost, driver: OvsDriver, net: NetworkSpec, n: int
+) -> tuple[str, PortSpec]:
+    """A stand-in guest: a namespace whose eth0 is the peer of the port's `tap` (a veth)."""
+    ns = make_ns(f"g{n}")
+    mac, ip = f"52:54:00:0a:00:{n:02x}", f"10.20.0.{10 + n}"
+    tap = f"tapovs{n}{_uid()}"[:15]
+    subprocess.run(
+        ["ip", "-n", host.netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+         "netns", ns],
+        check=True,
+    )  # fmt: skip
+    for argv in (
+        ["link", "set", "eth0", "address", mac, "mtu", str(net.mtu), "up"],
+        ["addr", "add", f"{ip}/24", "dev", "eth0"],
+        ["link", "set", "lo", "up"],
+    ):
+        subprocess.run(["ip", "-n", ns, *argv], check=True)
+    with netns.inside(ns):
+        tx_checksum_off("eth0")  # what QEMU's csum=off does for a real guest
+    port = PortSpec(
+        id=f"port-{n}", network_id=net.id, bridge=net.bridge, tap=tap, mac=mac, ip=ip,
+        mtu=net.mtu,
+    )  # fmt: skip
+    with netns.inside(host.netns):
+        driver.plug_port(port)
+    return ns, port
+
+
+def tcp_transfer(server_ns: str, client_ns: str, ip: str, size: int = 4 << 20) -> float:
+    """Bytes/s of one TCP stream of `size` bytes from client to server."""
+    code = (
+        "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        "s.bind(('0.0.0.0',5001));s.listen();c,_=s.accept();n=0\n"
+        "while (b:=c.recv(65536)): n+=len(b)\nprint(n)"
+    )
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "python3", "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)
+    start = time.monotonic()
+    with netns.inside(client_ns), socket.create_connection((ip, 5001), timeout=20) as c:
+        c.sendall(b"x" * size)
+    out, _ = srv.communicate(timeout=30)
+    elapsed = time.monotonic() - start
+    assert int(out) == size
+    return size / elapsed
+
+
+def geneve_vnis(frames: list[bytes]) -> set[int]:
+    """VNIs of the Geneve (UDP 6081) packets among frames (IPv4, no IP options)."""
+    found = set()
+    for f in frames:
+        if len(f) > 50 and f[12:14] == b"\x08\x00" and f[23] == 17:
+            udp = f[14 + 20 :]
+            if int.from_bytes(udp[2:4], "big") == 6081:
+                found.add(int.from_bytes(udp[8 + 4 : 8 + 7], "big"))
+    return found
+
+
+def test_geneve_and_vxlan_between_two_ovs_hosts(
+    lab2: list[LabHost], make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    h1, h2 = lab2
+    drivers = {h.name: OvsDriver(state_dir / h.name) for h in lab2}
+    for h in lab2:
+        with netns.inside(h.netns):
+            for _ in range(2):  # idempotent
+                drivers[h.name].ensure_network(spec_for(lab2, h, "net-a", 88, "geneve"))
+            drivers[h.name].ensure_network(spec_for(lab2, h, "net-b", 200, "vxlan"))
+    net_a, net_b = (
+        spec_for(lab2, h1, "net-a", 88, "geneve"),
+        spec_for(lab2, h1, "net-b", 200, "vxlan"),
+    )
+    g1, _ = guest(make_ns, h1, drivers[h1.name], net_a, 1)
+    g2, p2 = guest(make_ns, h2, drivers[h2.name], net_a, 2)
+    g3, _ = guest(make_ns, h2, drivers[h2.name], net_b, 3)
+    g4, _ = guest(make_ns, h1, drivers[h1.name], net_b, 4)
+
+    cap = Capture(h2.netns, "eth0")
+    assert _ping(g2, "10.20.0.1", count=3)  # h2's guest reaches the gateway on h1
+    assert _ping(g2, "10.20.0.11")
+    frames = cap.close()
+    assert 88 in geneve_vnis(frames), "no Geneve packet with VNI 88 on the underlay"
+    rate = tcp_transfer(g1, g2, "10.20.0.11")
+    print(f"TCP over OVS + Geneve between hosts: {rate * 8 / 1e6:.0f} Mbit/s")
+    assert _ping(g3, "10.20.0.14", count=3)  # VXLAN on OVS
+    # isolation: the other network's guests, same addresses, never answer
+    assert not _ping(g3, "10.20.0.11")
+    assert not _ping(g1, "10.20.0.13")
+
+    # anti-spoofing: another source address or MAC gets nowhere
+    subprocess.run(["ip", "-n", g2, "addr", "flush", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", g2, "addr", "add", "10.20.0.99/24", "dev", "eth0"], check=True)
+    assert not _ping(g2, "10.20.0.11")
+    # an allowed address pair lets it through
+    with netns.inside(h2.netns):
+        drivers[h2.name].plug_port(replace(p2, allowed=(("10.20.0.99/32", None),)))
+    assert _ping(g2, "10.20.0.11", count=3)
+
+
+def test_vswitchd_killed_is_restarted_and_traffic_comes_back(
+    lab2: list[LabHost], make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    h1, h2 = lab2
+    drivers = {h.name: OvsDriver(state_dir / h.name) for h in lab2}
+    specs = {h.name: spec_for(lab2, h, "net-a", 88, "geneve") for h in lab2}
+    for h in lab2:
+        with netns.inside(h.netns):
+            drivers[h.name].ensure_network(specs[h.name])
+    g1, _ = guest(make_ns, h1, drivers[h1.name], specs[h1.name], 1)
+    g2, _ = guest(make_ns, h2, drivers[h2.name], specs[h2.name], 2)
+    assert _ping(g2, "10.20.0.11", count=2)
+    d2 = drivers[h2.name]
+    pid = ovs_daemons.pid_of(d2.ovs.paths, "ovs-vswitchd")
+    assert pid is not None
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    time.sleep(0.5)
+    assert not _ping(g2, "10.20.0.11")
+    start = time.monotonic()
+    with netns.inside(h2.netns):  # the agent's next pass
+        d2.ensure_network(specs[h2.name])
+    assert ovs_daemons.pid_of(d2.ovs.paths, "ovs-vswitchd") not in (None, pid)
+    assert _ping(g2, "10.20.0.11", count=3)
+    print(f"traffic back {time.monotonic() - start:.1f} s after the restarting pass")
+    with netns.inside(h2.netns):
+        assert (
+            BR_PHY in subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+        )
