@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 
 # priorities
 P_DROP_SERVER = 60  # DHCP server replies, RAs from an instance
 P_ALLOW = 50
 P_TRUSTED = 10
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def port_flows(port: OfPort) -> list[str]:
     pairs += [(str(ipaddress.IPv4Network(cidr)), mac or port.mac) for cidr, mac in port.allowed]
     for addr, mac in dict.fromkeys(pairs):  # in order, without repeats
         mac = mac.lower()
+        if not _MAC_RE.match(mac):  # nothing but a MAC ever reaches a flow's text
+            raise ValueError(f"invalid MAC address {mac!r}")
         flows.append(_flow(c, P_ALLOW, f"{inp},ip,dl_src={mac},nw_src={addr}", "NORMAL"))
         flows.append(
             _flow(c, P_ALLOW, f"{inp},arp,dl_src={mac},arp_sha={mac},arp_spa={addr}", "NORMAL")

@@ -122,6 +122,7 @@ def of_ports(rows: list[_Row]) -> list[openflow.OfPort]:
 class _State:
     table: str | None = None  # the flow table last applied (None: unknown, apply again)
     underlay: str | None = None  # local underlay address, put on br-phy
+    underlay_cidr: str | None = None  # with its prefix
     vlans: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,32 +155,39 @@ class OvsDriver(NetworkDriver):
             self._ensure_underlay(self._st.underlay, force=True)
 
     def _ensure_underlay(self, local_ip: str, force: bool = False) -> None:
-        """Userspace datapath: the underlay address and its device onto br-phy (once)."""
+        """Userspace datapath: the underlay address and its device onto br-phy (once; again
+        after a new vswitchd, whose br-phy may have lost the address)."""
         if self.ovs.kernel or (self._st.underlay == local_ip and not force):
             return
         with Netlink() as nl:
-            found = [
-                (dev, cidr) for dev, cidr in nl.all_addresses() if cidr.split("/")[0] == local_ip
-            ]
+            found = [(d, c) for d, c in nl.all_addresses() if c.split("/")[0] == local_ip]
+            if not found and self._st.underlay_cidr and nl.get_link(BR_PHY) is not None:
+                found = [(BR_PHY, self._st.underlay_cidr)]
+                nl.ensure_address(BR_PHY, self._st.underlay_cidr)
             if not found:
                 raise DriverError(f"no device here has the underlay address {local_ip}")
-            dev, cidr = found[0]
-            if dev != BR_PHY:
-                link = nl.get_link(dev)
-                assert link is not None
-                self.ovs.vsctl(
-                    "--may-exist", "add-br", BR_PHY, "--",
-                    "set", "Bridge", BR_PHY, f"datapath_type={self.ovs.datapath_type}",
-                    f"other_config:hwaddr={link.mac}", "--",
-                    "--may-exist", "add-port", BR_PHY, dev,
-                )  # fmt: skip
-                nl.set_link(BR_PHY, state="up", mtu=link.mtu or 1500)
-                nl.ensure_address(BR_PHY, cidr)
-                nl.remove_addresses(dev)
-                log.info("underlay %s moved from %s onto %s", cidr, dev, BR_PHY)
-            else:
-                nl.set_link(BR_PHY, state="up")
+            for dev, cidr in found:
+                if dev != BR_PHY:  # also after `lab up` put it back on the device
+                    self._move_underlay(nl, dev, cidr)
+                self._st.underlay_cidr = cidr
+            nl.set_link(BR_PHY, state="up")
         self._st.underlay = local_ip
+
+    def _move_underlay(self, nl: Netlink, dev: str, cidr: str) -> None:
+        link = nl.get_link(dev)
+        if link is None:
+            raise DriverError(f"underlay device {dev} went away")
+        self.ovs.vsctl(
+            "--may-exist", "add-br", BR_PHY, "--",
+            "set", "Bridge", BR_PHY, f"datapath_type={self.ovs.datapath_type}",
+            f"other_config:hwaddr={link.mac}", "--",
+            "--may-exist", "add-port", BR_PHY, dev,
+        )  # fmt: skip
+        # the address onto br-phy first, then off the device: the host stays reachable
+        nl.set_link(BR_PHY, state="up", mtu=link.mtu or 1500)
+        nl.ensure_address(BR_PHY, cidr)
+        nl.remove_addresses(dev)
+        log.info("underlay %s moved from %s onto %s", cidr, dev, BR_PHY)
 
     def _rows(self) -> list[_Row]:
         out = self.ovs.vsctl(
@@ -296,6 +304,9 @@ class OvsDriver(NetworkDriver):
     def overlays(self) -> tuple[str, ...]:
         return ("vxlan", "geneve")
 
+    def guest_offloads(self) -> bool:
+        return self.ovs.kernel  # the userspace datapath forwards partial checksums as read
+
     def host_ranges(self) -> tuple[str, ...]:
         with Netlink() as nl:
             found = nl.all_addresses()
@@ -318,7 +329,11 @@ class OvsDriver(NetworkDriver):
         except ValueError as e:
             raise InvalidInput(str(e), field="ip") from e
         ids = port_alias(spec)[len(PORT_ALIAS) :]
-        openflow.parse_port_ids(ids)  # the MAC and pairs as the flows will read them
+        try:  # the port's flows as they will be built, so a bad MAC or pair fails here
+            _, mac, ip, secured, allowed = openflow.parse_port_ids(ids)
+            openflow.port_flows(openflow.OfPort(spec.tap, 1, False, mac, ip, secured, allowed))
+        except ValueError as e:
+            raise InvalidInput(str(e), field="mac") from e
         with self._lock:
             self._ensure_switch()
             with Netlink() as nl:
