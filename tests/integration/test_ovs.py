@@ -17,6 +17,7 @@ from nubes.lab import Lab, LabHost
 from nubes.network import netns, ovs_daemons
 from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec
 from nubes.network.ovs import BR_PHY, OvsDriver, tx_checksum_off
+from nubes.network.secgroups import Rule
 from tests.integration.capture import Capture
 from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
 
@@ -56,8 +57,16 @@ def spec_for(hosts: list[LabHost], me: LabHost, net_id: str, vni: int, overlay: 
     )
 
 
+OPEN = (Rule("egress"), Rule("ingress"))
+
+
 def guest(
-    make_ns: Callable[[str], str], host: LabHost, driver: OvsDriver, net: NetworkSpec, n: int
+    make_ns: Callable[[str], str],
+    host: LabHost,
+    driver: OvsDriver,
+    net: NetworkSpec,
+    n: int,
+    rules: tuple[Rule, ...] = OPEN,
 ) -> tuple[str, PortSpec]:
     """A stand-in guest: a namespace whose eth0 is the peer of the port's `tap` (a veth)."""
     ns = make_ns(f"g{n}")
@@ -78,7 +87,7 @@ def guest(
         tx_checksum_off("eth0")  # what QEMU's csum=off does for a real guest
     port = PortSpec(
         id=f"port-{n}", network_id=net.id, bridge=net.bridge, tap=tap, mac=mac, ip=ip,
-        mtu=net.mtu,
+        mtu=net.mtu, rules=rules,
     )  # fmt: skip
     with netns.inside(host.netns):
         driver.plug_port(port)
@@ -185,3 +194,29 @@ def test_vswitchd_killed_is_restarted_and_traffic_comes_back(
         assert (
             BR_PHY in subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
         )
+
+
+def test_security_groups_in_conntrack_flows(
+    lab2: list[LabHost], make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    h1, h2 = lab2
+    drivers = {h.name: OvsDriver(state_dir / h.name) for h in lab2}
+    specs = {h.name: spec_for(lab2, h, "net-a", 88, "geneve") for h in lab2}
+    for h in lab2:
+        with netns.inside(h.netns):
+            drivers[h.name].ensure_network(specs[h.name])
+    only_tcp = (Rule("egress"), Rule("ingress", "tcp", 5001, 5001, ("10.20.0.0/24",)))
+    g1, p1 = guest(make_ns, h1, drivers[h1.name], specs[h1.name], 1, only_tcp)
+    g2, _ = guest(make_ns, h2, drivers[h2.name], specs[h2.name], 2)
+    g3, _ = guest(make_ns, h1, drivers[h1.name], specs[h1.name], 3)
+    assert _ping(g1, "10.20.0.12", count=2)  # out and its replies back: stateful
+    assert not _ping(g2, "10.20.0.11")  # no ingress ICMP, across hosts
+    assert not _ping(g3, "10.20.0.11")  # nor on the same host
+    assert tcp_transfer(g1, g2, "10.20.0.11", size=1 << 20) > 0  # tcp 5001 is let in
+    with netns.inside(h1.netns):  # the group changes: the next pass puts it in
+        drivers[h1.name].ensure_port_filter(replace(p1, rules=OPEN))
+    assert _ping(g2, "10.20.0.11", count=2)
+    with netns.inside(h1.netns):
+        drivers[h1.name].ensure_port_filter(replace(p1, rules=()))
+    assert not _ping(g3, "10.20.0.11")
+    assert not _ping(g1, "10.20.0.12")  # no egress either

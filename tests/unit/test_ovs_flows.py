@@ -13,23 +13,79 @@ from nubes.network import openflow
 from nubes.network.openflow import OfPort
 from nubes.network.ovs import of_ports, parse_snapshot, tunnel_name
 from nubes.network.ovs_daemons import OvsPaths, server_argv, vswitchd_argv
+from nubes.network.secgroups import Rule
 
 MAC = "52:54:00:0a:00:01"
 
 
 def test_an_instance_port_lets_in_only_its_own_mac_and_address() -> None:
     c = openflow.cookie("tap1")
-    flows = openflow.port_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5"))
-    assert flows == [
+    flows = openflow.port_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5", vlan=3))
+    to_egress = "load:3->NXM_NX_REG6[],ct(table=10,zone=NXM_NX_REG6[0..15])"
+    assert flows[:5] == [
         f"cookie={c:#x},table=0,priority=60,in_port=7,udp,tp_src=67,actions=drop",
         f"cookie={c:#x},table=0,priority=60,in_port=7,icmp6,icmp_type=134,actions=drop",
         f"cookie={c:#x},table=0,priority=50,in_port=7,udp,dl_src={MAC},nw_src=0.0.0.0,"
         "tp_src=68,tp_dst=67,actions=NORMAL",
         f"cookie={c:#x},table=0,priority=50,in_port=7,ip,dl_src={MAC},nw_src=10.20.0.5,"
-        "actions=NORMAL",
+        f"actions={to_egress}",
         f"cookie={c:#x},table=0,priority=50,in_port=7,arp,dl_src={MAC},arp_sha={MAC},"
         "arp_spa=10.20.0.5,actions=NORMAL",
     ]
+    # no rule: DHCP and metadata out, DHCP replies in, nothing else either way
+    assert flows[5:] == [
+        f"cookie={c:#x},table=10,priority=60,ct_state=+new+trk,in_port=7,udp,tp_dst=67,"
+        "actions=resubmit(,20)",
+        f"cookie={c:#x},table=10,priority=60,ct_state=+new+trk,in_port=7,tcp,"
+        "nw_dst=169.254.169.254,tp_dst=80,actions=resubmit(,20)",
+        f"cookie={c:#x},table=10,priority=1,in_port=7,actions=drop",
+        f"cookie={c:#x},table=20,priority=60,reg6=3,dl_dst={MAC},udp,tp_src=67,tp_dst=68,"
+        "actions=ct(commit,zone=NXM_NX_REG6[0..15]),NORMAL",
+        f"cookie={c:#x},table=20,priority=40,reg6=3,dl_dst={MAC},actions=drop",
+    ]
+
+
+def test_security_group_rules_become_conntrack_flows() -> None:
+    rules = (
+        Rule("egress"),
+        Rule("ingress", "tcp", 22, 22, ("10.0.0.0/8",)),
+        Rule("ingress", "udp", 1000, 1003),
+        Rule("ingress", "icmp", remotes=()),  # an empty group: matches nothing
+    )
+    flows = openflow.sg_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5", vlan=3, rules=rules))
+    tails = [f.split(",", 2)[2] for f in flows]
+    commit = "actions=ct(commit,zone=NXM_NX_REG6[0..15]),NORMAL"
+    assert (
+        f"priority=50,ct_state=+new+trk,reg6=3,dl_dst={MAC},tcp,tp_dst=22,nw_src=10.0.0.0/8,{commit}"
+        in tails
+    )
+    assert (
+        f"priority=50,ct_state=+new+trk,reg6=3,dl_dst={MAC},udp,tp_dst=0x3e8/0xfffc,{commit}"
+        in tails
+    )
+    assert "priority=50,ct_state=+new+trk,in_port=7,ip,actions=resubmit(,20)" in tails
+    assert not [t for t in tails if "icmp" in t]
+
+
+def test_port_ranges_are_exact_masks() -> None:
+    assert openflow.port_ranges(22, 22) == ["22"]
+    assert openflow.port_ranges(1000, 1003) == ["0x3e8/0xfffc"]
+    assert openflow.port_ranges(1, 65535)[0] == "1" and len(openflow.port_ranges(1, 65535)) == 16
+    covered = set()
+    for m in openflow.port_ranges(1000, 2000):
+        value, _, mask = m.partition("/")
+        v, k = int(value, 0), int(mask or "0xffff", 16)
+        covered |= {p for p in range(65536) if p & k == v}
+    assert covered == set(range(1000, 2001))
+
+
+def test_rules_round_trip_through_external_ids() -> None:
+    rules = (
+        Rule("egress"),
+        Rule("ingress", "tcp", 22, 22, ("10.0.0.0/8",)),
+        Rule("ingress", remotes=()),
+    )
+    assert openflow.decode_rules(openflow.encode_rules(rules)) == rules
 
 
 def test_allowed_address_pairs_and_port_security_off() -> None:
@@ -44,9 +100,13 @@ def test_allowed_address_pairs_and_port_security_off() -> None:
     assert any(f"dl_src={MAC},nw_src=10.9.0.0/24" in f for f in flows)
     assert any("dl_src=02:00:00:00:00:09,nw_src=10.8.0.1/32" in f for f in flows)
     assert any("arp_sha=02:00:00:00:00:09,arp_spa=10.8.0.1/32" in f for f in flows)
-    off = openflow.port_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5", secured=False))
+    assert any("dl_dst=02:00:00:00:00:09,actions=drop" in f for f in flows)  # its ingress too
+    off = openflow.port_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5", secured=False, vlan=2))
+    c = openflow.cookie("tap1")
     assert off == [
-        f"cookie={openflow.cookie('tap1'):#x},table=0,priority=10,in_port=7,actions=NORMAL"
+        f"cookie={c:#x},table=0,priority=10,in_port=7,actions=NORMAL",
+        f"cookie={c:#x},table=0,priority=11,in_port=7,ip,"
+        "actions=load:2->NXM_NX_REG6[],ct(table=20,zone=NXM_NX_REG6[0..15])",
     ]
 
 
@@ -56,7 +116,8 @@ def test_the_table_drops_unknown_ports_and_skips_unopened_ones() -> None:
     )
     lines = text.splitlines()
     assert lines[0] == "cookie=0x0,table=0,priority=0,actions=drop"
-    assert len(lines) == 2 and "in_port=3,actions=NORMAL" in lines[1]
+    ours = [x for x in lines if not x.startswith("cookie=0x0,")]
+    assert len(ours) == 2 and all("in_port=3," in x for x in ours)
 
 
 def test_each_port_has_its_own_cookie() -> None:
@@ -102,8 +163,8 @@ def test_snapshot_parsing_and_our_ports() -> None:
         ("br-int", None, 65534), ("nt1", 2, 1), ("tap1", 2, 2),
     ]  # fmt: skip
     assert of_ports(rows) == [
-        OfPort("nt1", 1, trusted=True),
-        OfPort("tap1", 2, mac=MAC, ip="10.20.0.5"),
+        OfPort("nt1", 1, trusted=True, vlan=2),
+        OfPort("tap1", 2, mac=MAC, ip="10.20.0.5", vlan=2),
     ]
 
 

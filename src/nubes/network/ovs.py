@@ -112,9 +112,17 @@ def of_ports(rows: list[_Row]) -> list[openflow.OfPort]:
                 _, mac, ip, secured, allowed = openflow.parse_port_ids(r.ids["nubes-port"])
             except ValueError:
                 continue
-            out.append(openflow.OfPort(r.name, r.ofport, False, mac, ip, secured, allowed))
+            try:
+                rules = openflow.decode_rules(r.ids.get("nubes-rules", ""))
+            except (ValueError, TypeError):
+                rules = ()  # unreadable: no rule, so nothing but DHCP and metadata
+            out.append(
+                openflow.OfPort(
+                    r.name, r.ofport, False, mac, ip, secured, allowed, r.tag or 0, rules
+                )
+            )
         elif "nubes-net" in r.ids:  # tunnels and gateways
-            out.append(openflow.OfPort(r.name, r.ofport, trusted=True))
+            out.append(openflow.OfPort(r.name, r.ofport, trusted=True, vlan=r.tag or 0))
     return out
 
 
@@ -136,6 +144,7 @@ class OvsDriver(NetworkDriver):
         self.gateways = Gateways(state_dir, self.dhcp, attach=self._attach_gateway)
         self._lock = threading.RLock()
         self._st = _State()
+        self._rules: dict[str, str] = {}  # tap -> its rules as last written to OVSDB
 
     # -- the switch ----------------------------------------------------------------------------
 
@@ -329,9 +338,10 @@ class OvsDriver(NetworkDriver):
         except ValueError as e:
             raise InvalidInput(str(e), field="ip") from e
         ids = port_alias(spec)[len(PORT_ALIAS) :]
-        try:  # the port's flows as they will be built, so a bad MAC or pair fails here
+        try:  # the port's flows as they will be built, so a bad MAC, pair or rule fails here
             _, mac, ip, secured, allowed = openflow.parse_port_ids(ids)
-            openflow.port_flows(openflow.OfPort(spec.tap, 1, False, mac, ip, secured, allowed))
+            probe = openflow.OfPort(spec.tap, 1, False, mac, ip, secured, allowed, 1, spec.rules)
+            openflow.port_flows(probe)
         except ValueError as e:
             raise InvalidInput(str(e), field="mac") from e
         with self._lock:
@@ -347,13 +357,31 @@ class OvsDriver(NetworkDriver):
                 "--may-exist", "add-port", BR_INT, spec.tap, "--",
                 "set", "Port", spec.tap, f"tag={vlan}",
                 f"external_ids:nubes-net={spec.network_id}", f"external_ids:nubes-port={ids}",
+                self._rules_arg(spec),
             )  # fmt: skip
+            self._rules[spec.tap] = openflow.encode_rules(spec.rules)
             self._sync_flows()
 
+    @staticmethod
+    def _rules_arg(spec: PortSpec) -> str:
+        # quoted as an OVSDB string (JSON's escapes): the rules are JSON themselves
+        return "external_ids:nubes-rules=" + json.dumps(openflow.encode_rules(spec.rules))
+
     def ensure_port_filter(self, spec: PortSpec) -> None:
-        """Security groups are not in OpenFlow yet (conntrack ct() flows): port security only."""
+        """The port's security groups as they are now: its rules are kept in OVSDB with the
+        port, and the table follows (only differences are sent)."""
+        encoded = openflow.encode_rules(spec.rules)
         with self._lock:
             self._ensure_switch()
+            if self._rules.get(spec.tap) != encoded:
+                try:
+                    openflow.sg_flows(
+                        openflow.OfPort(spec.tap, 1, mac=spec.mac, ip=spec.ip, rules=spec.rules)
+                    )
+                except ValueError as e:
+                    raise InvalidInput(str(e), field="rules") from e
+                self.ovs.vsctl("--if-exists", "set", "Port", spec.tap, self._rules_arg(spec))
+                self._rules[spec.tap] = encoded
             self._sync_flows()
 
     def unplug_port(self, tap: str) -> None:
@@ -361,6 +389,7 @@ class OvsDriver(NetworkDriver):
         with self._lock:
             self._ensure_switch()
             self.ovs.vsctl("--if-exists", "del-port", BR_INT, tap)
+            self._rules.pop(tap, None)
             with Netlink() as nl:
                 link = nl.get_link(tap)
                 if link is not None and (link.alias or "").startswith(PORT_ALIAS):
