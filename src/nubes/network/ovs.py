@@ -88,11 +88,15 @@ def parse_snapshot(text: str) -> list[_Row]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
     ports, ifaces = docs
-    ofports = {r[0]: r[1] for r in ifaces["data"]}
+    # the port number vswitchd gave, else the one we asked for (vswitchd may not have it yet)
+    ofports = {}
+    for r in ifaces["data"]:
+        given, asked = _ovs_value(r[1]), _ovs_value(r[2]) if len(r) > 2 else None
+        ofports[r[0]] = given if isinstance(given, int) and given > 0 else asked
     rows = []
     for name, tag, ids in ports["data"]:
         t = _ovs_value(tag)
-        of = _ovs_value(ofports.get(name, -1))
+        of = ofports.get(name, -1)
         rows.append(
             _Row(
                 name,
@@ -102,6 +106,15 @@ def parse_snapshot(text: str) -> list[_Row]:
             )
         )
     return rows
+
+
+def _ofport_for(name: str, rows: list[_Row]) -> int:
+    """The port's number if it has one, else the lowest one free (OVS's own LOCAL is 65534)."""
+    for r in rows:
+        if r.name == name and r.ofport > 0:
+            return r.ofport
+    used = {r.ofport for r in rows}
+    return next(n for n in range(1, 65280) if n not in used)
 
 
 def of_ports(rows: list[_Row]) -> list[openflow.OfPort]:
@@ -201,7 +214,7 @@ class OvsDriver(NetworkDriver):
     def _rows(self) -> list[_Row]:
         out = self.ovs.vsctl(
             "-f", "json", "--", "--columns=name,tag,external_ids", "list", "Port",
-            "--", "--columns=name,ofport", "list", "Interface",
+            "--", "--columns=name,ofport,ofport_request", "list", "Interface",
         )  # fmt: skip
         return parse_snapshot(out)
 
@@ -212,6 +225,20 @@ class OvsDriver(NetworkDriver):
             return
         self.ovs.ofctl("--bundle", "replace-flows", BR_INT, "-", stdin=text)
         self._st.table = text
+
+    def _apply_port(self, before: list[_Row], after: list[_Row], name: str) -> None:
+        """One port's flows, by its cookie, in one bundle: the whole table when the switch
+        may not hold the table of `before` (a new vswitchd, a failed apply)."""
+        old, new = openflow.table(of_ports(before)), openflow.table(of_ports(after))
+        if old != self._st.table:
+            self._sync_flows(after)
+            return
+        mine = [p for p in of_ports(after) if p.name == name and p.ofport > 0]
+        lines = [f"delete cookie={openflow.cookie(name):#x}/-1"]
+        lines += [f"add {f}" for p in mine for f in openflow.port_flows(p)]
+        self._st.table = None  # unknown until the bundle is in
+        self.ovs.ofctl("--bundle", "add-flows", BR_INT, "-", stdin="\n".join(lines) + "\n")
+        self._st.table = new
 
     def _vlan(self, network_id: str, rows: list[_Row]) -> int:
         """The network's local VLAN: the one its ports have, else the lowest free one."""
@@ -351,16 +378,24 @@ class OvsDriver(NetworkDriver):
                 if link is None or link.kind == "tun":  # a test's stand-in guest is a veth
                     nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
                 nl.set_link(spec.tap, state="up", ifalias=PORT_ALIAS + ids)
-            vlan = self._vlan(spec.network_id, self._rows())
-            # no flow lets the new port's frames in until _sync_flows has put its own
+            rows = self._rows()
+            vlan = self._vlan(spec.network_id, rows)
+            ofport = _ofport_for(spec.tap, rows)
+            # Our own port number: its flows need not wait for vswitchd to open the device
+            # (--no-wait), and no flow lets its frames in before its own are there.
             self.ovs.vsctl(
-                "--may-exist", "add-port", BR_INT, spec.tap, "--",
+                "--no-wait", "--may-exist", "add-port", BR_INT, spec.tap, "--",
+                "set", "Interface", spec.tap, f"ofport_request={ofport}", "--",
                 "set", "Port", spec.tap, f"tag={vlan}",
                 f"external_ids:nubes-net={spec.network_id}", f"external_ids:nubes-port={ids}",
                 self._rules_arg(spec),
             )  # fmt: skip
             self._rules[spec.tap] = openflow.encode_rules(spec.rules)
-            self._sync_flows()
+            ids_of = {"nubes-net": spec.network_id, "nubes-port": ids}
+            ids_of["nubes-rules"] = self._rules[spec.tap]
+            after = [r for r in rows if r.name != spec.tap]
+            after.append(_Row(spec.tap, vlan, ids_of, ofport))
+            self._apply_port(rows, after, spec.tap)
 
     @staticmethod
     def _rules_arg(spec: PortSpec) -> str:
@@ -382,7 +417,9 @@ class OvsDriver(NetworkDriver):
                     raise InvalidInput(str(e), field="rules") from e
                 self.ovs.vsctl("--if-exists", "set", "Port", spec.tap, self._rules_arg(spec))
                 self._rules[spec.tap] = encoded
-            self._sync_flows()
+                self._sync_flows()
+            elif self._st.table is None:  # a new vswitchd: its table is empty
+                self._sync_flows()
 
     def unplug_port(self, tap: str) -> None:
         _ifname(tap, "tap")
