@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from nubes.lab import Lab, LabHost
-from nubes.network import netns, ovs_daemons
+from nubes.network import netns, openflow, ovs_daemons
 from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec
 from nubes.network.ovs import BR_PHY, OvsDriver, tx_checksum_off
 from nubes.network.secgroups import Rule
 from tests.integration.capture import Capture
 from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
+from tests.integration.test_secgroups import _connects, _listen
 
 __all__ = ["make_ns", "state_dir"]
 
@@ -220,3 +221,64 @@ def test_security_groups_in_conntrack_flows(
         drivers[h1.name].ensure_port_filter(replace(p1, rules=()))
     assert not _ping(g3, "10.20.0.11")
     assert not _ping(g1, "10.20.0.12")  # no egress either
+
+
+def test_secgroups_scenario_of_the_linux_bridge_on_ovs(
+    make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    """test_secgroups.py's scenario, on one OVS host (no underlay: no peers)."""
+    host = make_ns("h")
+    h = LabHost(name=host, netns=host, underlay_ip="10.254.72.1", index=1)
+    net = net_spec("net-sg", vni=4242, dhcp_hosts=(), serve_dhcp=False)
+    driver = OvsDriver(state_dir / "h")
+    with netns.inside(host):
+        driver.ensure_network(net)
+    ns, ports = {}, {}
+    for n, name in enumerate(("a", "b", "c"), start=5):
+        ns[name], ports[name] = guest(make_ns, h, driver, net, n)
+    ips = {name: p.ip for name, p in ports.items()}
+    servers = [_listen(ns["b"], p) for p in (22, 80)] + [_listen(ns["a"], 8080)]
+    time.sleep(0.5)
+
+    def secure(name: str, *rules: Rule) -> None:
+        with netns.inside(host):
+            driver.ensure_port_filter(replace(ports[name], rules=rules))
+
+    try:
+        assert _connects(ns["a"], ips["b"], 22) and _connects(ns["a"], ips["b"], 80)
+        members = tuple(f"{ip}/32" for ip in ips.values())
+        default = (Rule("egress"), Rule("ingress", remotes=members))
+        secure("a", *default)
+        secure("c", *default)
+        secure("b", Rule("egress"), Rule("ingress", "tcp", 22, 22))
+        assert _connects(ns["a"], ips["b"], 22)
+        assert not _connects(ns["a"], ips["b"], 80)
+        secure(
+            "b",
+            Rule("egress"),
+            Rule("ingress", "tcp", 22, 22),
+            Rule("ingress", "tcp", 80, 80, (f"{ips['a']}/32",)),
+        )
+        assert _connects(ns["a"], ips["b"], 80)
+        assert not _connects(ns["c"], ips["b"], 80)
+        secure("a", Rule("egress"), Rule("ingress", remotes=(f"{ips['a']}/32", f"{ips['c']}/32")))
+        assert _connects(ns["c"], ips["a"], 8080)
+        assert not _connects(ns["b"], ips["a"], 8080)
+        assert _connects(ns["a"], ips["b"], 22)
+        secure("a", Rule("egress", "tcp", 22, 22), Rule("ingress", remotes=members))
+        secure("b", Rule("egress"), Rule("ingress"))
+        assert _connects(ns["a"], ips["b"], 22) and not _connects(ns["a"], ips["b"], 80)
+        # unplugging a port removes exactly its flows (its cookie)
+        with netns.inside(host):
+            flows = driver.ovs.ofctl("dump-flows", "br-int")
+            cookie = f"cookie={openflow.cookie(ports['c'].tap):#x}"
+            assert cookie in flows
+            before = len(flows.splitlines())
+            driver.unplug_port(ports["c"].tap)
+            after = driver.ovs.ofctl("dump-flows", "br-int")
+        assert cookie not in after
+        assert len(after.splitlines()) == before - flows.count(cookie + ",")
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait()
