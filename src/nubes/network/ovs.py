@@ -174,12 +174,13 @@ class OvsDriver(NetworkDriver):
         with Netlink() as nl:
             nl.set_link(BR_INT, state="up")
         if self._st.underlay:
-            self._ensure_underlay(self._st.underlay, force=True)
+            self._ensure_underlay(self._st.underlay)
 
-    def _ensure_underlay(self, local_ip: str, force: bool = False) -> None:
-        """Userspace datapath: the underlay address and its device onto br-phy (once; again
-        after a new vswitchd, whose br-phy may have lost the address)."""
-        if self.ovs.kernel or (self._st.underlay == local_ip and not force):
+    def _ensure_underlay(self, local_ip: str) -> None:
+        """Userspace datapath: the underlay address and its device onto br-phy. Checked on
+        every pass (one netlink dump): a new vswitchd's br-phy may have lost the address, and
+        `lab up` run again puts it back on the device."""
+        if self.ovs.kernel:
             return
         with Netlink() as nl:
             found = [(d, c) for d, c in nl.all_addresses() if c.split("/")[0] == local_ip]
