@@ -13,6 +13,7 @@ and `lab down` (stop_lab) leaves no process, namespace or mount; no OVS file is 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -154,7 +155,8 @@ def test_hosts_report_ovs_and_geneve_is_the_default(world: World) -> None:
     cloud = world.cloud
     hosts = cloud.client.hosts()
     assert {(h.network_driver, h.overlays) for h in hosts} == {("ovs", "vxlan,geneve")}
-    assert "ovs" in cloud.nubes("host", "list")
+    listed = json.loads(cloud.nubes("host", "list", "-o", "json"))
+    assert {(h["network_driver"], h["overlays"]) for h in listed} == {("ovs", "vxlan,geneve")}
     cloud.nubes("network", "create", "blue", "--cidr", CIDR)
     world.blue = cloud.client.network("blue")
     assert world.blue.type == "geneve", world.blue
