@@ -133,8 +133,11 @@ def free_underlay() -> str:
     return f"10.254.{secrets.choice(free)}.0/24"
 
 
-def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
-    """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL."""
+def start_lab(
+    tmp_path: Path, hosts: int, lab_args: tuple[str, ...] = (), **extra_env: str
+) -> LabCloud:
+    """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL; lab_args:
+    more options of `nubes lab up` (e.g. --network-driver ovs)."""
     needs_root()
     prefix = "t" + secrets.token_hex(2)
     state = tmp_path / "state"
@@ -155,7 +158,7 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
     env.pop("NUBES_TOKEN", None)
     cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]
     try:
-        cloud.nubes("lab", "up", "--hosts", str(hosts), timeout=120)
+        cloud.nubes("lab", "up", "--hosts", str(hosts), *lab_args, timeout=120)
     except BaseException:
         cloud.nubes("lab", "down", check=False, timeout=120)  # a failed start leaves nothing
         raise

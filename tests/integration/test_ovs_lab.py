@@ -94,7 +94,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     started = time.monotonic()
-    cloud = start_lab(tmp_path_factory.mktemp("ovs"), 2, NUBES_NETWORK_DRIVER="ovs")
+    cloud = start_lab(tmp_path_factory.mktemp("ovs"), 2, lab_args=("--network-driver", "ovs"))
     w = World(cloud)
     try:
         cloud.nubes("image", "build", "tiny")
@@ -155,7 +155,8 @@ def test_hosts_report_ovs_and_geneve_is_the_default(world: World) -> None:
     cloud = world.cloud
     hosts = cloud.client.hosts()
     assert {(h.network_driver, h.overlays) for h in hosts} == {("ovs", "vxlan,geneve")}
-    listed = json.loads(cloud.nubes("host", "list", "-o", "json"))
+    out = cloud.nubes("host", "list", "-o", "json")
+    listed = json.loads(out[out.index("[") : out.rindex("]") + 1])
     assert {(h["network_driver"], h["overlays"]) for h in listed} == {("ovs", "vxlan,geneve")}
     cloud.nubes("network", "create", "blue", "--cidr", CIDR)
     world.blue = cloud.client.network("blue")
