@@ -195,6 +195,13 @@ def test_vswitchd_killed_is_restarted_and_traffic_comes_back(
         assert (
             BR_PHY in subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
         )
+    # killed again while the agent restarts too: a new driver finds everything in OVSDB
+    pid = ovs_daemons.pid_of(d2.ovs.paths, "ovs-vswitchd")
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    time.sleep(0.5)
+    with netns.inside(h2.netns):
+        OvsDriver(state_dir / h2.name).ensure_network(specs[h2.name])
+    assert _ping(g2, "10.20.0.11", count=3)
 
 
 def test_security_groups_in_conntrack_flows(

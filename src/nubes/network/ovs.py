@@ -184,9 +184,12 @@ class OvsDriver(NetworkDriver):
             return
         with Netlink() as nl:
             found = [(d, c) for d, c in nl.all_addresses() if c.split("/")[0] == local_ip]
-            if not found and self._st.underlay_cidr and nl.get_link(BR_PHY) is not None:
-                found = [(BR_PHY, self._st.underlay_cidr)]
-                nl.ensure_address(BR_PHY, self._st.underlay_cidr)
+            if not found and nl.get_link(BR_PHY) is not None:
+                # a new vswitchd's br-phy: the address as we moved it (OVSDB keeps it)
+                cidr = self._st.underlay_cidr or self._saved_underlay()
+                if cidr and cidr.split("/")[0] == local_ip:
+                    nl.ensure_address(BR_PHY, cidr)
+                    found = [(BR_PHY, cidr)]
             if not found:
                 raise DriverError(f"no device here has the underlay address {local_ip}")
             for dev, cidr in found:
@@ -196,6 +199,10 @@ class OvsDriver(NetworkDriver):
             nl.set_link(BR_PHY, state="up")
         self._st.underlay = local_ip
 
+    def _saved_underlay(self) -> str | None:
+        out = self.ovs.vsctl("--if-exists", "get", "Bridge", BR_PHY, "external_ids:nubes-underlay")
+        return json.loads(out) if out.strip() else None
+
     def _move_underlay(self, nl: Netlink, dev: str, cidr: str) -> None:
         link = nl.get_link(dev)
         if link is None:
@@ -203,7 +210,7 @@ class OvsDriver(NetworkDriver):
         self.ovs.vsctl(
             "--may-exist", "add-br", BR_PHY, "--",
             "set", "Bridge", BR_PHY, f"datapath_type={self.ovs.datapath_type}",
-            f"other_config:hwaddr={link.mac}", "--",
+            f"other_config:hwaddr={link.mac}", f"external_ids:nubes-underlay={cidr}", "--",
             "--may-exist", "add-port", BR_PHY, dev,
         )  # fmt: skip
         # the address onto br-phy first, then off the device: the host stays reachable
