@@ -115,6 +115,14 @@ def tcp_transfer(server_ns: str, client_ns: str, ip: str, size: int = 4 << 20) -
     return size / elapsed
 
 
+def send_udp(ns: str, src: str, sport: int, dport: int, payload: bytes) -> None:
+    """A broadcast UDP datagram from inside ns."""
+    with netns.inside(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.bind((src, sport))
+        s.sendto(payload, ("10.20.0.255", dport))
+
+
 def geneve_vnis(frames: list[bytes]) -> set[int]:
     """VNIs of the Geneve (UDP 6081) packets among frames (IPv4, no IP options)."""
     found = set()
@@ -157,10 +165,28 @@ def test_geneve_and_vxlan_between_two_ovs_hosts(
     assert not _ping(g3, "10.20.0.11")
     assert not _ping(g1, "10.20.0.13")
 
-    # anti-spoofing: another source address or MAC gets nowhere
+    # a DHCP server's offer from an instance never leaves its port (g1 is on the same host)
+    cap = Capture(g1, "eth0")
+    send_udp(g4, "10.20.0.14", 67, 68, b"rogue-offer")
+    send_udp(g4, "10.20.0.14", 5000, 68, b"plain-udp")  # the control: this one arrives
+    time.sleep(1)
+    seen = cap.close()
+    assert any(b"plain-udp" in f for f in seen) is False  # another network: never there
+    cap = Capture(g1, "eth0")
+    send_udp(g2, "10.20.0.12", 67, 68, b"rogue-offer")
+    send_udp(g2, "10.20.0.12", 5000, 68, b"plain-udp")
+    time.sleep(1)
+    seen = cap.close()
+    assert any(b"plain-udp" in f for f in seen), "the control never arrived"
+    assert not any(b"rogue-offer" in f for f in seen), "a DHCP offer from an instance arrived"
+
+    # anti-spoofing: another source address or MAC gets nowhere, nor ARP that claims it
     subprocess.run(["ip", "-n", g2, "addr", "flush", "dev", "eth0"], check=True)
     subprocess.run(["ip", "-n", g2, "addr", "add", "10.20.0.99/24", "dev", "eth0"], check=True)
+    cap = Capture(g1, "eth0")
     assert not _ping(g2, "10.20.0.11")
+    seen = cap.close()
+    assert not [f for f in seen if socket.inet_aton("10.20.0.99") in f], "a spoofed frame arrived"
     # an allowed address pair lets it through
     with netns.inside(h2.netns):
         drivers[h2.name].plug_port(replace(p2, allowed=(("10.20.0.99/32", None),)))
