@@ -30,6 +30,7 @@ class LabCloud:
     state_dir: Path
     prefix: str
     client: NubesClient
+    network_driver: str = "linuxbridge"  # the hosts' (lab up --network-driver)
 
     def nubes(
         self,
@@ -157,6 +158,8 @@ def start_lab(
     env.pop("NUBES_URL", None)
     env.pop("NUBES_TOKEN", None)
     cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]
+    if "--network-driver" in lab_args:
+        cloud.network_driver = lab_args[lab_args.index("--network-driver") + 1]
     try:
         cloud.nubes("lab", "up", "--hosts", str(hosts), *lab_args, timeout=120)
     except BaseException:
