@@ -13,6 +13,7 @@ ANSIBLE_CLIENTS := ansible==12.3.0 openstacksdk==4.14.0
 APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base dnsmasq-utils nftables iproute2 busybox-static \
 	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump iputils-ping \
 	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
+OVS_PACKAGES := openvswitch-switch openvswitch-common
 
 .PHONY: deps venv demo test lint unit functional integration clean-lab help
 
@@ -24,6 +25,19 @@ $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	@touch $@
+
+# Open vSwitch for the `ovs` network driver: each host's agent runs its own ovsdb-server and
+# ovs-vswitchd, so Debian's init script must not start a system-wide one. A policy-rc.d that
+# refuses every service start (exit 101) does that during the install; any policy-rc.d that
+# was there before (a container's) is put back after.
+POLICY_RC := /usr/sbin/policy-rc.d
+$(STAMPS)/ovs: Makefile $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	saved=; if [ -e $(POLICY_RC) ]; then saved=$(POLICY_RC).nubes-saved; mv -f $(POLICY_RC) $$saved; fi; \
+	printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC) && chmod 755 $(POLICY_RC); \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(OVS_PACKAGES); \
+	rc=$$?; rm -f $(POLICY_RC); if [ -n "$$saved" ]; then mv -f $$saved $(POLICY_RC); fi; exit $$rc
 	@touch $@
 
 # guests' QEMU drops to this user (-runas) after opening its devices
@@ -51,7 +65,7 @@ $(STAMPS)/ansible: Makefile $(STAMPS)/apt
 	$(ANSIBLE_VENV)/bin/python -m pip install -q $(ANSIBLE_CLIENTS)
 	@touch $@
 
-deps: $(STAMPS)/apt $(STAMPS)/user $(STAMPS)/venv $(STAMPS)/openstack-clients $(STAMPS)/ansible
+deps: $(STAMPS)/apt $(STAMPS)/ovs $(STAMPS)/user $(STAMPS)/venv $(STAMPS)/openstack-clients $(STAMPS)/ansible
 
 demo: deps
 	$(PY) -m nubes.demo

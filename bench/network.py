@@ -41,6 +41,7 @@ from pyroute2 import IPRoute  # noqa: E402
 from nubes.network import gateway, netns  # noqa: E402
 from nubes.network.base import NetworkSpec, OverlayPeer, PortSpec, RemotePort  # noqa: E402
 from nubes.network.linuxbridge import LinuxBridgeDriver  # noqa: E402
+from nubes.network.ovs_daemons import installed as ovs_installed  # noqa: E402
 
 LOCAL = "10.254.0.1"
 NUD_STATIC = 0xC0  # permanent, noarp: a static entry, as `bridge fdb ... static`
@@ -387,6 +388,21 @@ def main() -> None:
     print(f"  host to host over the underlay         {t['hosts_mbs']:8.1f} MB/s")
     print(f"  overlay/bare underlay {t['overlay_mbs'] / t['bare_mbs']:.2f} (goal >= 0.8)")
     print(f"  overlay/host to host  {t['overlay_mbs'] / t['hosts_mbs']:.2f}")
+    if not ovs_installed():
+        print("Open vSwitch: not installed, skipped")
+        return
+    import network_ovs  # bench/ is on sys.path when this runs as a script
+
+    o = network_ovs.plug_times(max(2, args.ports // 10))
+    print("plugging a port (port security and security groups on), median:")
+    print(f"  Linux bridge driver {o['linuxbridge_ms']:7.2f} ms")
+    print(f"  OVS driver          {o['ovs_ms']:7.2f} ms")
+    print(f"  OVS/Linux bridge {o['ovs_ms'] / o['linuxbridge_ms']:.2f} (goal <= 2)")
+    v = network_ovs.throughput(args.megabytes, args.tp_rounds, _throughput)
+    print(f"TCP guest to guest on two hosts, one stream of {args.megabytes} MB, median:")
+    print(f"  Linux bridge + VXLAN (kernel)  {v['linuxbridge_vxlan_mbs']:8.1f} MB/s")
+    print(f"  OVS + Geneve (userspace)       {v['ovs_geneve_mbs']:8.1f} MB/s")
+    print(f"  OVS+Geneve/LB+VXLAN {v['ovs_geneve_mbs'] / v['linuxbridge_vxlan_mbs']:.2f}")
 
 
 if __name__ == "__main__":

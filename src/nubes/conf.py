@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     api_listen: str = ""
     api_tls_names: str = ""  # more DNS names or addresses for the server certificate
 
-    # drivers: "qemu"/"linuxbridge" for real hosts, "fake" for functional tests
+    # drivers: "qemu" and "linuxbridge" or "ovs" for real hosts, "fake" for functional tests
     hypervisor_driver: str = "qemu"
     network_driver: str = "linuxbridge"
 

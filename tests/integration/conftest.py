@@ -30,6 +30,7 @@ class LabCloud:
     state_dir: Path
     prefix: str
     client: NubesClient
+    network_driver: str = "linuxbridge"  # the hosts' (lab up --network-driver)
 
     def nubes(
         self,
@@ -133,8 +134,11 @@ def free_underlay() -> str:
     return f"10.254.{secrets.choice(free)}.0/24"
 
 
-def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
-    """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL."""
+def start_lab(
+    tmp_path: Path, hosts: int, lab_args: tuple[str, ...] = (), **extra_env: str
+) -> LabCloud:
+    """extra_env: settings for the lab's API and agents, e.g. NUBES_DATABASE_URL; lab_args:
+    more options of `nubes lab up` (e.g. --network-driver ovs)."""
     needs_root()
     prefix = "t" + secrets.token_hex(2)
     state = tmp_path / "state"
@@ -154,8 +158,10 @@ def start_lab(tmp_path: Path, hosts: int, **extra_env: str) -> LabCloud:
     env.pop("NUBES_URL", None)
     env.pop("NUBES_TOKEN", None)
     cloud = LabCloud(env, state, prefix, None)  # type: ignore[arg-type]
+    if "--network-driver" in lab_args:
+        cloud.network_driver = lab_args[lab_args.index("--network-driver") + 1]
     try:
-        cloud.nubes("lab", "up", "--hosts", str(hosts), timeout=120)
+        cloud.nubes("lab", "up", "--hosts", str(hosts), *lab_args, timeout=120)
     except BaseException:
         cloud.nubes("lab", "down", check=False, timeout=120)  # a failed start leaves nothing
         raise

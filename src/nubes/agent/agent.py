@@ -114,6 +114,7 @@ class Agent:
                 ram_mb=res.ram_mb,
                 disk_gb=res.disk_gb,
                 overlays=",".join(self.network.overlays()),
+                network_driver=self.settings.network_driver,
                 agent_version=nubes.__version__,
                 console_port=self.console_port,
                 networks=",".join(self.network.host_ranges()),

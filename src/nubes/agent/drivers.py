@@ -29,4 +29,8 @@ def make_network(settings: Settings, layout: HostLayout) -> NetworkDriver:
         from nubes.network.linuxbridge import LinuxBridgeDriver
 
         return LinuxBridgeDriver(layout.network)
-    raise ValueError(f"unknown network driver {settings.network_driver!r} (linuxbridge, fake)")
+    if settings.network_driver == "ovs":
+        from nubes.network.ovs import OvsDriver
+
+        return OvsDriver(layout.network)
+    raise ValueError(f"unknown network driver {settings.network_driver!r} (linuxbridge, ovs, fake)")

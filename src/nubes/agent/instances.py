@@ -93,7 +93,10 @@ class InstanceReconciler:
             disk=self.layout.disk(want.id),
             seed=self.layout.seed(want.id),
             instance_dir=self.layout.instance_dir(want.id),
-            nics=tuple(NicSpec(tap=tap_name(p.id), mac=p.mac, mtu=p.mtu) for p in want.ports),
+            nics=tuple(
+                NicSpec(tap_name(p.id), p.mac, p.mtu, self.network.guest_offloads())
+                for p in want.ports
+            ),
             boot=boot,
             vnc_password=state.vnc_password,
             run_as=self.guest.name,

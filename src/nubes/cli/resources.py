@@ -274,6 +274,8 @@ HOST_COLS = (
     "instances",
     "joined_via",
     "agent_version",
+    "network_driver",
+    "overlays",
     "last_heartbeat",
 )
 

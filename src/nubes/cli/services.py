@@ -18,7 +18,7 @@ from nubes.cli.common import console, fail, handle_errors
 from nubes.client import NubesClient
 from nubes.lab import Lab, LabHost
 from nubes.lab.lab import EXT_UPLINK, OUTSIDE_CIDR, OUTSIDE_IP
-from nubes.network import netns
+from nubes.network import netns, ovs_daemons
 from nubes.schemas import resources as s
 
 lab_app = typer.Typer(
@@ -127,7 +127,11 @@ def spawn_agent(lab: Lab, host: LabHost) -> int:
     host_dir = lab.host_root(host) / str(state_dir() / "hosts" / host.name).lstrip("/")
     argv = join_argv(lab.api_url, host.name, host_dir, host.underlay_ip)
     log = lab.root / f"{host.name}.log"
-    pid = lab.spawn(host, argv, log, base_env())
+    env = base_env()
+    chosen = lab.root / "network_driver"  # what `lab up --network-driver` chose, for restarts too
+    if chosen.exists():
+        env["NUBES_NETWORK_DRIVER"] = chosen.read_text().strip()
+    pid = lab.spawn(host, argv, log, env)
     # `host join --foreground` becomes the agent once it has joined: until then no agent runs
     deadline = time.monotonic() + 60
     while not _is_agent_process(pid):
@@ -156,12 +160,24 @@ def wait_hosts(client: NubesClient, names: set[str], timeout: float) -> None:
 
 @lab_app.command("up")
 @handle_errors
-def lab_up(hosts: int = typer.Option(1, min=1, max=16, help="number of hosts")) -> None:
+def lab_up(
+    hosts: int = typer.Option(1, min=1, max=16, help="number of hosts"),
+    network_driver: str = typer.Option(
+        "", help="the hosts' network driver: linuxbridge or ovs (default: NUBES_NETWORK_DRIVER)"
+    ),
+) -> None:
     """Start the API and N lab hosts, each with its own agent."""
     if os.geteuid() != 0:
         fail("nubes lab needs root (network namespaces)")
+    if network_driver not in ("", "linuxbridge", "ovs"):
+        fail(f"unknown network driver {network_driver!r} (linuxbridge, ovs)")
+    if network_driver == "ovs" and not ovs_daemons.installed():
+        fail("Open vSwitch is not installed (make deps installs openvswitch-switch)")
     sd = state_dir()
     lab = _lab()
+    if network_driver:
+        lab.root.mkdir(parents=True, exist_ok=True)
+        (lab.root / "network_driver").write_text(network_driver + "\n")
     with console.status("starting the API"):
         lab.ensure_bridge()  # the API listens on the underlay too
         daemon.start_api(sd, lab_api_env(lab))

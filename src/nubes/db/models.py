@@ -75,6 +75,10 @@ class Host(Base):
     ram_mb: Mapped[int] = mapped_column(Integer, default=0)
     disk_gb: Mapped[int] = mapped_column(Integer, default=0)
     overlays: Mapped[str] = mapped_column(String(64), default="vxlan")  # what the kernel has
+    # linuxbridge | ovs | fake: what its agent runs (a host reports it as it registers)
+    network_driver: Mapped[str] = mapped_column(
+        String(16), default="linuxbridge", server_default="linuxbridge"
+    )
     used_vcpus: Mapped[int] = mapped_column(Integer, default=0)
     used_ram_mb: Mapped[int] = mapped_column(Integer, default=0)
     used_disk_gb: Mapped[int] = mapped_column(Integer, default=0)

@@ -24,6 +24,9 @@ class NicSpec:
     tap: str  # host device name, derived from the port id (<= 15 chars)
     mac: str
     mtu: int = 1500
+    # False on a switch that forwards frames as read (OVS's userspace datapath): the guest
+    # computes its own checksums and segments, or its TCP never arrives whole
+    offloads: bool = True
 
 
 @dataclass(frozen=True)

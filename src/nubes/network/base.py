@@ -122,6 +122,11 @@ class NetworkDriver(abc.ABC):
         """Overlay kinds this host can carry."""
         return ("vxlan",)
 
+    def guest_offloads(self) -> bool:
+        """May guests' NICs leave checksums and segmentation to the host? (Not on a switch
+        that forwards frames as read, as OVS's userspace datapath does.)"""
+        return True
+
 
 def bridge_name(network_id: str) -> str:
     return "nbr" + network_id.replace("-", "")[:11]

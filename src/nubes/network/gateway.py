@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from nubes.errors import DriverError
@@ -110,9 +111,17 @@ def namespace_script(spec: NetworkSpec) -> str:
 class Gateways:
     """Puts up and takes down the gateway namespaces of one host's networks."""
 
-    def __init__(self, state_dir: Path, dhcp: Dnsmasq) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        dhcp: Dnsmasq,
+        attach: Callable[[Netlink, str, NetworkSpec, str], None] | None = None,
+    ) -> None:
         self.tag = host_tag(state_dir)
         self.dhcp = dhcp
+        # how the host end of the veth joins the network (nl, veth, spec, namespace): a port of
+        # the Linux bridge by default; the OVS driver makes it a port of br-int
+        self.attach = attach or _bridge_port
         self._applied: dict[str, str] = {}  # network id -> the nft script applied inside
 
     def namespace(self, network_id: str) -> str:
@@ -150,7 +159,7 @@ class Gateways:
                 nl.create_macvlan(EXT_DEV, spec.external.uplink, fd, 1500)
         finally:
             os.close(fd)
-        nl.set_port(veth, spec.bridge, alias=GATEWAY_ALIAS + spec.id)
+        self.attach(nl, veth, spec, ns)
         prefix = ipaddress.IPv4Network(spec.cidr).prefixlen
         want = (f"{spec.gateway}/{prefix}", f"{METADATA_IP}/32")
         with netns.inside(ns), Netlink() as inner:
@@ -208,6 +217,10 @@ class Gateways:
     def endpoint(self, network_id: str) -> tuple[str, str]:
         """(namespace, device) where the network's metadata listener belongs."""
         return self.namespace(network_id), GW_DEV
+
+
+def _bridge_port(nl: Netlink, veth: str, spec: NetworkSpec, ns: str) -> None:
+    nl.set_port(veth, spec.bridge, alias=GATEWAY_ALIAS + spec.id)
 
 
 def remove_all(state_dir: Path) -> None:

@@ -24,6 +24,7 @@ class HostRegister(NoNul):
     disk_gb: Count
     # comma-separated overlay kinds the host's kernel has
     overlays: str = Field(default="vxlan", max_length=64)
+    network_driver: str = Field(default="linuxbridge", max_length=16)
     agent_version: str = Field(default="", max_length=32)
     # where the agent serves consoles to the API (mutual TLS); 0: it does not
     console_port: int = Field(default=0, ge=0, le=65535)

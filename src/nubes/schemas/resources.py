@@ -197,6 +197,8 @@ class Host(Model):
     last_heartbeat: datetime | None
     joined_via: str = ""  # join-token | admin
     agent_version: str = ""
+    network_driver: str = ""  # linuxbridge | ovs
+    overlays: str = ""  # comma-separated: what its networks can use
 
 
 class OperationStep(Model):

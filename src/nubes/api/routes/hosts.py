@@ -49,6 +49,8 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
         last_heartbeat=h.last_heartbeat,
         joined_via=h.joined_via,
         agent_version=h.agent_version,
+        network_driver=h.network_driver,
+        overlays=h.overlays,
     )
 
 

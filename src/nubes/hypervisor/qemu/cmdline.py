@@ -162,11 +162,16 @@ def _disks(spec: InstanceSpec) -> list[str]:
     return argv
 
 
+# the guest's tx offloads, off: csum (and the segmentation offloads that need it)
+NO_OFFLOADS = ",csum=off,gso=off,host_tso4=off,host_tso6=off,host_ufo=off"
+
+
 def _nic(index: int, nic: NicSpec) -> list[str]:
+    extra = "" if nic.offloads else NO_OFFLOADS
     return [
         "-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
         "-device",
-        f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac},host_mtu={nic.mtu}",
+        f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac},host_mtu={nic.mtu}{extra}",
     ]  # fmt: skip
 
 
