@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # an image upload's data, streamed to disk after authentication (and the disk's free space)
     max_upload_bytes: int = Field(default=64 << 30, ge=1)
     allow_private_image_urls: bool = False
+    # imports from URLs (api/url_imports.py): downloading at once per API process, waiting
+    # beyond those (more are refused, 503), and the total time of one
+    url_imports_at_once: int = Field(default=4, ge=1)
+    url_imports_waiting: int = Field(default=16, ge=0)
+    url_import_timeout: float = Field(default=3600.0, gt=0)
 
     # the OpenStack-compatible API (nubes/openstack/): the base URL its catalog and version
     # documents name ("": https://<api_host>:<api_port>), and how long a Keystone token lives

@@ -69,7 +69,7 @@ def download(url: str, address: str | None = None) -> Iterator[bytes]:
                 raise InvalidInput(
                     f"url: download failed with HTTP {resp.status_code}", field="url"
                 )
-            yield from resp.iter_bytes(1 << 20)
+            yield from resp.iter_bytes()  # as it comes: a deadline is checked per chunk
 
 
 def import_file(session: Session, row: Image, st: ImageStore, src: Path, max_gb: int) -> None:

@@ -167,9 +167,7 @@ def create_image(
         raise Forbidden("visibility: only an admin publishes images", field="visibility")
     props = _custom(body)
     wanted = s.ImageCreate(name=text(body, "name", required=True) or "", disk_format=fmt)  # type: ignore[arg-type]
-    made = v1_images.create_image(wanted, session, who, state)
-    row = session.get(Image, made.id)
-    assert row is not None
+    row, _ = v1_images.new_image(session, wanted, who, state)
     row.properties = json.dumps(props)
     session.commit()
     return JSONResponse(image_doc(row, admin_project_id(session)), status_code=201)

@@ -13,10 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from nubes.api import url_imports
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
 from nubes.api.paging import PageDep, paginate
 from nubes.control import images, lookup, quotas
 from nubes.control.lookup import admin_project_id
+from nubes.control.state import AppState
 from nubes.db.models import Image, Instance
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
 from nubes.schemas import resources as s
@@ -59,9 +61,23 @@ def show_image(ref: str, session: SessionDep, who: CallerDep) -> s.Image:
 
 
 @router.post("", status_code=201)
-def create_image(
+async def create_image(
     body: s.ImageCreate, session: SessionDep, who: CallerDep, state: StateDep
 ) -> s.Image:
+    """With `url`, the image is downloaded before the answer (see api/url_imports.py for
+    the bounds)."""
+    if not body.url:
+        row, _ = await run_in_threadpool(new_image, session, body, who, state)
+        return to_wire(row)
+    with url_imports.admission(state.settings) as imports:
+        row, address = await run_in_threadpool(new_image, session, body, who, state)
+        await url_imports.download(imports, _import_url, session, row, body.url, address, state)
+    return to_wire(row)
+
+
+def new_image(
+    session: Session, body: s.ImageCreate, who: Caller, state: AppState
+) -> tuple[Image, str | None]:
     taken = select(Image).where(Image.project_id == who.project_id, Image.name == body.name)
     if session.scalar(taken):
         raise Conflict(f"image {body.name!r} already exists", field="name")
@@ -79,24 +95,30 @@ def create_image(
     )
     session.add(row)
     session.commit()
-    if body.url:
-        max_size = state.settings.max_image_virtual_size_gb * 1024**3
-        try:
-            stored = images.store(state.settings).import_stream(
-                row.id, images.download(body.url, address), row.disk_format, max_size
-            )
-        except httpx.HTTPError as exc:
-            session.delete(row)
-            session.commit()
-            raise InvalidInput(f"url: download failed: {type(exc).__name__}", field="url") from exc
-        except Exception:
-            session.delete(row)
-            session.commit()
-            raise
-        row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
-        row.status = "active"
+    return row, address
+
+
+def _import_url(
+    session: Session, row: Image, url: str, address: str | None, state: AppState
+) -> None:
+    settings = state.settings
+    max_size = settings.max_image_virtual_size_gb * 1024**3
+    chunks = url_imports.within(images.download(url, address), settings.url_import_timeout)
+    try:
+        stored = images.store(settings).import_stream(
+            row.id, chunks, row.disk_format, max_size, settings.max_upload_bytes
+        )
+    except httpx.HTTPError as exc:
+        session.delete(row)
         session.commit()
-    return to_wire(row)
+        raise InvalidInput(f"url: download failed: {type(exc).__name__}", field="url") from exc
+    except Exception:
+        session.delete(row)
+        session.commit()
+        raise
+    row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
+    row.status = "active"
+    session.commit()
 
 
 async def _spool(request: Request, dest: Path, limit: int | None) -> str:
