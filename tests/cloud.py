@@ -35,6 +35,7 @@ class Api:
         self.url = f"unix://{sock}"
 
     async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()  # more listeners may join it (openstack_env)
         notifier = self.app.state.nubes.notifier
         await asyncio.gather(
             self.server.serve(), release_long_polls_on_exit([self.server], notifier)

@@ -10,11 +10,11 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from typer.testing import CliRunner
 
@@ -38,8 +38,10 @@ def free_port() -> int:
 
 
 class Https:
-    """The cloud's app on https://127.0.0.1:<port>, as `nubes-api` serves it (no lifespan of
-    its own: the UNIX socket's server owns the app's background loops)."""
+    """The cloud's app on https://127.0.0.1:<port>, as `nubes-api` serves it: in the event loop
+    of the UNIX socket's server, as nubes-api has one loop for both (the long-polls' and event
+    streams' waits belong to it), with no lifespan of its own (that server owns the app's
+    background loops)."""
 
     def __init__(self, cloud: Cloud) -> None:
         settings = cloud.settings
@@ -54,8 +56,7 @@ class Https:
             log_level="warning",
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=asyncio.run, args=(self.server.serve(),), daemon=True)
-        self.thread.start()
+        self.serving = asyncio.run_coroutine_threadsafe(self.server.serve(), cloud.apis[0].loop)
         deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline:
@@ -65,7 +66,7 @@ class Https:
 
     def close(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.serving.result(timeout=10)
 
 
 class OpenStackCli:
@@ -134,10 +135,12 @@ class OpenStackCli:
 
 
 class OpenStackCloud:
-    def __init__(self, root: Path, database_url: str) -> None:
+    def __init__(self, root: Path, database_url: str, **settings: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.cloud = Cloud(root, hosts=1, database_url=database_url, api_port=free_port())
+        self.cloud = Cloud(
+            root, hosts=1, database_url=database_url, api_port=free_port(), **settings
+        )
         try:
             self.https = Https(self.cloud)
             self._prepare()
@@ -168,6 +171,20 @@ class OpenStackCloud:
         result = CliRunner().invoke(cli_app, args, env=env)
         assert result.exit_code == 0, result.output
         return result.output
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.cloud.settings.api_port}"
+
+    def keystone_token(self) -> str:
+        """A Keystone token of `team` (password method: the project's name and a token of it)."""
+        auth = {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "team", "domain": {"id": "default"}, "password": self.team_token,
+        }}}}  # fmt: skip
+        with httpx.Client(verify=str(self.https.ca_file)) as http:
+            made = http.post(f"{self.https_url}/identity/v3/auth/tokens", json={"auth": auth})
+        made.raise_for_status()
+        return made.headers["X-Subject-Token"]
 
     def close(self) -> None:
         self.https.close()
