@@ -7,10 +7,11 @@ user's request, they share the interpreter with it and make it several times slo
 (bench/control_plane.py, figures in docs/architecture.md). So the agents' work waits in a lane
 of its own: one job at a time, and a job starts only once no user's request is in flight, or
 after `YIELD_AT_MOST` seconds however busy the users are (agents never starve). A user's
-request then shares the interpreter with at most the one job that had started before it came.
-Once started, a job still pauses before each statement it reads while users' requests run.
-The agents lose nothing they notice: a fetch or a report waits a few milliseconds, beside
-boots of seconds and a sync period of two."""
+request then shares the interpreter with at most the one job that had started before it came,
+and that job pauses its reads for it (`GIVE_WAY_AT_MOST` in all). A request counts for its
+first `YIELD_AT_MOST` seconds only, so a long upload does not hold the agents back. The agents
+lose nothing they notice: a fetch or a report waits a few milliseconds, beside boots of
+seconds and a sync period of two."""
 
 from __future__ import annotations
 
@@ -30,7 +31,14 @@ from nubes.db import engine, sqlite_writers
 T = TypeVar("T")
 
 AGENT_THREADS = 1
-YIELD_AT_MOST = 0.25  # seconds an agent's job waits for the users' requests to end, at most
+# seconds an agent's job waits to start while users' requests run, at most (jobs wait side by
+# side, not in the lane: the wait costs the agents latency, never throughput)
+YIELD_AT_MOST = 0.25
+# seconds a started job pauses its reads for users' requests, in all: it holds the lane
+# meanwhile, so this bounds the lane's rate under a steady stream of users (1 / 0.02 s)
+GIVE_WAY_AT_MOST = 0.02
+# a user's request counts as in flight for its first YIELD_AT_MOST seconds only: an upload or
+# an import that streams for minutes must not hold the agents back all that while
 AGENT_PATHS = ("/v1/agent/", "/v1/join")  # what is not a user's request
 # nor are streams that stay open (a user's request in flight makes the agents' jobs wait)
 NOT_COUNTED = (*AGENT_PATHS, "/v1/events")
@@ -47,16 +55,29 @@ class _Lane:
         self.quiet.set()
         self.quiet_now.set()
 
-    def busy(self) -> None:
+    def busy(self) -> Callable[[], None]:
+        """One more user's request; the function that ends it (once, whoever calls first:
+        the request's end, or the timer that stops counting it)."""
         self.users += 1
         self.quiet.clear()
         self.quiet_now.clear()
+        counted = [True]
 
-    def done(self) -> None:
-        self.users -= 1
-        if self.users == 0:
-            self.quiet.set()
-            self.quiet_now.set()
+        def done() -> None:
+            if counted[0]:
+                counted[0] = False
+                self.users -= 1
+                if self.users == 0:
+                    self.quiet.set()
+                    self.quiet_now.set()
+
+        timer = asyncio.get_running_loop().call_later(YIELD_AT_MOST, done)
+
+        def ended() -> None:
+            timer.cancel()
+            done()
+
+        return ended
 
 
 # one lane per event loop (a test's client may serve each request in a loop of its own)
@@ -73,19 +94,19 @@ def _lane() -> _Lane:
 
 async def in_agent_lane(fn: Callable[..., T], *args: object) -> T:
     lane = _lane()
+    try:
+        await asyncio.wait_for(lane.quiet.wait(), YIELD_AT_MOST)
+    except TimeoutError:
+        pass  # the users keep it busy: go now, beside them
     async with lane.limiter:
-        try:
-            await asyncio.wait_for(lane.quiet.wait(), YIELD_AT_MOST)
-        except TimeoutError:
-            pass  # the users keep it busy: go now, beside them
         return await to_thread.run_sync(_as_agent, lane, fn, *args)
 
 
 def _as_agent(lane: _Lane, fn: Callable[..., T], *args: object) -> T:
     """The job, pausing before each statement it reads while users' requests run (the Python
     between its statements would otherwise share the interpreter with them), for
-    `YIELD_AT_MOST` seconds in all."""
-    deadline = time.monotonic() + YIELD_AT_MOST
+    `GIVE_WAY_AT_MOST` seconds in all."""
+    deadline = time.monotonic() + GIVE_WAY_AT_MOST
 
     def give_way() -> None:
         if not lane.quiet_now.is_set():
@@ -111,9 +132,8 @@ class UsersFirst:
         if scope["type"] != "http" or scope["path"].startswith(NOT_COUNTED):
             await self.app(scope, receive, send)
             return
-        lane = _lane()
-        lane.busy()
+        done = _lane().busy()
         try:
             await self.app(scope, receive, send)
         finally:
-            lane.done()
+            done()
