@@ -16,18 +16,29 @@ from nubes.client import ApiError, NubesClient
 from nubes.schemas import resources as s
 from tests.cloud import Cloud
 
-AT_ONCE, WAITING, IMPORTS, TIMEOUT = 4, 16, 50, 2.0
+AT_ONCE, WAITING, IMPORTS, TIMEOUT = 4, 16, 50, 3.0
 
 
 class Trickle(BaseHTTPRequestHandler):
     """Announces 10 MiB, then sends a byte every 0.2 s (for 30 s at most)."""
 
     started = 0
+    sending = 0  # downloads in progress now
+    most = 0  # and at most
     lock = threading.Lock()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         with self.lock:
             type(self).started += 1
+            type(self).sending += 1
+            type(self).most = max(self.most, self.sending)
+        try:
+            self._trickle()
+        finally:
+            with self.lock:
+                type(self).sending -= 1
+
+    def _trickle(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(10 << 20))
         self.end_headers()
@@ -46,7 +57,7 @@ class Trickle(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def trickle() -> Iterator[str]:
-    Trickle.started = 0
+    Trickle.started = Trickle.sending = Trickle.most = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -100,9 +111,15 @@ def test_fifty_slow_url_imports_leave_creates_and_heartbeats_answering(
     assert len(outcomes) < IMPORTS, "the imports had all ended: nothing was shown"
     for t in threads:
         t.join(timeout=120)
-    refused = outcomes.count(503)
-    assert refused == IMPORTS - AT_ONCE - WAITING, sorted(outcomes)
-    assert outcomes.count(422) == AT_ONCE + WAITING, sorted(outcomes)
+    # never more downloads at once than the slots; the first AT_ONCE + WAITING to come were
+    # taken and ended at their time bound; the others were refused, but for any that came
+    # after some had ended (a loaded machine may take seconds to send all 50)
+    # (the server sees a download the API gave up on end at its next byte, 0.2 s later, so the
+    # slots' next ones may overlap it: at most twice the slots, never the queue's 20)
+    assert AT_ONCE <= Trickle.most <= 2 * AT_ONCE, Trickle.most
+    refused, timed_out = outcomes.count(503), outcomes.count(422)
+    assert refused + timed_out == IMPORTS, sorted(outcomes)
+    assert 0 < refused <= IMPORTS - AT_ONCE - WAITING, sorted(outcomes)
     # nothing of them is left: no image row, no partial file
     assert not [i.name for i in cloud.client.images() if i.name.startswith("slow")]
     assert not [p.name for p in cloud.settings.images_dir.iterdir() if ".part" in p.name]
