@@ -12,7 +12,8 @@ ANSIBLE_VENV := .venv-ansible
 ANSIBLE_CLIENTS := ansible==12.3.0 openstacksdk==4.14.0
 APT_PACKAGES := qemu-system-x86 qemu-utils dnsmasq-base dnsmasq-utils nftables iproute2 busybox-static \
 	dropbear-bin linux-image-cloud-amd64 cpio e2fsprogs fdisk openssh-client tcpdump iputils-ping \
-	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql
+	python3-venv python3-dev gcc mmdebstrap extlinux syslinux-common postgresql \
+	runc umoci skopeo xorriso isolinux chromium chromium-driver novnc
 OVS_PACKAGES := openvswitch-switch openvswitch-common
 
 .PHONY: deps venv demo test lint unit functional integration clean-lab help
