@@ -86,7 +86,7 @@ integration: deps
 	$(PY) -m pytest -q tests/integration
 
 test: deps lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=40 tests
 
 clean-lab: deps
 	$(VENV)/bin/nubes lab down

@@ -22,6 +22,7 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,30 @@ class _State:
     vlans: dict[str, int] = field(default_factory=dict)
 
 
+class _Background(threading.Thread):
+    """A call in a thread of its own, started from (so in the namespaces of) the caller's;
+    join() gives back its exception."""
+
+    def __init__(self, fn: Callable[..., None], *args: object) -> None:
+        super().__init__(daemon=True)
+        self._call = (fn, args)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        fn, args = self._call
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the caller
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 class OvsDriver(NetworkDriver):
     """Acts on the network namespace of the calling thread (the agent runs in its host's)."""
 
@@ -158,6 +183,10 @@ class OvsDriver(NetworkDriver):
         self._lock = threading.RLock()
         self._st = _State()
         self._rules: dict[str, str] = {}  # tap -> its rules as last written to OVSDB
+        # The ports as of our last listing or plug. The agent is br-int's only writer (under
+        # _lock), and every other write forgets it, so a plug needs no listing of its own:
+        # a third of its ovs-* processes (bench/network.py's port plug, docs/architecture.md).
+        self._known: list[_Row] | None = None
 
     # -- the switch ----------------------------------------------------------------------------
 
@@ -166,7 +195,7 @@ class OvsDriver(NetworkDriver):
             return
         self._st.table = None  # a new vswitchd has no flows
         dp = self.ovs.datapath_type
-        self.ovs.vsctl(
+        self._write(
             "--may-exist", "add-br", BR_INT, "--",
             "set", "Bridge", BR_INT, f"datapath_type={dp}", "fail_mode=secure",
             "other_config:mac-aging-time=300",
@@ -207,7 +236,7 @@ class OvsDriver(NetworkDriver):
         link = nl.get_link(dev)
         if link is None:
             raise DriverError(f"underlay device {dev} went away")
-        self.ovs.vsctl(
+        self._write(
             "--may-exist", "add-br", BR_PHY, "--",
             "set", "Bridge", BR_PHY, f"datapath_type={self.ovs.datapath_type}",
             f"other_config:hwaddr={link.mac}", f"external_ids:nubes-underlay={cidr}", "--",
@@ -219,12 +248,18 @@ class OvsDriver(NetworkDriver):
         nl.remove_addresses(dev)
         log.info("underlay %s moved from %s onto %s", cidr, dev, BR_PHY)
 
+    def _write(self, *args: str) -> str:
+        self._known = None  # forgotten first: a failed write may have done part of its work
+        return self.ovs.vsctl(*args)
+
     def _rows(self) -> list[_Row]:
+        self._known = None
         out = self.ovs.vsctl(
             "-f", "json", "--", "--columns=name,tag,external_ids", "list", "Port",
             "--", "--columns=name,ofport,ofport_request", "list", "Interface",
         )  # fmt: skip
-        return parse_snapshot(out)
+        self._known = parse_snapshot(out)
+        return list(self._known)
 
     def _sync_flows(self, rows: list[_Row] | None = None) -> None:
         """The whole table from OVSDB, atomically, when it differs from the one applied."""
@@ -300,12 +335,12 @@ class OvsDriver(NetworkDriver):
                 f"external_ids:nubes-net={spec.id}", f"external_ids:nubes-peer={peer}",
             ]  # fmt: skip
         if args:
-            self.ovs.vsctl(*args)
+            self._write(*args)
 
     def _attach_gateway(self, nl: Netlink, veth: str, spec: NetworkSpec, ns: str) -> None:
         vlan = self._vlan(spec.id, self._rows())
         nl.set_link(veth, state="up")
-        self.ovs.vsctl(
+        self._write(
             "--may-exist", "add-port", BR_INT, veth, "--",
             "set", "Port", veth, f"tag={vlan}", f"external_ids:nubes-net={spec.id}",
             "external_ids:nubes-gateway=1",
@@ -314,7 +349,7 @@ class OvsDriver(NetworkDriver):
             tx_checksum_off(GW_DEV)
 
     def _remove_gateway(self, nl: Netlink, network_id: str) -> None:
-        self.ovs.vsctl("--if-exists", "del-port", BR_INT, veth_name(network_id))
+        self._write("--if-exists", "del-port", BR_INT, veth_name(network_id))
         self.gateways.remove(nl, network_id)
 
     def delete_network(self, network_id: str) -> None:
@@ -330,7 +365,7 @@ class OvsDriver(NetworkDriver):
             for name in ours:
                 args += ["--", "--if-exists", "del-port", BR_INT, name]
             if args:
-                self.ovs.vsctl(*args)
+                self._write(*args)
             with Netlink() as nl:
                 self._remove_gateway(nl, network_id)
             self._st.vlans.pop(network_id, None)
@@ -386,24 +421,33 @@ class OvsDriver(NetworkDriver):
                 if link is None or link.kind == "tun":  # a test's stand-in guest is a veth
                     nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
                 nl.set_link(spec.tap, state="up", ifalias=PORT_ALIAS + ids)
-            rows = self._rows()
+            rows = list(self._known) if self._known is not None else self._rows()
             vlan = self._vlan(spec.network_id, rows)
             ofport = _ofport_for(spec.tap, rows)
-            # Our own port number: its flows need not wait for vswitchd to open the device
-            # (--no-wait), and no flow lets its frames in before its own are there.
-            self.ovs.vsctl(
-                "--no-wait", "--may-exist", "add-port", BR_INT, spec.tap, "--",
-                "set", "Interface", spec.tap, f"ofport_request={ofport}", "--",
-                "set", "Port", spec.tap, f"tag={vlan}",
-                f"external_ids:nubes-net={spec.network_id}", f"external_ids:nubes-port={ids}",
-                self._rules_arg(spec),
-            )  # fmt: skip
             self._rules[spec.tap] = openflow.encode_rules(spec.rules)
             ids_of = {"nubes-net": spec.network_id, "nubes-port": ids}
             ids_of["nubes-rules"] = self._rules[spec.tap]
             after = [r for r in rows if r.name != spec.tap]
             after.append(_Row(spec.tap, vlan, ids_of, ofport))
-            self._apply_port(rows, after, spec.tap)
+            # The port's flows and its OVSDB row are written at once, neither needs the other:
+            # the flows name the port number we request (flows of a port not yet there match
+            # nothing), and until they are in, table 0's default drop holds the port's frames.
+            # One ovs-ofctl beside one ovs-vsctl: the plug takes the longer, not the sum.
+            flows = _Background(self._apply_port, rows, after, spec.tap)
+            try:
+                self._write(
+                    "--no-wait", "--may-exist", "add-port", BR_INT, spec.tap, "--",
+                    "set", "Interface", spec.tap, f"ofport_request={ofport}", "--",
+                    "set", "Port", spec.tap, f"tag={vlan}",
+                    f"external_ids:nubes-net={spec.network_id}",
+                    f"external_ids:nubes-port={ids}", self._rules_arg(spec),
+                )  # fmt: skip
+            except BaseException:
+                flows.join()
+                self._st.table = None  # the port's flows may be in without it: resync
+                raise
+            flows.join()  # raises the flows' error, if any
+            self._known = list(after)
 
     @staticmethod
     def _rules_arg(spec: PortSpec) -> str:
@@ -423,7 +467,7 @@ class OvsDriver(NetworkDriver):
                     )
                 except ValueError as e:
                     raise InvalidInput(str(e), field="rules") from e
-                self.ovs.vsctl("--if-exists", "set", "Port", spec.tap, self._rules_arg(spec))
+                self._write("--if-exists", "set", "Port", spec.tap, self._rules_arg(spec))
                 self._rules[spec.tap] = encoded
                 self._sync_flows()
             elif self._st.table is None:  # a new vswitchd: its table is empty
@@ -433,7 +477,7 @@ class OvsDriver(NetworkDriver):
         _ifname(tap, "tap")
         with self._lock:
             self._ensure_switch()
-            self.ovs.vsctl("--if-exists", "del-port", BR_INT, tap)
+            self._write("--if-exists", "del-port", BR_INT, tap)
             self._rules.pop(tap, None)
             with Netlink() as nl:
                 link = nl.get_link(tap)

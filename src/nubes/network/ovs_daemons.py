@@ -152,7 +152,9 @@ class OvsDaemons:
         return _run(argv, p.env(), "ovs-vsctl")
 
     def ofctl(self, *args: str, stdin: str | None = None) -> str:
-        argv = ["ovs-ofctl", "-O", "OpenFlow13", *args]
+        # --no-names: our flows name no port or table, and without it every call first fetches
+        # the switch's port and table descriptions (tens of KB, ~10 ms of a ~15 ms call)
+        argv = ["ovs-ofctl", "-O", "OpenFlow13", "--no-names", *args]
         if stdin is None:
             return _run(argv, self.paths.env(), "ovs-ofctl")
         try:
