@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from nubes.client import NubesClient
-from nubes.network import netns
+from nubes.network import netns, ovs_daemons
+from nubes.network.base import bridge_name
+from nubes.network.gateway import veth_name
 
 CACHE = Path(os.environ.get("NUBES_TEST_CACHE", "/var/cache/nubes-test"))
 
@@ -217,3 +220,69 @@ def lab1(tmp_path: Path) -> Iterator[LabCloud]:
         yield cloud
     finally:
         stop_lab(cloud)
+
+
+NETWORK_DRIVERS = ("linuxbridge", "ovs")
+
+
+def driver_args(driver: str) -> tuple[str, ...]:
+    """`nubes lab up` options for the hosts' network driver (skips where OVS is missing)."""
+    if driver == "ovs" and not ovs_daemons.installed():
+        pytest.skip("Open vSwitch is not installed")
+    return ("--network-driver", driver)
+
+
+@pytest.fixture(params=NETWORK_DRIVERS)
+def lab1_each_driver(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabCloud]:
+    """A 1-host lab on each network driver in turn."""
+    cloud = start_lab(tmp_path, 1, lab_args=driver_args(request.param))
+    try:
+        yield cloud
+    finally:
+        stop_lab(cloud)
+
+
+def network_link(cloud: LabCloud, network_id: str) -> str:
+    """The link a network has on the host serving its gateway: its Linux bridge, or on OVS
+    (whose br-int carries every network) the host's end of its gateway's veth."""
+    if cloud.network_driver == "ovs":
+        return veth_name(network_id)
+    return bridge_name(network_id)
+
+
+def guest_taps(cloud: LabCloud, index: int = 1) -> dict[str, str]:
+    """MAC -> tap of every guest on the host, from its QEMU's command line."""
+    taps = {}
+    for pid in cloud.host_pids(index):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if not argv[0].endswith("qemu-system-x86_64"):
+            continue
+        nets = [a for a in argv if "ifname=" in a]
+        macs = [a for a in argv if "mac=" in a]
+        for net, dev in zip(nets, macs, strict=False):
+            tap = dict(kv.split("=", 1) for kv in net.split(",") if "=" in kv)["ifname"]
+            mac = dict(kv.split("=", 1) for kv in dev.split(",") if "=" in kv)["mac"]
+            taps[mac.lower()] = tap
+    return taps
+
+
+def isolation_points(
+    cloud: LabCloud, network_id: str, guest_macs: set[str], index: int = 1
+) -> list[str] | None:
+    """Where to see every frame that reaches a network's guests and gateway on a host: its
+    bridge (every frame between its ports), or on OVS each guest's tap and the gateway's
+    veth. None while one of them is not there yet."""
+    links = cloud.in_host(["ip", "-o", "link"], index)
+
+    def there(name: str) -> bool:
+        return bool(name) and re.search(rf"^\d+: {re.escape(name)}[:@]", links, re.M) is not None
+
+    if cloud.network_driver != "ovs":
+        name = bridge_name(network_id)
+        return [name] if there(name) else None
+    taps = guest_taps(cloud, index)
+    points = [veth_name(network_id)] + [taps.get(m.lower(), "") for m in sorted(guest_macs)]
+    return points if all(there(p) for p in points) else None

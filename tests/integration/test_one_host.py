@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nubes.network.base import bridge_name
 from nubes.schemas import resources as s
-from tests.integration.conftest import LabCloud
+from tests.integration.conftest import LabCloud, network_link, processes_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +48,10 @@ def _cmdlines(cloud: LabCloud) -> list[bytes]:
     return found
 
 
-def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Path) -> None:
-    cloud = lab1
+def test_two_tiny_instances_talk_then_leave_nothing(
+    lab1_each_driver: LabCloud, tmp_path: Path
+) -> None:
+    cloud = lab1_each_driver
     cloud.nubes("image", "build", "tiny")
     cloud.nubes("network", "create", "net1", "--cidr", "10.20.0.0/24")
     cloud.nubes("keypair", "create", "k1", "--save", str(tmp_path / "k1"))
@@ -123,24 +124,24 @@ def test_two_tiny_instances_talk_then_leave_nothing(lab1: LabCloud, tmp_path: Pa
     assert beta_ip not in leases.read_text()
     # ... and goes with the network itself
     net_id = cloud.client.network("net1").id
-    assert bridge_name(net_id) in cloud.in_host(["ip", "-o", "link"])
+    assert network_link(cloud, net_id) in cloud.in_host(["ip", "-o", "link"])
     assert any(b"dnsmasq" in a for a in _cmdlines(cloud))
     cloud.nubes("network", "delete", "net1")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (
-        bridge_name(net_id) in cloud.in_host(["ip", "-o", "link"])
+        network_link(cloud, net_id) in cloud.in_host(["ip", "-o", "link"])
         or any(b"dnsmasq" in a for a in _cmdlines(cloud))
     ):
         time.sleep(0.2)
-    assert bridge_name(net_id) not in cloud.in_host(["ip", "-o", "link"])
+    assert network_link(cloud, net_id) not in cloud.in_host(["ip", "-o", "link"])
     assert not any(b"dnsmasq" in a for a in _cmdlines(cloud))
     assert not leases.parent.exists()
     host = cloud.client.hosts()[0]
     assert (host.used_vcpus, host.used_ram_mb, host.instances) == (0, 0, 0)
 
 
-def test_agent_restart_keeps_guests_running(lab1: LabCloud) -> None:
-    cloud = lab1
+def test_agent_restart_keeps_guests_running(lab1_each_driver: LabCloud) -> None:
+    cloud = lab1_each_driver
     cloud.nubes("image", "build", "tiny")
     cloud.client.create_network(s.NetworkCreate(name="net1", cidr="10.21.0.0/24"))
     cloud.nubes("server", "create", "gamma", "--image", "tiny", "--network", "net1", "--wait")
@@ -159,8 +160,8 @@ def test_agent_restart_keeps_guests_running(lab1: LabCloud) -> None:
     assert qemu_pids(cloud) == []
 
 
-def test_lab_down_leaves_nothing(lab1: LabCloud) -> None:
-    cloud = lab1
+def test_lab_down_leaves_nothing(lab1_each_driver: LabCloud) -> None:
+    cloud = lab1_each_driver
     cloud.nubes("image", "build", "tiny")
     cloud.client.create_network(s.NetworkCreate(name="net1", cidr="10.22.0.0/24"))
     cloud.nubes("server", "create", "delta", "--image", "tiny", "--network", "net1", "--wait")
@@ -176,3 +177,4 @@ def test_lab_down_leaves_nothing(lab1: LabCloud) -> None:
         not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     )
     assert not cloud.state_dir.exists()
+    assert processes_of(cloud.state_dir) == []  # ovsdb-server and ovs-vswitchd on OVS too

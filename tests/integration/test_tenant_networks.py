@@ -19,7 +19,14 @@ from nubes.network.base import bridge_name
 from nubes.network.gateway import gateway_mac
 from nubes.schemas import resources as s
 from tests.integration.capture import Capture, mentioning_macs
-from tests.integration.conftest import LabCloud, start_lab, stop_lab
+from tests.integration.conftest import (
+    NETWORK_DRIVERS,
+    LabCloud,
+    driver_args,
+    isolation_points,
+    start_lab,
+    stop_lab,
+)
 from tests.integration.hostcheck import wait_for
 
 pytestmark = pytest.mark.integration
@@ -68,10 +75,11 @@ def write(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_two_tenants_same_cidr_one_host(tmp_path: Path) -> None:
-    cloud = start_lab(tmp_path, 1)
+@pytest.mark.parametrize("driver", NETWORK_DRIVERS)
+def test_two_tenants_same_cidr_one_host(tmp_path: Path, driver: str) -> None:
+    cloud = start_lab(tmp_path, 1, lab_args=driver_args(driver))
     b: NubesClient | None = None
-    caps: list[Capture] = []
+    caps: dict[str, list[Capture]] = {}
     try:
         cloud.nubes("image", "build", "tiny")
         a = cloud.client
@@ -80,7 +88,6 @@ def test_two_tenants_same_cidr_one_host(tmp_path: Path) -> None:
         nets = {}
         for who, c in (("a", a), ("b", b)):
             nets[who] = c.create_network(s.NetworkCreate(name="web", cidr="10.40.0.0/24"))
-        caps = []
         ud = TENANT_SCRIPT.replace("GW", "10.40.0.1")
         servers = {}
         for who, c in (("a", a), ("b", b)):
@@ -90,22 +97,22 @@ def test_two_tenants_same_cidr_one_host(tmp_path: Path) -> None:
             servers[who] = c.create_server(body)
         host = cloud.host_ns()
 
-        def bridges_up() -> bool:
+        def watching() -> bool:
+            # each tenant's bridge (on OVS: its guest's tap and its gateway's veth), watched
+            # from the moment it is there, before its guest sends anything
             for who in ("a", "b"):
-                br = bridge_name(nets[who].id)
-                if all(cp.ifname != br for cp in caps):  # type: ignore[attr-defined]
-                    try:
-                        caps.append(Capture(host, br, promisc=True))
-                        caps[-1].ifname = br  # type: ignore[attr-defined]
-                    except OSError:
-                        return False
+                if who not in caps:
+                    mac = {servers[who].nics[0].mac}
+                    points = isolation_points(cloud, nets[who].id, mac)
+                    if points is not None:
+                        caps[who] = [Capture(host, p, promisc=True) for p in points]
             return len(caps) == 2
 
-        wait_for(bridges_up, 120, "both tenants' bridges")
+        wait_for(watching, 120, "both tenants' ports")
         logs = {who: console_lines(c, f"{who}1") for who, c in (("a", a), ("b", b))}
         time.sleep(4)  # the guests' background pings and ARP go on meanwhile
-        frames = {cp.ifname: cp.close() for cp in caps}  # type: ignore[attr-defined]
-        caps = []
+        frames = {who: [f for cp in cs for f in cp.close()] for who, cs in caps.items()}
+        caps = {}
         assert a.network("web").gateway_host == b.network("web").gateway_host == host
         macs = {}
         for who, c in (("a", a), ("b", b)):
@@ -119,12 +126,13 @@ def test_two_tenants_same_cidr_one_host(tmp_path: Path) -> None:
         # the same address, each tenant its own guest and gateway; no frame crosses
         assert servers["a"].nics[0].ip == servers["b"].nics[0].ip
         for who, other in (("a", "b"), ("b", "a")):
-            seen = frames[bridge_name(nets[who].id)]
-            assert mentioning_macs(seen, macs[who]), f"{who}'s bridge saw nothing of its own"
-            assert mentioning_macs(seen, macs[other]) == [], f"{other}'s frames on {who}'s bridge"
+            seen = frames[who]
+            assert mentioning_macs(seen, macs[who]), f"{who}'s ports saw nothing of their own"
+            assert mentioning_macs(seen, macs[other]) == [], f"{other}'s frames on {who}'s ports"
     finally:
-        for cp in caps:
-            cp.close()
+        for cs in caps.values():
+            for cp in cs:
+                cp.close()
         if b is not None:
             b.close()
         stop_lab(cloud)
