@@ -22,18 +22,21 @@ def test_an_instance_port_lets_in_only_its_own_mac_and_address() -> None:
     c = openflow.cookie("tap1")
     flows = openflow.port_flows(OfPort("tap1", 7, mac=MAC, ip="10.20.0.5", vlan=3))
     to_egress = "load:3->NXM_NX_REG6[],ct(table=10,zone=NXM_NX_REG6[0..15])"
-    assert flows[:5] == [
+    assert flows[:7] == [
         f"cookie={c:#x},table=0,priority=60,in_port=7,udp,tp_src=67,actions=drop",
         f"cookie={c:#x},table=0,priority=60,in_port=7,icmp6,icmp_type=134,actions=drop",
+        f"cookie={c:#x},table=0,priority=60,in_port=7,udp6,tp_src=547,actions=drop",
         f"cookie={c:#x},table=0,priority=50,in_port=7,udp,dl_src={MAC},nw_src=0.0.0.0,"
         "tp_src=68,tp_dst=67,actions=NORMAL",
         f"cookie={c:#x},table=0,priority=50,in_port=7,ip,dl_src={MAC},nw_src=10.20.0.5,"
         f"actions={to_egress}",
         f"cookie={c:#x},table=0,priority=50,in_port=7,arp,dl_src={MAC},arp_sha={MAC},"
         "arp_spa=10.20.0.5,actions=NORMAL",
+        # IPv6 from its MAC, as on the Linux bridge: link-local sources are not known to us
+        f"cookie={c:#x},table=0,priority=50,in_port=7,ipv6,dl_src={MAC},actions=NORMAL",
     ]
     # no rule: DHCP and metadata out, DHCP replies in, nothing else either way
-    assert flows[5:] == [
+    assert flows[7:] == [
         f"cookie={c:#x},table=10,priority=60,ct_state=+new+trk,in_port=7,udp,tp_dst=67,"
         "actions=resubmit(,20)",
         f"cookie={c:#x},table=10,priority=60,ct_state=+new+trk,in_port=7,tcp,"

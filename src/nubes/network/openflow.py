@@ -87,6 +87,7 @@ def port_flows(port: OfPort) -> list[str]:
     flows = [
         _flow(c, P_DROP_SERVER, f"{inp},udp,tp_src=67", "drop"),
         _flow(c, P_DROP_SERVER, f"{inp},icmp6,icmp_type=134", "drop"),
+        _flow(c, P_DROP_SERVER, f"{inp},udp6,tp_src=547", "drop"),  # no rogue DHCPv6 server
         # a DHCP client has no address yet
         _flow(
             c, P_ALLOW, f"{inp},udp,dl_src={port.mac},nw_src=0.0.0.0,tp_src=68,tp_dst=67", "NORMAL"
@@ -99,6 +100,10 @@ def port_flows(port: OfPort) -> list[str]:
         flows.append(
             _flow(c, P_ALLOW, f"{inp},arp,dl_src={mac},arp_sha={mac},arp_spa={addr}", "NORMAL")
         )
+    # IPv6 from the port's MACs, as the Linux bridge driver lets it: link-local and SLAAC
+    # sources are not known to us (no security group rule is IPv6)
+    for mac in dict.fromkeys(mac for _, mac in _macs(port)):
+        flows.append(_flow(c, P_ALLOW, f"{inp},ipv6,dl_src={mac}", "NORMAL"))
     return flows + sg_flows(port)
 
 
