@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,6 +251,23 @@ def network_link(cloud: LabCloud, network_id: str) -> str:
     return bridge_name(network_id)
 
 
+def ovs_rows(cloud: LabCloud, index: int = 1) -> list[Any]:
+    """The OVS ports of a host, as its agent's driver reads them (name, tag, external_ids),
+    asked of its own ovsdb-server, in its own mount namespace."""
+    from nubes.network.ovs import parse_snapshot
+
+    host = cloud.host_ns(index)
+    mounts = cloud.state_dir / "lab" / "mnt" / host
+    sock = cloud.state_dir / "hosts" / host / "network" / "ovs" / "db.sock"
+    argv = [
+        "nsenter", f"--mount={mounts}", "--", "ovs-vsctl", f"--db=unix:{sock}", "-f", "json",
+        "--", "--columns=name,tag,external_ids", "list", "Port",
+        "--", "--columns=name,ofport,ofport_request", "list", "Interface",
+    ]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return parse_snapshot(out)
+
+
 def guest_taps(cloud: LabCloud, index: int = 1) -> dict[str, str]:
     """MAC -> tap of every guest on the host, from its QEMU's command line."""
     taps = {}
@@ -270,11 +288,11 @@ def guest_taps(cloud: LabCloud, index: int = 1) -> dict[str, str]:
 
 
 def isolation_points(
-    cloud: LabCloud, network_id: str, guest_macs: set[str], index: int = 1
+    cloud: LabCloud, network_id: str, guest_macs: set[str], index: int = 1, gateway: bool = True
 ) -> list[str] | None:
     """Where to see every frame that reaches a network's guests and gateway on a host: its
-    bridge (every frame between its ports), or on OVS each guest's tap and the gateway's
-    veth. None while one of them is not there yet."""
+    bridge (every frame between its ports), or on OVS each guest's tap and, if the host
+    serves the network (gateway), its gateway's veth. None while one is not there yet."""
     links = cloud.in_host(["ip", "-o", "link"], index)
 
     def there(name: str) -> bool:
@@ -284,5 +302,6 @@ def isolation_points(
         name = bridge_name(network_id)
         return [name] if there(name) else None
     taps = guest_taps(cloud, index)
-    points = [veth_name(network_id)] + [taps.get(m.lower(), "") for m in sorted(guest_macs)]
+    points = [veth_name(network_id)] if gateway else []
+    points += [taps.get(m.lower(), "") for m in sorted(guest_macs)]
     return points if all(there(p) for p in points) else None

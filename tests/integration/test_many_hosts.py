@@ -1,13 +1,16 @@
 """Issue 4, for real: a 3-host lab (network namespaces on one underlay bridge, an agent each),
-tiny QEMU guests on VXLAN networks, driven through the API and the `nubes` command.
+tiny QEMU guests on overlay networks, driven through the API and the `nubes` command; the
+module runs on each network driver (Linux bridge + VXLAN, Open vSwitch + Geneve).
 
 One lab for the whole module (a lab and six guests cost a minute); the tests run in file
 order and each leaves the lab as the next expects it:
 1. six guests of tenant A in a soft-anti-affinity group spread over the hosts; each pings every
    other, its gateway, asks DHCP and the metadata service, and reports its MTU;
-2. each host's overlay holds exactly the entries the database implies;
-3. tenant B, same CIDR: no ping, no ARP, no frame crosses (captured on every bridge);
-4. the last ports of a host leave: its bridge, VXLAN device, entries and filter go;
+2. each host's overlay holds exactly the entries the database implies (OVS: its tunnels);
+3. tenant B, same CIDR: no ping, no ARP, no frame crosses (captured on every bridge; on OVS,
+   on every guest's tap and the gateways' veths);
+4. the last ports of a host leave: its bridge, VXLAN device, entries and filter go (OVS: its
+   tunnels, and the other hosts' tunnels to it);
 5. the serving host is killed: marked down, never chosen, its guests kept; gateway and DHCP
    move, and a new guest gets both from the new serving host.
 """
@@ -35,9 +38,18 @@ from nubes.network import netns
 from nubes.network.base import bridge_name
 from nubes.network.linuxbridge import gateway_mac, vxlan_name
 from nubes.network.netlink import ZERO_MAC, Netlink
+from nubes.network.openflow import parse_port_ids
 from nubes.schemas import resources as s
 from tests.integration.capture import Capture, from_macs, mentioning_macs
-from tests.integration.conftest import LabCloud, start_lab, stop_lab
+from tests.integration.conftest import (
+    NETWORK_DRIVERS,
+    LabCloud,
+    driver_args,
+    isolation_points,
+    ovs_rows,
+    start_lab,
+    stop_lab,
+)
 from tests.integration.hostcheck import api_pid
 
 pytestmark = pytest.mark.integration
@@ -116,14 +128,19 @@ class World:
     emptied: str = ""  # the host test 4 took every port of tenant A off
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    cloud = start_lab(tmp_path_factory.mktemp("many"), 3)
+@pytest.fixture(scope="module", params=NETWORK_DRIVERS)
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    cloud = start_lab(tmp_path_factory.mktemp("many"), 3, lab_args=driver_args(request.param))
     w = None
     try:
         cloud.nubes("image", "build", "tiny")
         out = cloud.nubes("network", "create", "blue", "--cidr", CIDR)
-        assert "note: type: VXLAN, since the kernel of" in out  # this kernel has no Geneve
+        if cloud.network_driver == "ovs":  # OVS carries Geneve whatever the kernel has
+            assert cloud.client.network("blue").type == "geneve", out
+        else:
+            assert "note: type: VXLAN, since the kernel of" in out  # this kernel has no Geneve
         cloud.nubes("group", "create", "web", "--policy", "soft-anti-affinity")
         hosts = {h.name: h.address for h in cloud.client.hosts()}
         w = World(cloud, hosts, cloud.client.network("blue"))
@@ -310,13 +327,31 @@ def overlay_of(host: str, network_id: str) -> tuple[bool, set[str], dict[str, st
     return bool(vx.info.get("IFLA_VXLAN_LEARNING")), flood, macs
 
 
-def port_macs(host: str, network_id: str) -> set[str]:
+def port_macs(cloud: LabCloud, host: str, network_id: str) -> set[str]:
+    """MACs of the network's guest ports on the host."""
     from nubes.network.linuxbridge import LinuxBridgeDriver
 
+    if cloud.network_driver == "ovs":
+        rows = ovs_rows(cloud, cloud.index_of(host))
+        return {
+            parse_port_ids(r.ids["nubes-port"])[1]
+            for r in rows
+            if r.ids.get("nubes-net") == network_id and "nubes-port" in r.ids
+        }
     bridge = bridge_name(network_id)
     with netns.inside(host):
         ports = LinuxBridgeDriver(Path("/nonexistent")).list_ports()
     return {p.mac for p in ports if p.bridge == bridge and p.mac}
+
+
+def ovs_tunnels(cloud: LabCloud, host: str, network_id: str) -> set[str]:
+    """The peers the network's tunnels of the host lead to."""
+    rows = ovs_rows(cloud, cloud.index_of(host))
+    return {
+        r.ids["nubes-peer"]
+        for r in rows
+        if r.ids.get("nubes-net") == network_id and "nubes-peer" in r.ids
+    }
 
 
 def nft_of(host: str) -> str:
@@ -325,13 +360,17 @@ def nft_of(host: str) -> str:
 
 
 def test_each_host_forwards_by_the_database(world: World) -> None:
-    net = world.cloud.client.network("blue")
+    cloud = world.cloud
+    net = cloud.client.network("blue")
     serving = net.gateway_host
     assert serving
-    macs = {h: port_macs(h, net.id) for h in world.hosts}
+    macs = {h: port_macs(cloud, h, net.id) for h in world.hosts}
     assert all(len(m) == 2 for m in macs.values()), macs
     for host in world.hosts:
         others = {h: a for h, a in world.hosts.items() if h != host}
+        if cloud.network_driver == "ovs":  # a tunnel to each other host, and no more
+            assert ovs_tunnels(cloud, host, net.id) == set(others.values()), host
+            continue
         want = {mac: others[h] for h in others for mac in macs[h]}
         if host != serving:
             want[gateway_mac(net.id)] = world.hosts[serving]
@@ -350,14 +389,20 @@ def test_two_tenants_with_the_same_cidr_never_meet(world: World) -> None:
     world.b_client = b
     red = b.create_network(s.NetworkCreate(name="red", cidr=CIDR))
     b.create_group(s.GroupCreate(name="red", policy="soft-anti-affinity"))
-    a_macs = {m for h in world.hosts for m in port_macs(h, world.blue.id)}
+    blue_macs = {h: port_macs(cloud, h, world.blue.id) for h in world.hosts}
+    a_macs = {m for macs in blue_macs.values() for m in macs}
     a_macs.add(gateway_mac(world.blue.id))
-    blue_caps = [Capture(h, bridge_name(world.blue.id), promisc=True) for h in world.hosts]
-    red_caps: dict[str, Capture] = {}
     # red-1 on the host serving blue (the others disabled for a moment): that host serves
     # red's gateway too, of the same addresses, each in a namespace of its own
     blue_gw = cloud.client.network("blue").gateway_host
     assert blue_gw
+    blue_caps = []
+    for h in world.hosts:
+        index = cloud.index_of(h)
+        points = isolation_points(cloud, world.blue.id, blue_macs[h], index, h == blue_gw)
+        assert points, h
+        blue_caps += [Capture(h, p, promisc=True) for p in points]
+    red_caps: dict[str, list[Capture]] = {}
     others = [h for h in world.hosts if h != blue_gw]
     try:
         script = B_SCRIPT.replace("PEERS", " ".join(B_IPS)).replace("GW", GW)
@@ -377,11 +422,17 @@ def test_two_tenants_with_the_same_cidr_never_meet(world: World) -> None:
             assert b.create_server(body).host == blue_gw or name != "red-1"
 
         def watch_red_bridges() -> bool:
-            # capture from the moment each bridge exists, before its guest sends anything
-            for h in world.hosts:
-                if h not in red_caps and bridge_exists(h, bridge_name(red.id)):
-                    red_caps[h] = Capture(h, bridge_name(red.id), promisc=True)
+            # capture from the moment each bridge (OVS: guest tap) exists, before its guest
+            # sends anything
             servers = [b.server(n) for n in names]
+            for h in world.hosts:
+                macs = {x.nics[0].mac for x in servers if x.host == h}
+                if h in red_caps or not macs:
+                    continue
+                index = cloud.index_of(h)
+                points = isolation_points(cloud, red.id, macs, index, h == blue_gw)
+                if points is not None:
+                    red_caps[h] = [Capture(h, p, promisc=True) for p in points]
             return {x.host for x in servers if x.host} <= set(red_caps) and all(
                 x.status == "ACTIVE" for x in servers
             )
@@ -390,11 +441,11 @@ def test_two_tenants_with_the_same_cidr_never_meet(world: World) -> None:
         logs = console_when_done(b, names, 240)
     finally:
         blue_frames = [f for c in blue_caps for f in c.close()]
-        red_frames = [f for c in red_caps.values() for f in c.close()]
+        red_frames = [f for cs in red_caps.values() for c in cs for f in c.close()]
     b_servers = [b.server(n) for n in names]
     assert len({x.host for x in b_servers}) == 2
     assert b.network("red").gateway_host == blue_gw
-    b_macs = {m for h in world.hosts for m in port_macs(h, red.id)}
+    b_macs = {m for h in world.hosts for m in port_macs(cloud, h, red.id)}
     b_macs.add(gateway_mac(red.id))
     assert len(b_macs) == 3
     for log in logs.values():
@@ -426,11 +477,29 @@ def test_last_port_leaving_a_host_takes_the_overlay_with_it(world: World) -> Non
     for name in leaving:
         cloud.client.delete_server(name)
     wait_for(lambda: not {x.name for x in cloud.client.servers()} & set(leaving), 60, "the deletes")
+    gone = world.hosts[host]
+    if cloud.network_driver == "ovs":
+        wait_for(lambda: not ovs_tunnels(cloud, host, net.id), 30, f"blue's tunnels of {host}")
+        assert port_macs(cloud, host, net.id) == set()
+        assert dnsmasq_pids(cloud, host, net.id) == []
+        for other in world.hosts:
+            if other != host:
+                wait_for(
+                    lambda h=other: (
+                        ovs_tunnels(cloud, h, net.id)
+                        == set(world.hosts.values()) - {world.hosts[h], gone}
+                    ),
+                    30,
+                    f"{other} to drop its tunnel of blue to {host}",
+                )
+        world.emptied = host
+        for name in leaving:
+            del world.a_servers[name]
+        return
     wait_for(lambda: overlay_of(host, net.id) is None, 30, f"vx of blue to leave {host}")
     assert not bridge_exists(host, bridge_name(net.id))
     assert dnsmasq_pids(cloud, host, net.id) == []
     assert f"chain ovl_{net.vni} " not in nft_of(host)
-    gone = world.hosts[host]
     for other in world.hosts:
         if other == host:
             continue
