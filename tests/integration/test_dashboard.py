@@ -153,8 +153,8 @@ def test_dashboard_creates_a_server_and_shows_its_console(
     cloud, driver = lab1, browser
     cloud.nubes("image", "build", "tiny")
     token = cloud.client.create_project(s.ProjectCreate(name="blue")).token
-    with NubesClient(cloud.client.url, token) as member:
-        member.create_network(s.NetworkCreate(name="net1", cidr="10.20.0.0/24"))
+    member = NubesClient(cloud.client.url, token)
+    member.create_network(s.NetworkCreate(name="net1", cidr="10.20.0.0/24"))
     port = cloud.env["NUBES_API_PORT"]
     driver.get(f"https://127.0.0.1:{port}/ui/")
     driver.find_element(By.ID, "token").send_keys(token)
@@ -175,7 +175,7 @@ def test_dashboard_creates_a_server_and_shows_its_console(
     assert not driver.find_element(By.ID, "error").text
     shot(driver, "2-active")
 
-    server = cloud.client.server("web1")
+    server = member.server("web1")
     sock = cloud.host_path(f"/run/nubes/{server.id}/qmp.sock")
     # the guest's VGA screen shows its getty's prompt (the tiny image's tty1)
     text = until("login: on the guest's VGA screen", lambda: (
@@ -215,3 +215,4 @@ def test_dashboard_creates_a_server_and_shows_its_console(
     until("web1 gone from the page", lambda: not driver.find_elements(
         By.CSS_SELECTOR, row), 300)  # fmt: skip
     shot(driver, "5-deleted")
+    member.close()
