@@ -52,8 +52,9 @@ def console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console
     # the fake hypervisor has no VNC: the password step is the real path's only stand-in
     monkeypatch.setattr(browser_console, "set_vnc_password", lambda *_: "password")
     try:
-        member = NubesClient(cloud.url, cloud.client.create_project(s.ProjectCreate(name="b")).token)
-        other = NubesClient(cloud.url, cloud.client.create_project(s.ProjectCreate(name="r")).token)
+        admin = cloud.client
+        member = NubesClient(cloud.url, admin.create_project(s.ProjectCreate(name="b")).token)
+        other = NubesClient(cloud.url, admin.create_project(s.ProjectCreate(name="r")).token)
         upload(member, "img", make_image(tmp_path / "img.qcow2"))
         member.create_network(s.NetworkCreate(name="net", cidr="10.20.0.0/24"))
         created = member.create_server(
@@ -64,6 +65,8 @@ def console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console
             session.execute(update(Host).values(console_port=_closed_port(), address="127.0.0.1"))
             session.commit()
         yield Console(cloud, member, other, created.id, TestClient(cloud.app))
+        member.close()
+        other.close()
     finally:
         cloud.close()
 

@@ -94,9 +94,7 @@ def vga_text(sock: Path) -> str:
     dump = qmp(sock, "human-monitor-command", {"command-line": "xp /8000bx 0xb8000"})
     data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})\b", dump))
     chars = data[0::2]
-    return "\n".join(
-        chars[i : i + 80].decode("latin-1").rstrip() for i in range(0, len(chars), 80)
-    )
+    return "\n".join(chars[i : i + 80].decode("latin-1").rstrip() for i in range(0, len(chars), 80))
 
 
 def screendump(cloud: LabCloud, sock: Path) -> tuple[int, int, bytes]:
@@ -129,9 +127,7 @@ def same_picture(a: tuple[int, int, bytes], b: tuple[int, int, bytes]) -> float:
     pa, pb = a[2], b[2]
     pixels = a[0] * a[1]
     alike = sum(
-        1
-        for i in range(0, pixels * 3, 3)
-        if all(abs(pa[i + k] - pb[i + k]) <= 8 for k in range(3))
+        1 for i in range(0, pixels * 3, 3) if all(abs(pa[i + k] - pb[i + k]) <= 8 for k in range(3))
     )
     return alike / pixels
 
