@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from nubes.client import NubesClient
+from nubes.imagebuild import tiny
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud
 
@@ -202,8 +203,12 @@ def test_dashboard_creates_a_server_and_shows_its_console(
     until("the canvas to follow", canvas_is_the_screen, 120, 2)
     shot(driver, "4-typed")
 
-    # stop, start and delete from the page
     driver.find_element(By.ID, "console-close").click()
+    driver.find_element(By.CSS_SELECTOR, f"{row} .act-log").click()
+    until("the console log in the page", lambda: tiny.READY_LINE in driver.find_element(
+        By.ID, "log").text, 60)  # fmt: skip
+
+    # stop and delete from the page
     driver.find_element(By.CSS_SELECTOR, f"{row} .act-stop").click()
     until("web1 SHUTOFF", lambda: driver.find_elements(
         By.CSS_SELECTOR, f'{row}[data-status="SHUTOFF"]'), 300)  # fmt: skip
@@ -212,3 +217,13 @@ def test_dashboard_creates_a_server_and_shows_its_console(
         By.CSS_SELECTOR, row), 300)  # fmt: skip
     shot(driver, "5-deleted")
     member.close()
+
+    # the admin's token shows the hosts too
+    driver.find_element(By.ID, "logout").click()
+    admin = json.loads((cloud.state_dir / "client.json").read_text())["token"]
+    until("the login form", lambda: driver.find_element(By.ID, "token").is_displayed(), 60)
+    driver.find_element(By.ID, "token").send_keys(admin)
+    driver.find_element(By.ID, "login-button").click()
+    until("the host in the admin's page", lambda: driver.find_elements(
+        By.CSS_SELECTOR, f'#hosts tr[data-name="{cloud.host_ns(1)}"]'), 60)  # fmt: skip
+    shot(driver, "6-admin")
