@@ -208,10 +208,13 @@ def test_dashboard_creates_a_server_and_shows_its_console(
     until("the console log in the page", lambda: tiny.READY_LINE in driver.find_element(
         By.ID, "log").text, 60)  # fmt: skip
 
-    # stop and delete from the page
+    # stop, start and delete from the page
     driver.find_element(By.CSS_SELECTOR, f"{row} .act-stop").click()
     until("web1 SHUTOFF", lambda: driver.find_elements(
         By.CSS_SELECTOR, f'{row}[data-status="SHUTOFF"]'), 300)  # fmt: skip
+    driver.find_element(By.CSS_SELECTOR, f"{row} .act-start").click()
+    until("web1 ACTIVE again", lambda: driver.find_elements(
+        By.CSS_SELECTOR, f'{row}[data-status="ACTIVE"]'), 300)  # fmt: skip
     driver.find_element(By.CSS_SELECTOR, f"{row} .act-delete").click()
     until("web1 gone from the page", lambda: not driver.find_elements(
         By.CSS_SELECTOR, row), 300)  # fmt: skip
