@@ -49,6 +49,7 @@ OWNED = {
     ("POST", "/v1/servers/{ref}/action"),
     ("GET", "/v1/servers/{ref}/console-log"),
     ("POST", "/v1/servers/{ref}/vnc"),
+    ("POST", "/v1/servers/{ref}/console-ticket"),
     ("GET", "/v1/groups/{ref}"),
     ("GET", "/v1/operations/{op_id}"),
 }

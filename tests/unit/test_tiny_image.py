@@ -134,7 +134,7 @@ def _have_inputs() -> bool:
 def test_build_is_complete_and_cached(tmp_path: Path) -> None:
     messages: list[str] = []
     built = tiny.build_tiny(tmp_path, messages.append)
-    assert built.cmdline.startswith("console=ttyS0")
+    assert "console=tty0 console=ttyS0" in built.cmdline  # ttyS0 last: /dev/console
     assert built.disk_format == "qcow2"
     for path in (built.disk, built.kernel, built.initrd):
         assert path.is_file()

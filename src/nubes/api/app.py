@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from nubes import faults, openstack, tls
-from nubes.api import errors
+from nubes.api import dashboard, errors
 from nubes.api.agent_lane import UsersFirst
 from nubes.api.bootstrap import seed_database, write_client_config
 from nubes.api.bounds import BoundedBodies
 from nubes.api.heartbeat_path import HeartbeatFirst
 from nubes.api.routes import (
     agent,
+    browser_console,
     console,
     events,
     flavors,
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         servers,
         events,
         console,
+        browser_console,
         groups,
         secgroups,
         floatingips,
@@ -128,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(agent.join_router)
     openstack.install(app)  # the OpenStack-compatible subset, on the same state
+    dashboard.install(app)  # /ui, after every API route
 
     expiring = threading.Event()
     threading.Thread(target=_expire_loop, args=(app.state.nubes, expiring), daemon=True).start()

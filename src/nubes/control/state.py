@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nubes.conf import Settings
 from nubes.control import events, generations
+from nubes.control.console_tickets import ConsoleTickets
 from nubes.control.metrics import Metrics
 from nubes.control.watch import Notifier
 from nubes.db.engine import read_only, session_factory
@@ -34,6 +35,8 @@ class AppState:
     # sessions that only read (every GET, credential checks, desired states): no write lock
     reads: sessionmaker[Session] = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
+    # one-time tickets of the browser's VNC consoles (control/console_tickets.py)
+    tickets: ConsoleTickets = field(default_factory=ConsoleTickets)
 
     def __post_init__(self) -> None:
         self.reads = session_factory(read_only(self.engine))

@@ -30,7 +30,9 @@ READY_LINE = "nubes-tiny: ready"  # printed on the serial console once the guest
 # quiet: every console byte is slow under emulation. The self-tests and zeroing of allocations
 # cost ~0.5 s of a 3 s boot and guard nothing a throwaway test guest needs. (pci=noacpi would
 # save 0.6 s more but costs SMP and MSI on q35; a PVH vmlinux boots faster but without APIC.)
-CMDLINE = "console=ttyS0 quiet cryptomgr.notests init_on_alloc=0"
+# console=tty0 too, so the VGA screen (a browser's VNC console) shows the boot; ttyS0 last, so
+# /dev/console, the shell and the ready line stay on the serial port
+CMDLINE = "console=tty0 console=ttyS0 quiet cryptomgr.notests init_on_alloc=0"
 DISK_SIZE = "64M"
 BUILDER_VERSION = "1"  # bump when the build changes in ways the inputs do not show
 
@@ -132,9 +134,11 @@ _ETC = {
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
     "etc/hosts": "127.0.0.1 localhost\n",
     "etc/profile": 'export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nexport PS1="\\h:\\w# "\n',
-    # after /init: a shell on the console (cttyhack finds ttyS0), clean unmount at poweroff
+    # after /init: a shell on the console (cttyhack takes the last console, ttyS0), a login
+    # prompt on the VGA screen (tty1), clean unmount at poweroff
     "etc/inittab": (
         "::respawn:/bin/cttyhack /bin/sh -l\n"
+        "tty1::respawn:/bin/getty 38400 tty1\n"
         "::ctrlaltdel:/sbin/reboot\n"
         "::shutdown:/bin/umount -a -r\n"
     ),

@@ -13,6 +13,15 @@ class VncAccess(BaseModel):
     websocket: str  # API path of the VNC stream (binary frames, bearer token)
 
 
+class ConsoleTicket(BaseModel):
+    """What a browser needs to open a VNC console: the WebSocket path carries only the one-time
+    ticket; the VNC password is one-time too."""
+
+    websocket: str  # API path, ticket included: good once, for expires_in seconds
+    expires_in: int
+    password: str
+
+
 class ChannelRequest(BaseModel):
     """The first line the API sends on its TLS channel to an agent (one JSON object).
 

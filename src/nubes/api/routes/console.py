@@ -61,13 +61,11 @@ async def _pump_out(ws: WebSocket, reader: asyncio.StreamReader) -> None:
         await ws.send_bytes(data)
 
 
-async def _proxy(ws: WebSocket, ref: str, kind: str) -> None:
+async def splice(ws: WebSocket, instance_id: str, ep: consoles.Endpoint, op: str) -> None:
+    """Relays an accepted websocket and the agent's `serial` or `vnc` stream until one ends."""
     state: AppState = ws.app.state.nubes
-    await ws.accept()
     try:
-        header = ws.headers.get("authorization", "")
-        instance_id, ep = await run_in_threadpool(_target, state, header, ref)
-        request = ChannelRequest(op="serial" if kind == "serial" else "vnc", instance=instance_id)
+        request = ChannelRequest(op="serial" if op == "serial" else "vnc", instance=instance_id)
         reader, writer = await consoles.open_stream(state.settings, ep, request)
     except NubesError as exc:
         await ws.close(code=4000 + exc.status, reason=exc.message[:120])
@@ -88,6 +86,18 @@ async def _proxy(ws: WebSocket, ref: str, kind: str) -> None:
             await ws.close()
 
 
+async def _proxy(ws: WebSocket, ref: str, kind: str) -> None:
+    state: AppState = ws.app.state.nubes
+    await ws.accept()
+    try:
+        header = ws.headers.get("authorization", "")
+        instance_id, ep = await run_in_threadpool(_target, state, header, ref)
+    except NubesError as exc:
+        await ws.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    await splice(ws, instance_id, ep, kind)
+
+
 @router.websocket("/{ref}/console")
 async def serial_console(websocket: WebSocket, ref: str) -> None:
     """The serial port: raw bytes both ways (binary frames). One client at a time."""
@@ -100,12 +110,8 @@ async def vnc_console(websocket: WebSocket, ref: str) -> None:
     await _proxy(websocket, ref, "vnc")
 
 
-@router.post("/{ref}/vnc")
-def vnc_password(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> VncAccess:
-    """A new one-time VNC password, valid for new connections during a minute."""
-    inst = lookup.owned(session, Instance, ref, who, "server")
-    instance_id, ep = inst.id, host_of(session, inst)
-    session.commit()  # no transaction held across the call to the host
+def set_vnc_password(state: AppState, instance_id: str, ep: consoles.Endpoint) -> str:
+    """Has the agent set a new one-time VNC password, and returns it."""
     password = secrets.token_urlsafe(6)[:8]  # VNC authentication uses 8 characters
     request = ChannelRequest(
         op="vnc-password",
@@ -115,8 +121,17 @@ def vnc_password(ref: str, session: SessionDep, who: CallerDep, state: StateDep)
         max_bytes=0,
     )
     consoles.call(state.settings, ep, request)
+    return password
+
+
+@router.post("/{ref}/vnc")
+def vnc_password(ref: str, session: SessionDep, who: CallerDep, state: StateDep) -> VncAccess:
+    """A new one-time VNC password, valid for new connections during a minute."""
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    instance_id, ep = inst.id, host_of(session, inst)
+    session.commit()  # no transaction held across the call to the host
     return VncAccess(
-        password=password,
+        password=set_vnc_password(state, instance_id, ep),
         expires_in=VNC_PASSWORD_SECONDS,
         websocket=f"/v1/servers/{instance_id}/vnc",
     )
