@@ -251,20 +251,24 @@ def network_link(cloud: LabCloud, network_id: str) -> str:
     return bridge_name(network_id)
 
 
-def ovs_rows(cloud: LabCloud, index: int = 1) -> list[Any]:
-    """The OVS ports of a host, as its agent's driver reads them (name, tag, external_ids),
-    asked of its own ovsdb-server, in its own mount namespace."""
-    from nubes.network.ovs import parse_snapshot
-
+def ovs_vsctl(cloud: LabCloud, index: int, *args: str) -> str:
+    """ovs-vsctl against the host's own ovsdb-server, in its own mount namespace."""
     host = cloud.host_ns(index)
     mounts = cloud.state_dir / "lab" / "mnt" / host
     sock = cloud.state_dir / "hosts" / host / "network" / "ovs" / "db.sock"
-    argv = [
-        "nsenter", f"--mount={mounts}", "--", "ovs-vsctl", f"--db=unix:{sock}", "-f", "json",
+    argv = ["nsenter", f"--mount={mounts}", "--", "ovs-vsctl", f"--db=unix:{sock}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def ovs_rows(cloud: LabCloud, index: int = 1) -> list[Any]:
+    """The OVS ports of a host, as its agent's driver reads them (name, tag, external_ids)."""
+    from nubes.network.ovs import parse_snapshot
+
+    out = ovs_vsctl(
+        cloud, index, "-f", "json",
         "--", "--columns=name,tag,external_ids", "list", "Port",
         "--", "--columns=name,ofport,ofport_request", "list", "Interface",
-    ]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    )  # fmt: skip
     return parse_snapshot(out)
 
 

@@ -16,7 +16,8 @@ from nubes.client import NubesClient
 from nubes.lab.lab import OUTSIDE_IP, OUTSIDE_LINE
 from nubes.network import netns, ovs_daemons
 from nubes.network.base import bridge_name
-from nubes.network.gateway import gateway_mac
+from nubes.network.gateway import gateway_mac, veth_name
+from nubes.network.ovs import tx_checksum_off
 from nubes.schemas import resources as s
 from tests.integration.capture import Capture, mentioning_macs
 from tests.integration.conftest import (
@@ -24,6 +25,8 @@ from tests.integration.conftest import (
     LabCloud,
     driver_args,
     isolation_points,
+    ovs_rows,
+    ovs_vsctl,
     start_lab,
     stop_lab,
 )
@@ -216,12 +219,11 @@ def test_egress_floating_ips_fixed_addresses_and_two_nics(lab2: LabCloud, tmp_pa
 
 
 def test_forwarded_traffic_never_reaches_the_underlay(lab2: LabCloud) -> None:
-    """A port without port security (a stand-in guest on the gateway host's bridge) sends UDP
-    to the other host's overlay port and to the outside host: the outside host gets its
-    packet through NAT, the peer's underlay carries none of the other."""
+    """A port without port security (a stand-in guest on the gateway host's bridge; on OVS a
+    port of br-int in the network's VLAN) sends UDP to the other host's overlay port and to the
+    outside host: the outside host gets its packet through NAT, the peer's underlay carries
+    none of the other."""
     cloud = lab2
-    if cloud.network_driver == "ovs":
-        pytest.skip("its stand-in guest is a port of a Linux bridge (test_ovs.py has OVS's)")
     c = cloud.client
     net = c.network("out")
     serving = net.gateway_host
@@ -229,11 +231,34 @@ def test_forwarded_traffic_never_reaches_the_underlay(lab2: LabCloud) -> None:
     index = cloud.index_of(serving)
     peer = cloud.host_ns(3 - index)
     peer_ip = next(h.address for h in c.hosts() if h.name == peer)
-    guest = f"{cloud.prefix}-ep"
+    guest, veth = f"{cloud.prefix}-ep", f"{cloud.prefix}-epv"
+    ovs = cloud.network_driver == "ovs"
     netns.attach_endpoint(
-        serving, bridge_name(net.id), guest, f"{cloud.prefix}-epv", "10.41.0.99/24"
+        serving, None if ovs else bridge_name(net.id), guest, veth, "10.41.0.99/24"
     )
     try:
+        if ovs:  # a port of the network the agent's driver did not make: trusted, as a gateway
+            tag = next(
+                r.tag for r in ovs_rows(cloud, index) if r.name == veth_name(net.id) and r.tag
+            )
+            ovs_vsctl(
+                cloud, index, "add-port", "br-int", veth, "--",
+                "set", "Port", veth, f"tag={tag}", f"external_ids:nubes-net={net.id}",
+            )  # fmt: skip
+            with netns.inside(guest):
+                tx_checksum_off("eth0")
+        # (on OVS its flows come with the agent's next pass over the network)
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["ip", "netns", "exec", guest, "ping", "-c", "1", "-W", "1", "10.41.0.1"],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            30,
+            "the stand-in guest to reach its gateway",
+        )
         subprocess.run(
             ["ip", "-n", guest, "route", "add", "default", "via", "10.41.0.1"], check=True
         )
@@ -256,6 +281,8 @@ def test_forwarded_traffic_never_reaches_the_underlay(lab2: LabCloud) -> None:
         assert any(router in f and payload in f for f in outside_frames)
         assert not any(payload in f for f in peer_frames)
     finally:
+        if ovs:
+            ovs_vsctl(cloud, index, "--if-exists", "del-port", "br-int", veth)
         subprocess.run(["ip", "netns", "delete", guest], check=False)
 
 

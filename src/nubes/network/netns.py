@@ -111,7 +111,7 @@ def _ip(*args: str) -> None:
 
 def attach_endpoint(
     host_ns: str,
-    bridge: str,
+    bridge: str | None,
     endpoint_ns: str,
     host_ifname: str,
     cidr: str | None = None,
@@ -119,13 +119,16 @@ def attach_endpoint(
     mtu: int = 1500,
 ) -> None:
     """A stand-in guest NIC: namespace endpoint_ns whose eth0 is a veth plugged into `bridge`
-    of namespace host_ns (as `host_ifname`). Delete endpoint_ns to remove it all."""
+    of namespace host_ns (as `host_ifname`; no bridge: left for the caller to plug, e.g. into
+    OVS). Delete endpoint_ns to remove it all."""
     create(endpoint_ns)
     _ip(
         "-n", check_name(host_ns), "link", "add", host_ifname, "mtu", str(mtu),
         "type", "veth", "peer", "name", "eth0", "netns", check_name(endpoint_ns),
     )  # fmt: skip
-    _ip("-n", host_ns, "link", "set", host_ifname, "master", bridge, "up")
+    if bridge is not None:
+        _ip("-n", host_ns, "link", "set", host_ifname, "master", bridge)
+    _ip("-n", host_ns, "link", "set", host_ifname, "up")
     if mac:
         _ip("-n", endpoint_ns, "link", "set", "eth0", "address", mac)
     _ip("-n", endpoint_ns, "link", "set", "eth0", "mtu", str(mtu), "up")
