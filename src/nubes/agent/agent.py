@@ -285,6 +285,8 @@ class Agent:
             info = self.hypervisor.info(want.id)
         elif running and want.reboot_gen > state.reboot_gen:
             rec.reboot(want)
+        elif running and state.cdrom and not want.cdrom:
+            rec.eject(want)
         assert info is not None or not running
         return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
 

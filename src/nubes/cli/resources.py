@@ -66,18 +66,24 @@ def image_import(
     name: str = typer.Argument(..., help="image name"),
     file: Path | None = typer.Option(None, "--file", help="local disk image file"),
     url: str | None = typer.Option(None, "--url", help="download the image from this URL"),
-    fmt: str = typer.Option("qcow2", "--format", help="qcow2 or raw (checked, not trusted)"),
+    fmt: str = typer.Option(
+        "qcow2",
+        "--format",
+        help="qcow2, raw or iso (checked, not trusted); an iso is an installer CD: its servers "
+        "boot it beside a blank disk of the flavor's size until `nubes server eject`",
+    ),
     kernel: Path | None = typer.Option(None, help="kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="initrd for direct boot"),
     cmdline: str = typer.Option("", help="kernel command line for direct boot"),
     default_user: str = typer.Option("", help="user cloud-init gives the SSH key to"),
     output: Output = OutputOpt,
 ) -> None:
-    """Import a disk image (qcow2 or raw); it is inspected and rejected if unsafe."""
+    """Import a disk image (qcow2, raw) or an installer ISO; it is inspected and rejected if
+    unsafe."""
     if bool(file) == bool(url):
         fail("give exactly one of --file or --url")
-    if fmt not in ("qcow2", "raw"):
-        fail("--format must be qcow2 or raw")
+    if fmt not in ("qcow2", "raw", "iso"):
+        fail("--format must be qcow2, raw or iso")
     if url:
         body = s.ImageCreate(name=name, disk_format=fmt, url=url, default_user=default_user)  # type: ignore[arg-type]
         with console.status(f"downloading {url}"):

@@ -229,6 +229,15 @@ def reboot(
     _action(ref, "reboot", hard, wait)
 
 
+@server_app.command("eject")
+@handle_errors
+def eject(ref: str = typer.Argument(..., help="server name or id")) -> None:
+    """Take the installer CD out of a server made from an ISO image: it boots from its disk
+    from now on (a running guest loses the CD at once and finds its disk at its next boot;
+    later starts never get the CD back)."""
+    _action(ref, "eject")
+
+
 @console_app.command("log")
 @handle_errors
 def console_log(

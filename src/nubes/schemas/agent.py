@@ -115,6 +115,8 @@ class DesiredInstance(BaseModel):
     public_keys: list[str]
     user_data: str | None
     ports: list[DesiredPort]
+    # the image (format iso) goes in a CD-ROM drive, booted first; False once ejected
+    cdrom: bool = False
 
 
 class DesiredReservation(BaseModel):

@@ -84,7 +84,8 @@ class Network(Model):
 
 class ImageCreate(Model):
     name: Name
-    disk_format: Literal["qcow2", "raw"] = "qcow2"
+    # iso: an installer CD; its servers boot it beside a blank disk (`server eject` ends that)
+    disk_format: Literal["qcow2", "raw", "iso"] = "qcow2"
     url: str | None = Field(default=None, max_length=2048)
     cmdline: str = Field(default="", max_length=1024, description="kernel command line")
     default_user: str = Field(default="", max_length=32, pattern=r"^([a-z_][a-z0-9_-]{0,31})?$")
@@ -172,10 +173,11 @@ class Server(Model):
     created_at: datetime
     launched_at: datetime | None
     ready_at: datetime | None
+    cdrom: bool = False  # an installer ISO is in its CD drive (until `server eject`)
 
 
 class ServerAction(Model):
-    action: Literal["start", "stop", "reboot"]
+    action: Literal["start", "stop", "reboot", "eject"]
     hard: bool = False
 
 
