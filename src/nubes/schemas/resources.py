@@ -176,6 +176,16 @@ class Server(Model):
     cdrom: bool = False  # an installer ISO is in its CD drive (until `server eject`)
 
 
+class Evacuation(Model):
+    """What `host evacuate` did: the host is fenced; servers moved (id -> new host) and those
+    no host had room for (id -> why; they stay, and another evacuate tries them again)."""
+
+    host: str
+    fenced: bool
+    moved: dict[str, str]
+    failed: dict[str, str]
+
+
 class ServerAction(Model):
     action: Literal["start", "stop", "reboot", "eject"]
     hard: bool = False
