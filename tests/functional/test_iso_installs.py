@@ -111,3 +111,29 @@ def test_hostile_isos_are_422_naming_file(cloud: Cloud, tmp_path: Path, kind: st
     with pytest.raises(ApiError) as err:
         upload(cloud.client, "bad", path, "iso")
     assert err.value.status == 422 and err.value.field == "file", err.value.detail
+
+
+def test_eject_after_install_boots_the_disk_after_the_installer_stops(iso_cloud: Cloud) -> None:
+    body = s.ServerCreate(
+        name="box", image="inst", flavor="m1.tiny", network="net", eject_after_install=True
+    )
+    server = iso_cloud.client.create_server(body)
+    iso_cloud.wait_status(server.id, "ACTIVE")
+    fake = iso_cloud.agents[0][0].hypervisor
+    spec = fake.spec(server.id)  # type: ignore[attr-defined]
+    assert spec.cdrom is not None and spec.cdrom_once  # QEMU runs with -no-reboot
+    boots = fake.boots(server.id)  # type: ignore[attr-defined]
+    fake.crash(server.id, "QEMU process exited")  # type: ignore[attr-defined]  # installer's end
+    iso_cloud.wait(lambda: fake.boots(server.id) > boots, what="the start from the disk")  # type: ignore[attr-defined]
+    again = iso_cloud.wait_status(server.id, "ACTIVE")
+    assert not again.cdrom and not again.fault
+    assert fake.spec(server.id).cdrom is None  # type: ignore[attr-defined]
+
+
+def test_eject_after_install_needs_an_iso(iso_cloud: Cloud) -> None:
+    body = s.ServerCreate(
+        name="web", image="img", flavor="m1.tiny", network="net", eject_after_install=True
+    )
+    with pytest.raises(ApiError) as err:
+        iso_cloud.client.create_server(body)
+    assert err.value.status == 422 and err.value.field == "eject_after_install"

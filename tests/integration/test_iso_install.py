@@ -53,6 +53,12 @@ def test_install_from_an_iso_then_eject_and_boot_the_disk(lab: LabCloud) -> None
     lab.nubes(
         "server", "create", "box", "--image", "inst", "--flavor", "m1.tiny", "--network", "net"
     )
+    # box2 ejects by itself: its installer's poweroff ends QEMU, the API ejects, the host
+    # starts it again from its disk
+    lab.nubes(
+        "server", "create", "box2", "--image", "inst", "--flavor", "m1.tiny",
+        "--network", "net", "--eject-after-install",
+    )  # fmt: skip
     c = lab.client
     assert c.server("box").cdrom
 
@@ -80,3 +86,11 @@ def test_install_from_an_iso_then_eject_and_boot_the_disk(lab: LabCloud) -> None
     wait_for(lambda: log().count(INSTALLED_MARKER) == 2, "the second boot of the disk")
     assert log().count("nubes-installer: started") == 1
     lab.nubes("server", "delete", "box")
+
+    wait_for(lambda: c.server("box2").ready_at is not None, "box2's disk to boot by itself")
+    box2 = c.server("box2")
+    text2 = c.console_log("box2")
+    assert not box2.cdrom and box2.status == "ACTIVE" and not box2.fault
+    assert text2.count("nubes-installer: started") == 1 and INSTALLER_DONE in text2
+    assert text2.count(INSTALLED_MARKER) == 1, text2[-3000:]
+    lab.nubes("server", "delete", "box2")

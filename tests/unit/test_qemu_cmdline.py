@@ -167,6 +167,13 @@ def test_an_installer_cd_boots_before_the_disk() -> None:
 def test_the_cd_is_kept_in_the_registry_record(tmp_path: Path) -> None:
     from nubes.hypervisor.qemu.registry import spec_from_dict, spec_to_dict
 
-    spec = make_spec(cdrom=tmp_path / "inst.iso")
+    spec = make_spec(cdrom=tmp_path / "inst.iso", cdrom_once=True)
     assert spec_from_dict(spec_to_dict(spec)) == spec
     assert spec_from_dict(spec_to_dict(make_spec())).cdrom is None
+
+
+def test_eject_after_install_ends_qemu_at_the_installers_reboot() -> None:
+    cd = Path("/i.iso")
+    assert build_argv(make_spec(cdrom=cd, cdrom_once=True), "tcg", "q")[-1] == "-no-reboot"
+    assert "-no-reboot" not in build_argv(make_spec(cdrom=cd), "tcg", "q")
+    assert "-no-reboot" not in build_argv(make_spec(cdrom_once=True), "tcg", "q")  # no CD

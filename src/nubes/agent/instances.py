@@ -106,6 +106,7 @@ class InstanceReconciler:
             vnc_password=state.vnc_password,
             run_as=self.guest.name,
             cdrom=cdrom,
+            cdrom_once=want.cdrom_once,
         )
 
     def seed_data(self, want: DesiredInstance) -> SeedData:

@@ -86,9 +86,16 @@ def create(
     ),
     wait: bool = typer.Option(False, help="wait until the guest is ready"),
     timeout: float = typer.Option(600, help="seconds --wait waits"),
+    eject_after_install: bool = typer.Option(
+        False,
+        help="an installer ISO's server: its installer's first reboot or poweroff ejects the "
+        "CD and boots the installed disk (else: `nubes server eject`)",
+    ),
     output: Output = OutputOpt,
 ) -> None:
-    """Create a server from an image on a network."""
+    """Create a server from an image on a network. From an installer ISO (`image import
+    --format iso`): the ISO as a CD-ROM, booted first, beside a blank disk of the flavor's
+    size; install over `nubes console`, then `nubes server eject`."""
     nics = []
     for i, item in enumerate(network):
         net, _, ip = item.partition(":")
@@ -109,6 +116,7 @@ def create(
         user_data=user_data.read_text() if user_data else None,
         host=host,
         group=group,
+        eject_after_install=eject_after_install,
     )
     c = client()
     if explain:

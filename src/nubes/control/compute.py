@@ -173,6 +173,11 @@ def _validate(
     sec = secgroups.for_create(session, body.security_groups, who)
     key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
     group = lookup.owned(session, ServerGroup, body.group, who, "group") if body.group else None
+    if body.eject_after_install and image.disk_format != ISO_FORMAT:
+        raise InvalidInput(
+            "eject_after_install: only a server of an installer ISO has a CD to eject",
+            field="eject_after_install",
+        )
     # an installer CD is not copied to the disk: the flavor's disk is blank whatever its size
     if image.disk_format != ISO_FORMAT and image.virtual_size > flavor.disk_gb * GIB:
         raise InvalidInput(
@@ -247,6 +252,7 @@ def _place(
         key_name=r.key.name if r.key else "",
         public_key=r.key.public_key if r.key else "",
         user_data=body.user_data or "",
+        eject_after_install=body.eject_after_install,
     )
     req = _request(session, body, r, lock=True)
     host, row = schedule(session.connection(), req, settings, values)

@@ -80,6 +80,7 @@ def _instance(inst: Instance, image: Image, ports: list[a.DesiredPort]) -> a.Des
         user_data=inst.user_data or None,
         ports=ports,
         cdrom=image.disk_format == ISO_FORMAT and not inst.cdrom_ejected,
+        cdrom_once=inst.eject_after_install,
     )
 
 

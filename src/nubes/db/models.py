@@ -230,6 +230,10 @@ class Instance(Base):
     group_id: Mapped[str | None] = mapped_column(ForeignKey("server_groups.id"), nullable=True)
     # a server of an installer ISO boots the CD until `server eject` (then its disk, for good)
     cdrom_ejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # ... or until its installer first reboots or powers off (api/routes/agent.py ejects it)
+    eject_after_install: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class ServerGroup(Base):

@@ -51,6 +51,8 @@ class InstanceSpec:
     vnc_password: str = ""
     run_as: str = ""  # unprivileged user for QEMU ("" = same user as the agent)
     cdrom: Path | None = None  # an installer ISO: booted first, before the disk
+    # with cdrom: a guest reboot ends QEMU (-no-reboot), seen as the installer's end
+    cdrom_once: bool = False
 
 
 @dataclass(frozen=True)

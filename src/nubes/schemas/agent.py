@@ -117,6 +117,7 @@ class DesiredInstance(BaseModel):
     ports: list[DesiredPort]
     # the image (format iso) goes in a CD-ROM drive, booted first; False once ejected
     cdrom: bool = False
+    cdrom_once: bool = False  # the installer's reboot ends QEMU, so the API can eject the CD
 
 
 class DesiredReservation(BaseModel):

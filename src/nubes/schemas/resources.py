@@ -146,6 +146,11 @@ class ServerCreate(Model):
     user_data: str | None = Field(default=None, max_length=65536)
     host: str | None = Field(default=None, max_length=64, description="admin only")
     group: str | None = Field(default=None, max_length=64, description="server group")
+    eject_after_install: bool = Field(
+        default=False,
+        description="installer ISOs: the installer's first reboot or poweroff ejects the CD "
+        "and boots the disk",
+    )
 
 
 class ServerNic(Model):

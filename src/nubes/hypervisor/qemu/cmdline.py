@@ -208,6 +208,10 @@ def build_argv(spec: InstanceSpec, accel: str, qemu_binary: str) -> list[str]:
         argv += _nic(index, nic)
     argv += ["-device", "virtio-rng-pci"]  # guest entropy (sshd host keys at first boot)
     argv += _boot(spec)
+    if spec.cdrom is not None and spec.cdrom_once:
+        # the installer's reboot ends QEMU like a poweroff: the API then ejects the CD and
+        # starts the server again, from its disk
+        argv += ["-no-reboot"]
     if spec.run_as:
         # elevateprivileges must stay "allow": -runas calls setuid after the filter is
         # installed, and "deny" kills QEMU with "Bad system call".

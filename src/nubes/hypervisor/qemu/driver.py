@@ -229,7 +229,7 @@ class QemuDriver(HypervisorDriver):
                 except MonitorError as exc:
                     raise DriverError(f"cannot eject the CD: {exc}") from exc
             # a soft reboot starts a new QEMU from the record: without the CD from now on
-            record.spec = dataclasses.replace(record.spec, cdrom=None)
+            record.spec = dataclasses.replace(record.spec, cdrom=None, cdrom_once=False)
             self.registry.save(record)
 
     # -- internals ----------------------------------------------------------------------------
