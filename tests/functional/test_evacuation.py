@@ -69,6 +69,7 @@ def test_a_down_host_is_fenced_and_its_servers_come_up_elsewhere_once(make_cloud
     assert after.addresses == before.addresses and after.nics == before.nics  # same port
     host1 = next(h for h in cloud.client.hosts() if h.name == "host1")
     assert not host1.enabled and host1.instances == 0 and host1.used_ram_mb == 0
+    assert host1.fenced and not next(h for h in cloud.client.hosts() if h.name == "host2").fenced
 
     # the fenced credential: 401 with the type that tells the agent, for every request
     with NubesClient(cloud.url, cloud.credentials["host1"]) as fenced:

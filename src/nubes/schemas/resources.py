@@ -216,6 +216,7 @@ class Host(Model):
     agent_version: str = ""
     network_driver: str = ""  # linuxbridge | ovs
     overlays: str = ""  # comma-separated: what its networks can use
+    fenced: bool = False  # evacuated: its credential authorizes nothing (`host evacuate`)
 
 
 class OperationStep(Model):
