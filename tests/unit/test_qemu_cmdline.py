@@ -177,3 +177,9 @@ def test_eject_after_install_ends_qemu_at_the_installers_reboot() -> None:
     assert build_argv(make_spec(cdrom=cd, cdrom_once=True), "tcg", "q")[-1] == "-no-reboot"
     assert "-no-reboot" not in build_argv(make_spec(cdrom=cd), "tcg", "q")
     assert "-no-reboot" not in build_argv(make_spec(cdrom_once=True), "tcg", "q")  # no CD
+
+
+def test_with_a_kernel_the_cd_is_only_a_drive() -> None:
+    spec = make_spec(cdrom=Path("/i.iso"), boot=BootSpec(kernel=Path("/k")))
+    argv = build_argv(spec, "tcg", "q")
+    assert "ide-cd,drive=cd0,id=cdrom0" in argv  # -kernel's boot ROM has bootindex 0

@@ -159,9 +159,11 @@ def _disks(spec: InstanceSpec) -> list[str]:
     if spec.cdrom is not None:
         # An installer CD on the q35's AHCI, booted before the disk (bootindex 0, then 1);
         # raw bytes, read-only: nothing probes or writes it. `eject` removes it by its id.
+        # With -kernel, QEMU's own boot ROM holds bootindex 0: the CD is then only a drive.
+        first = ",bootindex=0" if spec.boot.kernel is None else ""
         argv += [
             "-drive", f"file={_esc(spec.cdrom)},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
-            "-device", f"ide-cd,drive=cd0,id={CDROM_DEVICE},bootindex=0",
+            "-device", f"ide-cd,drive=cd0,id={CDROM_DEVICE}{first}",
         ]  # fmt: skip
     if spec.seed is not None:
         # The guest finds its NoCloud seed as a read-only virtio disk labelled cidata.
