@@ -123,10 +123,11 @@ def evacuate(
 ) -> None:
     """Rebuild the servers of a host that is down on other hosts (admin).
 
-    The host is fenced first: its credential stops working, and its agent, if it ever comes
-    back, destroys its own copies of the servers instead of running them. Each server is
-    rebuilt elsewhere from its image with the same id, ports and addresses: THE DATA ON ITS
-    DISK IS LOST (the disk stayed on the dead host). Refused (409) while the host is up."""
+    The host is fenced first: its credential stops working, and its agent,
+    if it ever comes back, destroys its copies of the servers instead of
+    running them. Each server is rebuilt elsewhere from its image with the
+    same id, ports and addresses: THE DATA ON ITS DISK IS LOST (the disk
+    stayed on the dead host). Refused (409) while the host is up."""
     if not yes:
         fail(
             f"evacuating {ref} rebuilds its servers from their images: the data on their "
