@@ -6,6 +6,7 @@ from __future__ import annotations
 class NubesError(Exception):
     status = 500
     title = "Internal error"
+    type = "about:blank"  # the problem's type: a URI a client may act on
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -40,6 +41,17 @@ class NoValidHost(Conflict):
 class Unauthorized(NubesError):
     status = 401
     title = "Unauthorized"
+
+
+# the problem type a fenced host's credential is answered with: its agent destroys its guests
+HOST_FENCED = "urn:nubes:problem:host-fenced"
+
+
+class HostFenced(Unauthorized):
+    """A host's credential after `host evacuate`: its servers run elsewhere now."""
+
+    title = "Host fenced"
+    type = HOST_FENCED
 
 
 class Forbidden(NubesError):

@@ -34,6 +34,7 @@ ADMIN_ONLY = {
     ("DELETE", "/v1/hosts/{ref}"),
     ("POST", "/v1/hosts/{ref}/disable"),
     ("POST", "/v1/hosts/{ref}/enable"),
+    ("POST", "/v1/hosts/{ref}/evacuate"),
     ("GET", "/v1/projects"),
     ("POST", "/v1/projects"),
     ("GET", "/v1/gc"),

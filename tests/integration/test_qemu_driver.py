@@ -207,3 +207,32 @@ def test_run_as_unprivileged_user_with_seed(
     assert driver.info(spec.id).state is PowerState.RUNNING
     driver.destroy(spec.id)
     assert guest_pids(spec.id) == []
+
+
+def test_eject_takes_the_cd_out_of_a_running_guest_and_its_restarts(
+    driver: QemuDriver, make_spec: Callable[..., InstanceSpec], tmp_path: Path
+) -> None:
+    iso = tmp_path / "cd.iso"
+    subprocess.run(  # noqa: S603
+        ["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), str(Path(__file__).parent)],
+        check=True,
+        capture_output=True,
+    )
+    spec = make_spec(cdrom=iso)
+    driver.spawn(spec)
+    monitor = Monitor(RuntimePaths(spec.instance_dir).qmp_sock)
+
+    def cd_inserted() -> bool:
+        blocks = monitor._call("query-block")
+        assert isinstance(blocks, list)
+        cd = next(b for b in blocks if b.get("qdev", "").endswith("cdrom0"))
+        return "inserted" in cd
+
+    assert cd_inserted()
+    driver.eject_cdrom(spec.id)
+    assert not cd_inserted()  # the same QEMU, the medium gone: its next boot finds the disk
+    driver.eject_cdrom(spec.id)  # idempotent
+    record = driver.registry.load(spec.id)
+    assert record is not None and record.spec.cdrom is None  # soft reboots start without it
+    driver.destroy(spec.id)
+    assert guest_pids(spec.id) == []

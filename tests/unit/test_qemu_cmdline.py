@@ -145,3 +145,41 @@ def test_the_guest_id_is_read_back_from_a_command_line() -> None:
     assert guest_id(build_argv(spec, "tcg", "qemu-system-x86_64")) == spec.id
     assert guest_id(["qemu-system-x86_64", "-name", "guest=../x,debug-threads=on"]) is None
     assert guest_id(["sleep", "guest=i-1,debug-threads=on"]) is None  # not after -name
+
+
+def test_an_installer_cd_boots_before_the_disk() -> None:
+    spec = make_spec(vcpus=1, ram_mb=256, cdrom=Path("/var/lib/nubes/images/inst,1.iso"))
+    assert build_argv(spec, "tcg", "qemu") == [
+        "qemu",
+        "-name", "guest=i-1,debug-threads=on",
+        "-machine", "q35,accel=tcg",
+        "-cpu", "max",
+        "-smp", "1",
+        "-m", "256",
+        *COMMON_HEAD,
+        "-drive",
+        "file=/var/lib/nubes/images/inst,,1.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+        "-device", "ide-cd,drive=cd0,id=cdrom0,bootindex=0",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+
+
+def test_the_cd_is_kept_in_the_registry_record(tmp_path: Path) -> None:
+    from nubes.hypervisor.qemu.registry import spec_from_dict, spec_to_dict
+
+    spec = make_spec(cdrom=tmp_path / "inst.iso", cdrom_once=True)
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert spec_from_dict(spec_to_dict(make_spec())).cdrom is None
+
+
+def test_eject_after_install_ends_qemu_at_the_installers_reboot() -> None:
+    cd = Path("/i.iso")
+    assert build_argv(make_spec(cdrom=cd, cdrom_once=True), "tcg", "q")[-1] == "-no-reboot"
+    assert "-no-reboot" not in build_argv(make_spec(cdrom=cd), "tcg", "q")
+    assert "-no-reboot" not in build_argv(make_spec(cdrom_once=True), "tcg", "q")  # no CD
+
+
+def test_with_a_kernel_the_cd_is_only_a_drive() -> None:
+    spec = make_spec(cdrom=Path("/i.iso"), boot=BootSpec(kernel=Path("/k")))
+    argv = build_argv(spec, "tcg", "q")
+    assert "ide-cd,drive=cd0,id=cdrom0" in argv  # -kernel's boot ROM has bootindex 0

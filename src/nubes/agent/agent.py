@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nubes
-from nubes.agent import cloud
+from nubes.agent import cloud, fencing
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import HostLayout, Loaded
 from nubes.agent.metadata import metadata_table
@@ -95,6 +95,7 @@ class Agent:
     metadata: MetadataService = field(default_factory=MetadataService)
     metadata_server: MetadataServer | None = None  # None: answers only in-process (tests)
     console_port: int = 0  # where consoles are served to the API (agent/consoles.py); 0: not
+    fenced: bool = False  # the API said this host is fenced (agent/fencing.py)
     _latest: DesiredState | None = None  # the long-poll's last answer
     _fresh: threading.Event = field(default_factory=threading.Event)
 
@@ -129,6 +130,7 @@ class Agent:
                 self.client.heartbeat(self.host_id)
             except ApiError as exc:
                 log.warning("heartbeat failed: %s", exc.detail)
+                self.heard(exc, stop)
 
     def poll_loop(self, stop: threading.Event) -> None:
         """Long-poll the desired state: the API answers when this host's generation moves (or
@@ -144,6 +146,7 @@ class Agent:
                 desired = self.client.desired(self.host_id, since, wait)
             except ApiError as exc:
                 log.warning("cannot read desired state: %s", exc.detail)
+                self.heard(exc, stop)
                 stop.wait(self.settings.sync_interval)
                 continue
             except Exception:  # this thread must outlive anything: the passes depend on it
@@ -155,6 +158,23 @@ class Agent:
             since, fetched = desired.generation, time.monotonic()
             self._latest = desired
             self._fresh.set()
+
+    def heard(self, exc: ApiError, stop: threading.Event) -> bool:
+        """True when exc says this host is fenced: the agent stops, and its loop destroys
+        every guest (agent/fencing.py)."""
+        if not fencing.is_fenced(exc):
+            return False
+        if not self.fenced:
+            log.error("this host is fenced: %s; destroying its guests and stopping", exc.detail)
+        self.fenced = True
+        stop.set()
+        self.wake()
+        return True
+
+    def destroy_everything(self) -> list[str]:
+        return fencing.destroy_everything(
+            self.hypervisor, self.network, self.layout, self.instances
+        )
 
     def wake(self) -> None:
         """Start the next pass now (or notice a stop now)."""
@@ -170,7 +190,7 @@ class Agent:
             self._fresh.wait(self.settings.sync_interval)
             self._fresh.clear()
             desired = self._latest
-            if desired is None or stop.is_set():
+            if desired is None or stop.is_set() or self.fenced:
                 continue
             report = self.converge(desired)
             # only what is news: a report that changed, or a new desired state whose statuses
@@ -189,6 +209,9 @@ class Agent:
                 last, reported = (desired.generation, report), time.monotonic()
             except ApiError as exc:
                 log.warning("report failed: %s", exc.detail)
+                self.heard(exc, stop)
+        if self.fenced:  # here, in the loop's own thread: no pass can run beside it
+            self.destroy_everything()
         if self.metadata_server is not None:
             self.metadata_server.close()
 
@@ -285,6 +308,8 @@ class Agent:
             info = self.hypervisor.info(want.id)
         elif running and want.reboot_gen > state.reboot_gen:
             rec.reboot(want)
+        elif running and state.cdrom and not want.cdrom:
+            rec.eject(want)
         assert info is not None or not running
         return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
 

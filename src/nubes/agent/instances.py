@@ -27,6 +27,7 @@ from nubes.network.base import NetworkDriver, PortSpec, bridge_name, tap_name
 from nubes.network.secgroups import Rule
 from nubes.schemas.agent import DesiredInstance, ObservedInstance, StepDone
 from nubes.storage import consolelog, disks
+from nubes.storage.images import ISO_FORMAT
 from nubes.storage.seed import SeedData, SeedNic, write_seed
 
 log = logging.getLogger("nubes.agent")
@@ -86,6 +87,10 @@ class InstanceReconciler:
                 )
                 self.guest.share(initrd, 0o640)
             boot = BootSpec(kernel=kernel, initrd=initrd, cmdline=want.image_cmdline)
+        cdrom = None
+        if want.cdrom:
+            cdrom = self.images.ensure(want.image_id, "file", ISO_FORMAT, want.image_sha256)
+            self.guest.share(cdrom, 0o640)
         return InstanceSpec(
             id=want.id,
             vcpus=want.vcpus,
@@ -100,6 +105,8 @@ class InstanceReconciler:
             boot=boot,
             vnc_password=state.vnc_password,
             run_as=self.guest.name,
+            cdrom=cdrom,
+            cdrom_once=want.cdrom_once,
         )
 
     def seed_data(self, want: DesiredInstance) -> SeedData:
@@ -135,14 +142,17 @@ class InstanceReconciler:
             base = self.images.ensure(want.image_id, "file", want.image_format, want.image_sha256)
             self.guest.share(base, 0o640)  # read-only for guests: shared by all their overlays
             done.append(_stamp("image"))
-            disks.create_overlay(
-                base,
-                want.image_format,
-                self.layout.disk(want.id),
-                want.disk_gb,
-                want.image_virtual_size or None,
-                template=True,  # the cache's images are never written or replaced
-            )
+            if want.image_format == ISO_FORMAT:  # an installer CD installs onto a blank disk
+                disks.create_blank(self.layout.disk(want.id), want.disk_gb)
+            else:
+                disks.create_overlay(
+                    base,
+                    want.image_format,
+                    self.layout.disk(want.id),
+                    want.disk_gb,
+                    want.image_virtual_size or None,
+                    template=True,  # the cache's images are never written or replaced
+                )
             revert.add("disk", lambda: disks.delete_disk(self.layout.disk(want.id)))
             self.guest.own(self.layout.disk(want.id), 0o600)
             self._step(done, "disk")
@@ -175,8 +185,9 @@ class InstanceReconciler:
         state.ready = False
         state.reboot_gen = want.reboot_gen
         self.layout.save_state(want.id, state)
-        self.hypervisor.spawn(self.spec(want, state))
-        state.running_expected = True
+        spec = self.spec(want, state)
+        self.hypervisor.spawn(spec)
+        state.running_expected, state.cdrom = True, spec.cdrom is not None
         self.layout.save_state(want.id, state)
 
     def start(self, want: DesiredInstance) -> None:
@@ -202,6 +213,14 @@ class InstanceReconciler:
         state.ready, state.reboot_gen, state.fault = False, want.reboot_gen, ""
         self.layout.save_state(want.id, state)
         self.hypervisor.reboot(want.id, hard=want.hard_reboot)
+
+    def eject(self, want: DesiredInstance) -> None:
+        """The user ejected the CD of a running guest: out of its drive now, so its next boot
+        (a reboot by the installer) finds the disk."""
+        self.hypervisor.eject_cdrom(want.id)
+        state = self.layout.load_state(want.id).state
+        state.cdrom = False
+        self.layout.save_state(want.id, state)
 
     def keep(self, want: DesiredInstance, loaded: Loaded, damage: str, running: bool) -> str:
         """An instance whose record is damaged keeps its disk, whatever the record says: the

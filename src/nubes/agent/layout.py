@@ -19,6 +19,7 @@ class LocalState:
     vnc_password: str = ""
     running_expected: bool = False  # we started it and did not stop it
     fault: str = ""  # what the agent repaired, reported until the user next acts on it
+    cdrom: bool = False  # the running QEMU was started with the installer CD
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ def register_until_up(
             agent.register()
             return True
         except ApiError as exc:
+            if agent.heard(exc, stop):  # before any pass: nothing runs beside the teardown
+                agent.destroy_everything()
+                return False
             log.warning("cannot register yet: %s", exc.detail)
             stop.wait(1.0)
     return False

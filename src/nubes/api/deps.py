@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, Caller, hash_token
 from nubes.control.state import AppState
-from nubes.db.models import HostCredential, Token
-from nubes.errors import Forbidden, Unauthorized
+from nubes.db.models import Host, HostCredential, Token
+from nubes.errors import Forbidden, HostFenced, Unauthorized
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a sync one in the threadpool, a
@@ -41,12 +41,16 @@ def authenticate(state: AppState, header: str) -> Caller:
     token = token.strip()
     with state.reads() as session:
         if token.startswith(HOST_CREDENTIAL_PREFIX):
-            cred = session.scalar(
-                select(HostCredential).where(HostCredential.secret_sha256 == hash_token(token))
-            )
-            if cred is None:
+            found = session.execute(
+                select(HostCredential.host_id, Host.fenced_at)
+                .join(Host, Host.id == HostCredential.host_id)
+                .where(HostCredential.secret_sha256 == hash_token(token))
+            ).first()
+            if found is None:
                 raise Unauthorized("invalid or revoked host credential")
-            return Caller(project_id="", role="host", host_id=cred.host_id)
+            if found.fenced_at is not None:  # kept, to tell its agent why: see HostFenced
+                raise HostFenced("this host is fenced (evacuated): destroy its guests")
+            return Caller(project_id="", role="host", host_id=found.host_id)
         row = session.scalar(select(Token).where(Token.token_sha256 == hash_token(token)))
         if row is None:
             raise Unauthorized("invalid token")

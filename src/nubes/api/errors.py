@@ -19,8 +19,10 @@ log = logging.getLogger("nubes.api")
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+def problem(
+    status: int, title: str, detail: str, field: str | None = None, kind: str = "about:blank"
+) -> JSONResponse:
+    body: dict[str, object] = {"type": kind, "title": title, "status": status}
     body["detail"] = detail
     if field:
         body["field"] = field
@@ -54,7 +56,7 @@ def install(app: FastAPI) -> None:
         detail = redact.for_caller(getattr(request.state, "caller", None), exc.message)
         if detail != exc.message:
             log.info("answered %d with a redacted detail: %s", exc.status, exc.message)
-        return problem(exc.status, exc.title, detail, exc.field)
+        return problem(exc.status, exc.title, detail, exc.field, exc.type)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -117,6 +117,32 @@ def remove(
     console.print(f"host {ref} removed; its credential is revoked")
 
 
+def evacuate(
+    ref: str = typer.Argument(..., help="host name or id; it must be down (no heartbeat)"),
+    yes: bool = typer.Option(False, "--yes", help="yes, lose the data of its servers' disks"),
+) -> None:
+    """Rebuild the servers of a host that is down on other hosts (admin).
+
+    The host is fenced first: its credential stops working, and its agent,
+    if it ever comes back, destroys its copies of the servers instead of
+    running them. Each server is rebuilt elsewhere from its image with the
+    same id, ports and addresses: THE DATA ON ITS DISK IS LOST (the disk
+    stayed on the dead host). Refused (409) while the host is up."""
+    if not yes:
+        fail(
+            f"evacuating {ref} rebuilds its servers from their images: the data on their "
+            "disks is lost, and the host is fenced for good. Run again with --yes to do it."
+        )
+    done = client().evacuate_host(ref)
+    console.print(f"host {done.host} fenced: its credential is refused from now on")
+    for server, host in sorted(done.moved.items()):
+        console.print(f"server {server}: rebuilding on {host}")
+    for server, why in sorted(done.failed.items()):
+        console.print(f"server {server}: NOT moved ({why}); evacuate again to retry")
+    if done.failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     token_app = typer.Typer(
         help="One-time tokens that let a new machine join.", no_args_is_help=True
@@ -125,3 +151,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.command("join")(handle_errors(join))
     app.command("remove")(handle_errors(remove))
+    app.command("evacuate")(handle_errors(evacuate))

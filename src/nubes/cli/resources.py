@@ -66,25 +66,40 @@ def image_import(
     name: str = typer.Argument(..., help="image name"),
     file: Path | None = typer.Option(None, "--file", help="local disk image file"),
     url: str | None = typer.Option(None, "--url", help="download the image from this URL"),
-    fmt: str = typer.Option("qcow2", "--format", help="qcow2 or raw (checked, not trusted)"),
+    fmt: str = typer.Option(
+        "qcow2",
+        "--format",
+        help="qcow2, raw or iso (checked, not trusted); an iso is an installer CD: its servers "
+        "boot it beside a blank disk of the flavor's size until `nubes server eject`",
+    ),
     kernel: Path | None = typer.Option(None, help="kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="initrd for direct boot"),
     cmdline: str = typer.Option("", help="kernel command line for direct boot"),
     default_user: str = typer.Option("", help="user cloud-init gives the SSH key to"),
+    ready_pattern: str = typer.Option(
+        "", help="a line the guest prints on its serial console once it is up (`ready`)"
+    ),
     output: Output = OutputOpt,
 ) -> None:
-    """Import a disk image (qcow2 or raw); it is inspected and rejected if unsafe."""
+    """Import a disk image (qcow2, raw) or an installer ISO; it is inspected and rejected if
+    unsafe."""
     if bool(file) == bool(url):
         fail("give exactly one of --file or --url")
-    if fmt not in ("qcow2", "raw"):
-        fail("--format must be qcow2 or raw")
+    if fmt not in ("qcow2", "raw", "iso"):
+        fail("--format must be qcow2, raw or iso")
     if url:
-        body = s.ImageCreate(name=name, disk_format=fmt, url=url, default_user=default_user)  # type: ignore[arg-type]
+        body = s.ImageCreate(
+            name=name,
+            disk_format=fmt,  # type: ignore[arg-type]
+            url=url,
+            default_user=default_user,
+            ready_pattern=ready_pattern,
+        )
         with console.status(f"downloading {url}"):
             image = client().create_image(body)
     else:
         assert file is not None
-        image = upload_image(name, file, fmt, kernel, initrd, cmdline, "", default_user)
+        image = upload_image(name, file, fmt, kernel, initrd, cmdline, ready_pattern, default_user)
     show(image, IMAGE_COLS, output)
 
 

@@ -86,9 +86,16 @@ def create(
     ),
     wait: bool = typer.Option(False, help="wait until the guest is ready"),
     timeout: float = typer.Option(600, help="seconds --wait waits"),
+    eject_after_install: bool = typer.Option(
+        False,
+        help="an installer ISO's server: its installer's first reboot or poweroff ejects the "
+        "CD and boots the installed disk (else: `nubes server eject`)",
+    ),
     output: Output = OutputOpt,
 ) -> None:
-    """Create a server from an image on a network."""
+    """Create a server from an image on a network. From an installer ISO (`image import
+    --format iso`): the ISO as a CD-ROM, booted first, beside a blank disk of the flavor's
+    size; install over `nubes console`, then `nubes server eject`."""
     nics = []
     for i, item in enumerate(network):
         net, _, ip = item.partition(":")
@@ -109,6 +116,7 @@ def create(
         user_data=user_data.read_text() if user_data else None,
         host=host,
         group=group,
+        eject_after_install=eject_after_install,
     )
     c = client()
     if explain:
@@ -227,6 +235,15 @@ def reboot(
 ) -> None:
     """Reboot a server."""
     _action(ref, "reboot", hard, wait)
+
+
+@server_app.command("eject")
+@handle_errors
+def eject(ref: str = typer.Argument(..., help="server name or id")) -> None:
+    """Take the installer CD out of a server made from an ISO image: it boots from its disk
+    from now on (a running guest loses the CD at once and finds its disk at its next boot;
+    later starts never get the CD back)."""
+    _action(ref, "eject")
 
 
 @console_app.command("log")

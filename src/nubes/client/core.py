@@ -25,11 +25,14 @@ M = TypeVar("M", bound=BaseModel)
 class ApiError(Exception):
     """An error answer from the API (or no answer at all: status 0)."""
 
-    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, field: str | None = None, kind: str = "about:blank"
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.field = field
+        self.type = kind  # the problem's type (errors.HOST_FENCED: this host is fenced)
 
 
 def fetch_pinned_ca(url: str, fingerprint: str, timeout: float = 30.0) -> bytes:
@@ -327,6 +330,9 @@ class NubesClient:
     def remove_host(self, ref: str, force: bool = False) -> None:
         self.request("DELETE", f"/v1/hosts/{ref}", params={"force": force})
 
+    def evacuate_host(self, ref: str) -> s.Evacuation:
+        return self._post(f"/v1/hosts/{ref}/evacuate", s.Evacuation, {})
+
     def set_host_enabled(self, ref: str, enabled: bool) -> s.Host:
         return self._post(f"/v1/hosts/{ref}/{'enable' if enabled else 'disable'}", s.Host, {})
 
@@ -397,6 +403,9 @@ class NubesClient:
 def _error(resp: httpx.Response) -> ApiError:
     try:
         body = resp.json()
-        return ApiError(resp.status_code, str(body.get("detail", resp.text)), body.get("field"))
+        kind = str(body.get("type") or "about:blank")
+        return ApiError(
+            resp.status_code, str(body.get("detail", resp.text)), body.get("field"), kind
+        )
     except (ValueError, AttributeError):
         return ApiError(resp.status_code, resp.text or resp.reason_phrase)

@@ -47,6 +47,7 @@ from nubes.scheduler.filters import DEFAULT_FILTERS, HostState, Request
 from nubes.scheduler.placement import claim, group_state, release
 from nubes.scheduler.weighers import weighers_for
 from nubes.schemas import resources as s
+from nubes.storage.images import ISO_FORMAT
 
 log = logging.getLogger("nubes.api")
 GIB = 1024**3
@@ -140,6 +141,7 @@ def _wire(
         created_at=inst.created_at,
         launched_at=inst.launched_at,
         ready_at=inst.ready_at,
+        cdrom=bool(image and image.disk_format == ISO_FORMAT and not inst.cdrom_ejected),
     )
 
 
@@ -171,7 +173,13 @@ def _validate(
     sec = secgroups.for_create(session, body.security_groups, who)
     key = lookup.owned(session, Keypair, body.key_name, who, "key_name") if body.key_name else None
     group = lookup.owned(session, ServerGroup, body.group, who, "group") if body.group else None
-    if image.virtual_size > flavor.disk_gb * GIB:
+    if body.eject_after_install and image.disk_format != ISO_FORMAT:
+        raise InvalidInput(
+            "eject_after_install: only a server of an installer ISO has a CD to eject",
+            field="eject_after_install",
+        )
+    # an installer CD is not copied to the disk: the flavor's disk is blank whatever its size
+    if image.disk_format != ISO_FORMAT and image.virtual_size > flavor.disk_gb * GIB:
         raise InvalidInput(
             f"flavor: {flavor.name} has {flavor.disk_gb} GiB of disk, the image needs "
             f"{-(-image.virtual_size // GIB)} GiB",
@@ -244,6 +252,7 @@ def _place(
         key_name=r.key.name if r.key else "",
         public_key=r.key.public_key if r.key else "",
         user_data=body.user_data or "",
+        eject_after_install=body.eject_after_install,
     )
     req = _request(session, body, r, lock=True)
     host, row = schedule(session.connection(), req, settings, values)
@@ -390,6 +399,8 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
     """The server as the action leaves it (read before the commit, as `request_delete`)."""
     if inst.desired_state == "deleted":
         raise Conflict("server is being deleted")
+    if body.action == "eject":
+        return _eject(state, session, inst)
     if body.action == "start":
         if inst.status == "ACTIVE" and inst.desired_state == "running":
             raise Conflict("server is already running")
@@ -408,4 +419,19 @@ def act(state: AppState, session: Session, inst: Instance, body: s.ServerAction)
     generations.instance_changed(session, inst)
     answer = to_wire(session, inst, state.settings.host_down_after)
     session.commit()  # wakes its host's long-poll (control/generations.py)
+    return answer
+
+
+def _eject(state: AppState, session: Session, inst: Instance) -> s.Server:
+    """From now on the server boots its disk: the CD leaves a running guest's drive at once and
+    is not given to any later start. No operation: nothing for the host to report back."""
+    image = session.get(Image, inst.image_id)
+    if image is None or image.disk_format != ISO_FORMAT:
+        raise Conflict("server has no CD: its image is not an installer ISO", field="action")
+    if inst.cdrom_ejected:
+        raise Conflict("server's CD is already ejected", field="action")
+    inst.cdrom_ejected = True
+    generations.instance_changed(session, inst)
+    answer = to_wire(session, inst, state.settings.host_down_after)
+    session.commit()
     return answer

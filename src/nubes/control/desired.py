@@ -16,6 +16,7 @@ from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
 from nubes.schemas import agent as a
+from nubes.storage.images import ISO_FORMAT
 
 CLOUD_ID = "cloud_id"  # meta row: this cloud's random id, made at bootstrap
 GC_REQUEST = "gc_request"  # meta row: bumped by each `nubes gc` that removes leftovers
@@ -78,6 +79,8 @@ def _instance(inst: Instance, image: Image, ports: list[a.DesiredPort]) -> a.Des
         public_keys=[inst.public_key] if inst.public_key else [],
         user_data=inst.user_data or None,
         ports=ports,
+        cdrom=image.disk_format == ISO_FORMAT and not inst.cdrom_ejected,
+        cdrom_once=inst.eject_after_install,
     )
 
 

@@ -30,9 +30,9 @@ def beat_own_hosts(engine: Engine, beats: dict[str, str]) -> set[str]:
     of, and returns, the hosts whose credential that is; the others are left to the route."""
     with engine.begin() as conn:
         owned = conn.execute(
-            select(HostCredential.host_id, HostCredential.secret_sha256).where(
-                HostCredential.host_id.in_(list(beats))
-            )
+            select(HostCredential.host_id, HostCredential.secret_sha256)
+            .join(Host, Host.id == HostCredential.host_id)
+            .where(HostCredential.host_id.in_(list(beats)), Host.fenced_at.is_(None))
         )
         good = {host for host, sha in owned if beats.get(host) == sha}
         if good:

@@ -92,6 +92,14 @@ def rotate(session: Session, host: Host) -> str:
 def remove(session: Session, host: Host, force: bool) -> None:
     """Revoke the host's credentials and forget it. Refused while it has servers, unless
     forced: then those servers go to ERROR, on no host, and can only be deleted."""
+    if host.fenced_at is not None and not force:
+        # its kept credential is how its agent, if it comes back, learns to destroy its stale
+        # guests (agent/fencing.py); once forgotten, that agent would hear a plain 401
+        raise Conflict(
+            f"host {host.name!r} is fenced: keep it so that its agent, if the machine comes "
+            "back, destroys its stale guests; use --force once the machine is wiped or gone",
+            field="host",
+        )
     generations.bump_after_commit(session, generations.neighbours(session, host.id))
     live = list(
         session.scalars(

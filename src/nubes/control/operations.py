@@ -19,6 +19,7 @@ DONE_WHEN = {
     "reboot": "ACTIVE",
     "stop": "SHUTOFF",
     "delete": "DELETED",
+    "evacuate": "ACTIVE",
 }
 
 

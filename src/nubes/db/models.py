@@ -92,6 +92,8 @@ class Host(Base):
     console_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # the IPv4 networks it has addresses in, as it registered them (comma-separated)
     networks: Mapped[str] = mapped_column(String(2048), default="", server_default="")
+    # set by `host evacuate`: its credential authorizes nothing from then on (api/deps.py)
+    fenced_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 # The scheduler's order (free RAM at RAM ratio 1, then name), one index per weigher: the
@@ -226,6 +228,12 @@ class Instance(Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     group_id: Mapped[str | None] = mapped_column(ForeignKey("server_groups.id"), nullable=True)
+    # a server of an installer ISO boots the CD until `server eject` (then its disk, for good)
+    cdrom_ejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # ... or until its installer first reboots or powers off (api/routes/agent.py ejects it)
+    eject_after_install: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class ServerGroup(Base):

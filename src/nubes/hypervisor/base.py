@@ -50,6 +50,9 @@ class InstanceSpec:
     boot: BootSpec = field(default_factory=BootSpec)
     vnc_password: str = ""
     run_as: str = ""  # unprivileged user for QEMU ("" = same user as the agent)
+    cdrom: Path | None = None  # an installer ISO: booted first, before the disk
+    # with cdrom: a guest reboot ends QEMU (-no-reboot), seen as the installer's end
+    cdrom_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,3 +126,8 @@ class HypervisorDriver(abc.ABC):
     def set_vnc_password(self, instance_id: str, password: str, expires_in: int) -> None:
         """A VNC password new connections may use for expires_in seconds. Raises DriverError."""
         raise DriverError("this hypervisor has no VNC console")
+
+    def eject_cdrom(self, instance_id: str) -> None:
+        """Take the CD out of a running guest's drive (the next boot finds the disk), and out
+        of the spec a restart uses. Idempotent; nothing to do for a guest not running."""
+        return None  # a driver without removable media has nothing to eject

@@ -6,6 +6,7 @@ that exited on its own, and `calls` records what the agent asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections.abc import Iterator
@@ -139,6 +140,13 @@ class FakeHypervisorDriver(HypervisorDriver):
             guest.boots += 1
             if guest.state is not PowerState.RUNNING:
                 self._set(guest, PowerState.RUNNING, "", pid=guest.pid)
+
+    def eject_cdrom(self, instance_id: str) -> None:
+        with self._lock:
+            self.calls.append(("eject", instance_id))
+            guest = self._guests.get(instance_id)
+            if guest is not None:
+                guest.spec = dataclasses.replace(guest.spec, cdrom=None)
 
     def events(self) -> Iterator[HypervisorEvent]:
         with self._lock:

@@ -115,6 +115,9 @@ class DesiredInstance(BaseModel):
     public_keys: list[str]
     user_data: str | None
     ports: list[DesiredPort]
+    # the image (format iso) goes in a CD-ROM drive, booted first; False once ejected
+    cdrom: bool = False
+    cdrom_once: bool = False  # the installer's reboot ends QEMU, so the API can eject the CD
 
 
 class DesiredReservation(BaseModel):

@@ -84,7 +84,8 @@ class Network(Model):
 
 class ImageCreate(Model):
     name: Name
-    disk_format: Literal["qcow2", "raw"] = "qcow2"
+    # iso: an installer CD; its servers boot it beside a blank disk (`server eject` ends that)
+    disk_format: Literal["qcow2", "raw", "iso"] = "qcow2"
     url: str | None = Field(default=None, max_length=2048)
     cmdline: str = Field(default="", max_length=1024, description="kernel command line")
     default_user: str = Field(default="", max_length=32, pattern=r"^([a-z_][a-z0-9_-]{0,31})?$")
@@ -145,6 +146,11 @@ class ServerCreate(Model):
     user_data: str | None = Field(default=None, max_length=65536)
     host: str | None = Field(default=None, max_length=64, description="admin only")
     group: str | None = Field(default=None, max_length=64, description="server group")
+    eject_after_install: bool = Field(
+        default=False,
+        description="installer ISOs: the installer's first reboot or poweroff ejects the CD "
+        "and boots the disk",
+    )
 
 
 class ServerNic(Model):
@@ -172,10 +178,21 @@ class Server(Model):
     created_at: datetime
     launched_at: datetime | None
     ready_at: datetime | None
+    cdrom: bool = False  # an installer ISO is in its CD drive (until `server eject`)
+
+
+class Evacuation(Model):
+    """What `host evacuate` did: the host is fenced; servers moved (id -> new host) and those
+    no host had room for (id -> why; they stay, and another evacuate tries them again)."""
+
+    host: str
+    fenced: bool
+    moved: dict[str, str]
+    failed: dict[str, str]
 
 
 class ServerAction(Model):
-    action: Literal["start", "stop", "reboot"]
+    action: Literal["start", "stop", "reboot", "eject"]
     hard: bool = False
 
 
@@ -199,6 +216,7 @@ class Host(Model):
     agent_version: str = ""
     network_driver: str = ""  # linuxbridge | ovs
     overlays: str = ""  # comma-separated: what its networks can use
+    fenced: bool = False  # evacuated: its credential authorizes nothing (`host evacuate`)
 
 
 class OperationStep(Model):

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nubes.errors import Conflict, DriverError, InvalidInput
-from nubes.storage.images import SUPPORTED_FORMATS, qemu_img_info
+from nubes.storage.images import ISO_FORMAT, SUPPORTED_FORMATS, qemu_img_info
 from nubes.storage.tools import COPY_LIMITS, INSPECT_LIMITS, GiB, ToolError, run_limited
+
+DISK_FORMATS = SUPPORTED_FORMATS - {ISO_FORMAT}  # an ISO is a CD, never a disk's base
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class DiskInfo:
 
 
 def _check_format(fmt: str) -> None:
-    if fmt not in SUPPORTED_FORMATS:
+    if fmt not in DISK_FORMATS:
         raise InvalidInput(f"unsupported disk format {fmt!r}", field="disk_format")
 
 
@@ -98,6 +100,25 @@ def create_overlay(
             _copy_synced(_overlay_template(base, base_format, size), tmp)
         else:
             _qemu_img_overlay(base, base_format, tmp, size)
+        _publish(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_blank(dest: Path, size_gb: int) -> None:
+    """An empty qcow2 disk of size_gb (what an installer CD installs onto). Raises Conflict if
+    dest exists, DriverError on failure."""
+    if size_gb <= 0:
+        raise InvalidInput("disk size must be positive", field="disk_gb")
+    if dest.exists():
+        raise Conflict(f"disk {dest} already exists")
+    tmp = _tmp_for(dest.resolve())
+    try:
+        run_limited(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size_gb * GiB)],
+            INSPECT_LIMITS,
+        )
         _publish(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -28,7 +28,11 @@ from typing import Any, BinaryIO
 from nubes.errors import ImageRejected, InvalidInput
 from nubes.storage.tools import INSPECT_LIMITS, ToolError, run_limited
 
-SUPPORTED_FORMATS = frozenset({"qcow2", "raw"})
+SUPPORTED_FORMATS = frozenset({"qcow2", "raw", "iso"})
+# an installer CD: given to QEMU as raw bytes on a read-only CD-ROM, never as a disk
+ISO_FORMAT = "iso"
+ISO_BLOCK = 2048
+ISO_PVD_OFFSET = 16 * ISO_BLOCK  # ISO 9660: the system area (16 blocks), then descriptors
 HEAD_SIZE = 4096
 CHUNK_SIZE = 1 << 20
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -135,8 +139,8 @@ def check_header(head: bytes, declared_format: str, max_virtual_size: int) -> No
             + ", ".join(sorted(SUPPORTED_FORMATS))
         )
     found = sniff_format(head)
-    if declared_format == "raw" and found is not None:
-        raise _reject(f"declared raw, but the file is a {found} image")
+    if declared_format in ("raw", ISO_FORMAT) and found is not None:
+        raise _reject(f"declared {declared_format}, but the file is a {found} image")
     if declared_format == "qcow2":
         if found is None:
             raise _reject("declared qcow2, but the file has no qcow2 header (is it raw?)")
@@ -228,10 +232,34 @@ def _check_qcow2_tables(path: Path) -> None:
         raise _reject(f"the image could not be inspected: {exc.message}") from exc
 
 
+def _check_iso(path: Path, max_virtual_size: int) -> ImageInfo:
+    """An ISO 9660 image: a primary volume descriptor where the standard puts it, a volume that
+    fits in the file, whole 2 KiB blocks. QEMU reads it as raw bytes on a CD-ROM, so nothing
+    in it is ever interpreted by the host; these checks only keep non-CDs out."""
+    size = path.stat().st_size
+    if size < ISO_PVD_OFFSET + ISO_BLOCK or size % ISO_BLOCK:
+        raise _reject(f"not an ISO 9660 image: {size} bytes is not a whole number of 2 KiB blocks")
+    _check_virtual_size(size, max_virtual_size)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        pvd = os.pread(fd, ISO_BLOCK, ISO_PVD_OFFSET)
+    finally:
+        os.close(fd)
+    if pvd[:7] != b"\x01CD001\x01":
+        raise _reject("not an ISO 9660 image: no primary volume descriptor at 32 KiB")
+    (blocks,) = struct.unpack("<I", pvd[80:84])
+    (block_size,) = struct.unpack("<H", pvd[128:130])
+    if block_size not in (512, 1024, 2048) or blocks * block_size > size:
+        raise _reject("the ISO 9660 image is truncated or crafted: its volume is not in it")
+    return ImageInfo(format=ISO_FORMAT, virtual_size=size, actual_size=size)
+
+
 def inspect_image(path: Path, declared_format: str, max_virtual_size: int) -> ImageInfo:
     """Check an untrusted image file. Raises ImageRejected with a message for the user."""
     head = _read_head(path)
     check_header(head, declared_format, max_virtual_size)
+    if declared_format == ISO_FORMAT:
+        return _check_iso(path, max_virtual_size)
     if declared_format == "qcow2":
         _check_qcow2_tables_fit(head, path.stat().st_size)
     try:

@@ -230,7 +230,11 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
             inst.task_state = ""
     elif obs.status == "SHUTOFF":
         inst.ready_at = None
-        if obs.fault and inst.desired_state == "running":
+        if obs.fault and inst.eject_after_install and not inst.cdrom_ejected:
+            # the installer rebooted or powered off (-no-reboot): eject, and the host starts
+            # the server again from its disk (desired_state stays running)
+            inst.cdrom_ejected, inst.fault = True, ""
+        elif obs.fault and inst.desired_state == "running":
             # the guest died on its own: the hypervisor is the authority, record it as stopped
             inst.desired_state, inst.fault = "stopped", obs.fault
         elif obs.fault:

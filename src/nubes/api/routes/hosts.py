@@ -7,7 +7,7 @@ from nubes import tls
 from nubes.api.deps import AdminDep, SessionDep, StateDep
 from nubes.api.paging import PageDep, paginate
 from nubes.api.routes.servers import host_up
-from nubes.control import joining, lookup
+from nubes.control import evacuation, joining, lookup
 from nubes.db.models import Host, Instance
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
@@ -51,6 +51,7 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
         agent_version=h.agent_version,
         network_driver=h.network_driver,
         overlays=h.overlays,
+        fenced=h.fenced_at is not None,
     )
 
 
@@ -96,6 +97,16 @@ def remove_host(
 ) -> None:
     joining.remove(session, lookup.host(session, ref), force)
     state.notifier.notify()
+
+
+@router.post("/{ref}/evacuate")
+def evacuate_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.Evacuation:
+    """Fence a host that is down (409 if it is up) and rebuild its servers on other hosts
+    from their images: same ids, ports and addresses; their disks' data is lost."""
+    host = lookup.host(session, ref)
+    done = evacuation.evacuate(session, host, state.settings)
+    state.notifier.notify()
+    return s.Evacuation(host=host.name, fenced=True, moved=done.moved, failed=done.failed)
 
 
 @router.get("/{ref}")

@@ -156,11 +156,22 @@ def _disks(spec: InstanceSpec) -> list[str]:
         # bootindex only matters for firmware boot; harmless with -kernel.
         "-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1",
     ]  # fmt: skip
+    if spec.cdrom is not None:
+        # An installer CD on the q35's AHCI, booted before the disk (bootindex 0, then 1);
+        # raw bytes, read-only: nothing probes or writes it. `eject` removes it by its id.
+        # With -kernel, QEMU's own boot ROM holds bootindex 0: the CD is then only a drive.
+        first = ",bootindex=0" if spec.boot.kernel is None else ""
+        argv += [
+            "-drive", f"file={_esc(spec.cdrom)},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+            "-device", f"ide-cd,drive=cd0,id={CDROM_DEVICE}{first}",
+        ]  # fmt: skip
     if spec.seed is not None:
         # The guest finds its NoCloud seed as a read-only virtio disk labelled cidata.
         argv += ["-drive", f"if=virtio,format=raw,readonly=on,file={_esc(spec.seed)}"]
     return argv
 
+
+CDROM_DEVICE = "cdrom0"
 
 # the guest's tx offloads, off: csum (and the segmentation offloads that need it)
 NO_OFFLOADS = ",csum=off,gso=off,host_tso4=off,host_tso6=off,host_ufo=off"
@@ -199,6 +210,10 @@ def build_argv(spec: InstanceSpec, accel: str, qemu_binary: str) -> list[str]:
         argv += _nic(index, nic)
     argv += ["-device", "virtio-rng-pci"]  # guest entropy (sshd host keys at first boot)
     argv += _boot(spec)
+    if spec.cdrom is not None and spec.cdrom_once:
+        # the installer's reboot ends QEMU like a poweroff: the API then ejects the CD and
+        # starts the server again, from its disk
+        argv += ["-no-reboot"]
     if spec.run_as:
         # elevateprivileges must stay "allow": -runas calls setuid after the filter is
         # installed, and "deny" kills QEMU with "Bad system call".

@@ -10,6 +10,7 @@ Stopping escalates: QMP `quit` (clean exit, flushes the disk), SIGTERM, then SIG
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from nubes.hypervisor.base import (
 )
 from nubes.hypervisor.qemu import process
 from nubes.hypervisor.qemu.accel import Accel, host_accel
-from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv
+from nubes.hypervisor.qemu.cmdline import CDROM_DEVICE, RuntimePaths, build_argv
 from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
 from nubes.hypervisor.qemu.registry import Record, Registry
 
@@ -216,6 +217,20 @@ class QemuDriver(HypervisorDriver):
             monitor.expire_password("vnc", f"+{expires_in}")
         except MonitorError as exc:
             raise DriverError(f"no VNC console now: {exc}") from exc
+
+    def eject_cdrom(self, instance_id: str) -> None:
+        with self._lock(instance_id):
+            record = self._load(instance_id)
+            if record is None or record.spec.cdrom is None:
+                return
+            if self._live_pid(record) is not None:
+                try:
+                    self._monitor(record.spec).eject(CDROM_DEVICE)
+                except MonitorError as exc:
+                    raise DriverError(f"cannot eject the CD: {exc}") from exc
+            # a soft reboot starts a new QEMU from the record: without the CD from now on
+            record.spec = dataclasses.replace(record.spec, cdrom=None, cdrom_once=False)
+            self.registry.save(record)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -91,6 +91,11 @@ class Monitor:
         or an absolute UNIX time. Raises MonitorError."""
         self._call("expire_password", {"protocol": protocol, "time": time})
 
+    def eject(self, device: str) -> None:
+        """Remove the medium of a removable drive, even if the guest locked the tray.
+        Raises MonitorError."""
+        self._call("eject", {"id": device, "force": True})
+
     def quit(self) -> None:
         """Make QEMU exit now (no guest shutdown). QEMU closes the socket right after it
         replies, sometimes before: a connection dropped after sending counts as success.

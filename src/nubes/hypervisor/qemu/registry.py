@@ -57,6 +57,8 @@ def spec_from_dict(data: dict[str, Any]) -> InstanceSpec:
         ),
         vnc_password=data.get("vnc_password", ""),
         run_as=data.get("run_as", ""),
+        cdrom=opt_path(data.get("cdrom")),
+        cdrom_once=bool(data.get("cdrom_once", False)),
     )
 
 
