@@ -103,13 +103,13 @@ class Agent:
     console_port: int = 0  # where consoles are served to the API (agent/consoles.py); 0: not
     _latest: DesiredState | None = None  # the long-poll's last answer
     _fresh: threading.Event = field(default_factory=threading.Event)
-    volumes: VolumeReconciler | None = None  # made from the instances' parts if not given
     _snapshots_sent: set[str] = field(default_factory=set)  # uploaded or failed: not again
 
-    def __post_init__(self) -> None:
-        if self.volumes is None:
-            rec = self.instances
-            self.volumes = VolumeReconciler(self.layout, rec.hypervisor, rec.images, rec.guest)
+    @property
+    def volumes(self) -> VolumeReconciler:
+        """On the instances' parts (a test may swap their hypervisor)."""
+        rec = self.instances
+        return VolumeReconciler(self.layout, rec.hypervisor, rec.images, rec.guest)
 
     def register(self) -> None:
         caps = self.hypervisor.capabilities()
@@ -241,7 +241,6 @@ class Agent:
         )
 
     def converge_volumes(self, desired: DesiredState) -> list[ObservedVolume]:
-        assert self.volumes is not None
         try:
             return self.volumes.converge(desired.volumes, desired.instances)
         except Exception:
@@ -355,7 +354,6 @@ class Agent:
         found += [f"tap {p.tap}" for p in self.network.list_ports() if p.tap not in wanted_taps]
         wanted_nets = {n.id for n in desired.networks}
         found += [f"network {n}" for n in self.network.list_networks() if n not in wanted_nets]
-        assert self.volumes is not None
         return found + self.volumes.leftovers(desired.volumes)
 
     def bury(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
