@@ -284,8 +284,7 @@ class QemuDriver(HypervisorDriver):
                             f"the guest did not release volume {volume_id} within {timeout:.0f} s"
                         )
                     time.sleep(0.2)
-            with contextlib.suppress(MonitorError):  # gone with the device, or never added
-                monitor.command("blockdev-del", {"node-name": "n" + device})
+            _del_node(monitor, "n" + device, timeout)
 
     @contextlib.contextmanager
     def paused(self, instance_id: str) -> Iterator[None]:
@@ -492,6 +491,23 @@ def _peripherals(monitor: Monitor) -> set[str]:
     if not isinstance(items, list):
         raise MonitorError(f"unexpected qom-list reply: {items!r}")
     return {str(i["name"]) for i in items if str(i.get("type", "")).startswith("child<")}
+
+
+def _del_node(monitor: Monitor, node: str, timeout: float) -> None:
+    """blockdev-del, retried while the node is still in use: the device's removal lets go of
+    it a moment after the device has left the tree. Until then QEMU holds the file's lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            monitor.command("blockdev-del", {"node-name": node})
+            return
+        except MonitorError as exc:
+            nodes = monitor.command("query-named-block-nodes", {"flat": True})
+            if not isinstance(nodes, list) or node not in {n.get("node-name") for n in nodes}:
+                return  # never added, or gone
+            if time.monotonic() > deadline:
+                raise DriverError(f"block node {node} still in use: {exc}") from exc
+            time.sleep(0.2)
 
 
 def _port_of(monitor: Monitor, device: str) -> str:
