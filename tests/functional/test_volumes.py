@@ -242,3 +242,15 @@ def test_cli_volume_and_server_lifecycle_commands(ready: Cloud) -> None:
         assert helped.exit_code == 0 and len(helped.output) > 100
     helped = run.invoke(app, ["volume", "--help"], env=env)
     assert "create" in helped.output and "delete" in helped.output
+
+
+def test_a_removed_hosts_volumes_are_errors_not_a_500(make_cloud: Callable[..., Cloud]) -> None:
+    cloud = make_cloud(hosts=2)
+    cloud.client.create_volume(sv.VolumeCreate(name="lost", size_gb=1, host="host2"))
+    wait_volume(cloud, "lost", "available")
+    cloud.stop_agent(agent_of(cloud, "host2"))
+    cloud.client.remove_host("host2")
+    vol = cloud.client.volume("lost")
+    assert (vol.status, vol.host) == ("error", None) and "removed" in vol.fault
+    cloud.client.delete_volume("lost")  # on no host: gone at once
+    assert cloud.client.volumes() == []
