@@ -221,6 +221,12 @@ def test_a_snapshot_is_an_image_that_boots(ready: Cloud) -> None:
     with pytest.raises(ApiError) as err:
         ready.client.snapshot_server("web", "web-snap")
     assert (err.value.status, err.value.field) == (409, "name")
+    # the image of a deleted server's record stays: a 409, never the foreign key's 500
+    ready.client.delete_server("copy")
+    ready.wait(lambda: len(ready.client.servers()) == 1, 30, "copy gone")
+    with pytest.raises(ApiError) as err:
+        ready.client.delete("images", "web-snap")
+    assert err.value.status == 409 and "deleted servers" in err.value.detail
 
 
 def test_cli_volume_and_server_lifecycle_commands(ready: Cloud) -> None:

@@ -147,7 +147,6 @@ def test_a_snapshot_boots_as_a_new_server_with_its_data(lab: LabCloud) -> None:
     assert payload in out.split("cat /data/marker", 1)[-1], out
     for name in ("copy", "origin"):
         lab.nubes("server", "delete", name, "--wait", timeout=TIMEOUT)
-    lab.nubes("image", "delete", "origin-snap")
 
 
 def test_rebuild_keeps_addresses_and_changes_the_instance_id(lab: LabCloud) -> None:

@@ -203,6 +203,9 @@ def delete_image(ref: str, session: SessionDep, who: CallerDep, state: StateDep)
     live = select(Instance.id).where(Instance.image_id == row.id, Instance.deleted_at.is_(None))
     if session.scalar(live):
         raise Conflict(f"image {row.name!r} is used by servers; delete them first")
+    if session.scalar(select(Instance.id).where(Instance.image_id == row.id).limit(1)):
+        # deleted servers' rows keep their image (a foreign key): a 409, not the database's 500
+        raise Conflict(f"image {row.name!r} is kept for the records of deleted servers")
     images.store(state.settings).delete(row.id)
     for part in ("kernel", "initrd"):
         (state.settings.images_dir / f"{row.id}.{part}").unlink(missing_ok=True)
