@@ -260,3 +260,20 @@ def test_a_removed_hosts_volumes_are_errors_not_a_500(make_cloud: Callable[..., 
     assert (vol.status, vol.host) == ("error", None) and "removed" in vol.fault
     cloud.client.delete_volume("lost")  # on no host: gone at once
     assert cloud.client.volumes() == []
+
+
+def test_a_hosts_snapshot_upload_is_inspected_as_any_import(ready: Cloud) -> None:
+    """A host's upload is untrusted input too: a file that is no qcow2 makes the image `error`,
+    and only the host of the server may send it."""
+    web = boot(ready, "web")
+    agent = agent_of(ready, web.host)
+    ready.stop_agent(agent)  # the test plays the host
+    image = ready.client.snapshot_server("web", "bad-snap")
+    path = f"/v1/agent/hosts/{agent.host_id}/snapshots/{image.id}"
+    with NubesClient(ready.url, ready.credentials[agent.host_name]) as host:
+        with pytest.raises(ApiError) as err:
+            host.request("PUT", path, content=b"not an image at all" * 1000)
+        assert err.value.status == 422
+    got = ready.client.image("bad-snap")
+    assert got.status == "error" and got.error
+    assert any(o.kind == "snapshot" and o.status == "failed" for o in ready.client.operations())
