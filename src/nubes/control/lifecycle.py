@@ -14,17 +14,19 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
-from nubes.control import generations, lookup, operations, quotas
+from nubes.control import generations, images, lookup, operations, quotas
 from nubes.control.caller import Caller
 from nubes.db.models import Flavor, Host, Image, Instance
 from nubes.errors import Conflict, InvalidInput, NotFound, NoValidHost
 from nubes.schemas import volumes as v
 from nubes.schemas.agent import ObservedInstance
+from nubes.storage.images import default_max_bytes
 
 GIB = 1024**3
 
@@ -191,3 +193,28 @@ def snapshot_failed(session: Session, row: Image, inst: Instance, error: str) ->
 def snapshot_done(session: Session, inst: Instance) -> None:
     operations.finish(session, inst.id, "snapshot")
     generations.instance_changed(session, inst)
+
+
+def upload_limit(settings: Settings) -> int:
+    return default_max_bytes(settings.max_image_virtual_size_gb * GIB)
+
+
+def store_snapshot(
+    session: Session, settings: Settings, host_id: str, image_id: str, path: Path, digest: str
+) -> None:
+    """A host's upload: inspected as any import, then renamed into the store (no second copy
+    of the file). A rejected file makes the image `error` and is raised (422)."""
+    row, inst = snapshot_target(session, host_id, image_id)
+    try:
+        max_size = settings.max_image_virtual_size_gb * GIB
+        stored = images.store(settings).adopt(row.id, path, "qcow2", max_size, digest)
+        row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
+        row.status = "active"
+    except Exception as exc:
+        session.rollback()
+        row, inst = snapshot_target(session, host_id, image_id)
+        snapshot_failed(session, row, inst, getattr(exc, "message", str(exc)))
+        session.commit()
+        raise
+    snapshot_done(session, inst)
+    session.commit()

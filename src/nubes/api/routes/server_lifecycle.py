@@ -10,20 +10,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fastapi import APIRouter, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from nubes.api.deps import AgentDep, CallerDep, SessionDep, StateDep, require_own_host
 from nubes.api.routes.images import to_wire
 from nubes.api.routes.servers import shown
-from nubes.conf import Settings
-from nubes.control import compute, images, lifecycle, lookup, volumes
+from nubes.control import compute, lifecycle, lookup, volumes
 from nubes.db.models import Instance, Volume
 from nubes.errors import BadRequest, InvalidInput
 from nubes.schemas import agent as a
 from nubes.schemas import resources as s
 from nubes.schemas import volumes as v
-from nubes.storage.images import default_max_bytes
 
 router = APIRouter(tags=["servers"])
 
@@ -103,9 +100,11 @@ async def upload_snapshot(
     os.close(fd)
     path = Path(tmp)
     try:
-        limit = default_max_bytes(state.settings.max_image_virtual_size_gb * 1024**3)
+        limit = lifecycle.upload_limit(state.settings)
         digest = await _receive(request, path, limit)
-        await run_in_threadpool(_store, session, state.settings, host_id, image_id, path, digest)
+        await run_in_threadpool(
+            lifecycle.store_snapshot, session, state.settings, host_id, image_id, path, digest
+        )
     finally:
         path.unlink(missing_ok=True)
 
@@ -135,26 +134,6 @@ async def _receive(request: Request, dest: Path, limit: int) -> str:
     if size == 0:
         raise BadRequest("file: the upload is empty", field="file")
     return digest.hexdigest()
-
-
-def _store(
-    session: Session, settings: Settings, host_id: str, image_id: str, path: Path, digest: str
-) -> None:
-    """Inspected as any import, then renamed into the store (no second copy of the file)."""
-    row, inst = lifecycle.snapshot_target(session, host_id, image_id)
-    try:
-        max_size = settings.max_image_virtual_size_gb * 1024**3
-        stored = images.store(settings).adopt(row.id, path, "qcow2", max_size, digest)
-        row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
-        row.status = "active"
-    except Exception as exc:
-        session.rollback()
-        row, inst = lifecycle.snapshot_target(session, host_id, image_id)
-        lifecycle.snapshot_failed(session, row, inst, getattr(exc, "message", str(exc)))
-        session.commit()
-        raise
-    lifecycle.snapshot_done(session, inst)
-    session.commit()
 
 
 @router.post("/v1/agent/hosts/{host_id}/snapshots/{image_id}/failed", status_code=204)
