@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     quota_vcpus: int = Field(default=20, ge=-1)
     quota_ram_mb: int = Field(default=51200, ge=-1)
     quota_images: int = Field(default=100, ge=-1)
-    quota_volumes: int = Field(default=10, ge=-1)  # no volumes yet: kept, enforced later
+    quota_volumes: int = Field(default=10, ge=-1)
     quota_networks: int = Field(default=100, ge=-1)
     quota_security_groups: int = Field(default=10, ge=-1)
     quota_security_group_rules: int = Field(default=100, ge=-1)

@@ -53,6 +53,11 @@ OWNED = {
     ("POST", "/v1/servers/{ref}/console-ticket"),
     ("GET", "/v1/groups/{ref}"),
     ("GET", "/v1/operations/{op_id}"),
+    ("GET", "/v1/volumes/{ref}"),
+    ("POST", "/v1/servers/{ref}/volumes"),
+    ("DELETE", "/v1/servers/{ref}/volumes/{volume}"),
+    ("POST", "/v1/servers/{ref}/snapshot"),
+    ("POST", "/v1/servers/{ref}/resize"),
 }
 # what an allowed caller (admin, or the host itself) gets from the agent API here
 AGENT_OK = {
@@ -63,6 +68,9 @@ AGENT_OK = {
     ("GET", "/v1/agent/hosts/{host_id}/desired"): 200,
     ("POST", "/v1/agent/hosts/{host_id}/report"): 204,
     ("GET", "/v1/images/{ref}/{part}"): 200,
+    # no snapshot of that id: past authorization, the host is told it has none to send
+    ("PUT", "/v1/agent/hosts/{host_id}/snapshots/{image_id}"): 404,
+    ("POST", "/v1/agent/hosts/{host_id}/snapshots/{image_id}/failed"): 404,
 }
 
 
@@ -205,6 +213,14 @@ def _body(method: str, path: str, w: World) -> object:
         return _registration(w.refs["hosts"])
     if path.endswith("/action"):
         return {"action": "stop"}
+    if path.endswith("/volumes") and method == "POST":
+        return {"volume": "no-such-volume"}
+    if path.endswith("/snapshot"):
+        return {"name": "snap"}
+    if path.endswith("/resize"):
+        return {"flavor": "m1.small"}
+    if path.endswith("/failed"):
+        return {"error": "x"}
     if path.endswith("/report"):
         return {"instances": [], "leftovers": []}
     if path == "/v1/join":

@@ -26,6 +26,13 @@ COMMON_HEAD = [
     "-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1",
 ]  # fmt: skip
 
+# empty PCIe root ports for hot-added volumes, last: the devices before keep their addresses
+HOTPLUG = [
+    arg
+    for i in range(4)
+    for arg in ("-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}")
+]
+
 
 def make_spec(**kw: object) -> InstanceSpec:
     base: dict[str, object] = dict(
@@ -67,6 +74,7 @@ def test_direct_kernel_tcg_two_nics_and_seed() -> None:
         "-netdev", "tap,id=net1,ifname=tapbbbb2222,script=no,downscript=no",
         "-device", "virtio-net-pci,netdev=net1,id=nic1,mac=52:54:00:00:00:02,host_mtu=1450",
         "-device", "virtio-rng-pci",
+        *HOTPLUG,
         "-kernel", "/images/vmlinuz",
         "-initrd", "/images/initrd.img",
         "-append", "console=ttyS0 root=/dev/vda",
@@ -84,6 +92,7 @@ def test_disk_boot_kvm() -> None:
         "-m", "1024",
         *COMMON_HEAD,
         "-device", "virtio-rng-pci",
+        *HOTPLUG,
     ]  # fmt: skip
 
 

@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nubes
-from nubes.agent import cloud, fencing
+from nubes.agent import cloud, fencing, lifecycle
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import HostLayout, Loaded
 from nubes.agent.metadata import metadata_table
+from nubes.agent.volumes import VolumeReconciler
 from nubes.client import ApiError, NubesClient
 from nubes.conf import Settings
 from nubes.hypervisor.base import HypervisorDriver, InstanceInfo, PowerState
@@ -39,6 +41,7 @@ from nubes.schemas.agent import (
     DesiredState,
     HostRegister,
     ObservedInstance,
+    ObservedVolume,
     Report,
 )
 
@@ -79,7 +82,10 @@ def shows(desired: DesiredState, report: Report) -> bool:
     """The desired state already shows each reported instance's status (or no longer names
     it): the API has nothing to learn from the report."""
     wanted = {i.id: i.status for i in desired.instances}
-    return all(wanted.get(obs.id, obs.status) == obs.status for obs in report.instances)
+    volumes = {v.id: v.status for v in desired.volumes}
+    return all(wanted.get(obs.id, obs.status) == obs.status for obs in report.instances) and all(
+        volumes.get(obs.id, obs.status) == obs.status for obs in report.volumes
+    )
 
 
 @dataclass
@@ -98,6 +104,13 @@ class Agent:
     fenced: bool = False  # the API said this host is fenced (agent/fencing.py)
     _latest: DesiredState | None = None  # the long-poll's last answer
     _fresh: threading.Event = field(default_factory=threading.Event)
+    _snapshots_sent: set[str] = field(default_factory=set)  # uploaded or failed: not again
+
+    @property
+    def volumes(self) -> VolumeReconciler:
+        """On the instances' parts (a test may swap their hypervisor)."""
+        rec = self.instances
+        return VolumeReconciler(self.layout, rec.hypervisor, rec.images, rec.guest)
 
     def register(self) -> None:
         caps = self.hypervisor.capabilities()
@@ -239,13 +252,42 @@ class Agent:
             if obs is not None:
                 obs.steps = self.instances.take_steps(want.id)
                 observed.append(obs)
+        observed_volumes = self.converge_volumes(desired)
         self.bury(desired, infos)
         if desired.gc_request > record.gc_done:
             self.collect_leftover_instances(desired)
             record.gc_done = desired.gc_request
             cloud.save(self.layout, record)
         self.collect_garbage(desired)
-        return Report(instances=observed, leftovers=self.leftovers(desired))
+        return Report(
+            instances=observed, volumes=observed_volumes, leftovers=self.leftovers(desired)
+        )
+
+    def converge_volumes(self, desired: DesiredState) -> list[ObservedVolume]:
+        try:
+            return self.volumes.converge(desired.volumes, desired.instances)
+        except Exception:
+            log.exception("volumes could not be converged")
+            return []
+
+    def take_snapshots(self, want: DesiredInstance) -> None:
+        """Each queued snapshot once per agent process (a failure is reported, not retried)."""
+        for image_id in want.snapshots:
+            if image_id in self._snapshots_sent:
+                continue
+            self._snapshots_sent.add(image_id)
+            try:
+                lifecycle.snapshot(self.instances, want, image_id, self._upload_snapshot)
+            except Exception as exc:
+                log.exception("snapshot %s of %s failed", image_id, want.id)
+                try:
+                    self.client.snapshot_failed(self.host_id, image_id, _fault(exc))
+                except ApiError as api:
+                    log.warning("could not report the failed snapshot: %s", api.detail)
+
+    def _upload_snapshot(self, image_id: str, path: Path) -> None:
+        with path.open("rb") as fh:
+            self.client.upload_snapshot(self.host_id, image_id, iter(lambda: fh.read(1 << 20), b""))
 
     def sync_metadata(self, desired: DesiredState) -> None:
         """Answer the instances of the networks this host serves, on their bridges."""
@@ -300,6 +342,12 @@ class Agent:
                 return ObservedInstance(id=want.id, status="SHUTOFF")
             rec.build(want)
             info = self.hypervisor.info(want.id)
+        elif want.rebuild_gen > state.rebuild_gen:
+            lifecycle.rebuild(rec, want, state)
+            info = self.hypervisor.info(want.id)
+        elif want.resize_gen > state.resize_gen:
+            lifecycle.resize(rec, want, state)
+            info = self.hypervisor.info(want.id)
         elif want.desired_state == "stopped" and running:
             rec.stop(want)
             info = self.hypervisor.info(want.id)
@@ -311,7 +359,12 @@ class Agent:
         elif running and state.cdrom and not want.cdrom:
             rec.eject(want)
         assert info is not None or not running
-        return rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
+        if want.snapshots and state.built:
+            self.take_snapshots(want)
+        obs = rec.observe(want, info or InstanceInfo(id=want.id, state=PowerState.SHUTOFF))
+        done = self.layout.load_state(want.id).state  # as the steps above left it
+        obs.rebuild_gen, obs.resize_gen = done.rebuild_gen, done.resize_gen
+        return obs
 
     def _lost(self, want: DesiredInstance, loaded: Loaded) -> str:
         """A record gone from an instance the API saw built, whose disk is still here."""
@@ -326,7 +379,7 @@ class Agent:
         found += [f"tap {p.tap}" for p in self.network.list_ports() if p.tap not in wanted_taps]
         wanted_nets = {n.id for n in desired.networks}
         found += [f"network {n}" for n in self.network.list_networks() if n not in wanted_nets]
-        return found
+        return found + self.volumes.leftovers(desired.volumes)
 
     def bury(self, desired: DesiredState, infos: dict[str, InstanceInfo]) -> None:
         """Tear down the instances the API deleted while this host was away (its tombstones)."""

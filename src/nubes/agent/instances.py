@@ -121,7 +121,8 @@ class InstanceReconciler:
             for p in want.ports
         )
         return SeedData(
-            instance_id=want.id,
+            # a rebuilt guest is a new instance to cloud-init (it runs its first boot again)
+            instance_id=f"{want.id}.r{want.rebuild_gen}" if want.rebuild_gen else want.id,
             hostname=want.name,
             public_keys=tuple(want.public_keys),
             default_user=want.default_user or None,
@@ -135,7 +136,11 @@ class InstanceReconciler:
         inst_dir = self.layout.instance_dir(want.id)
         inst_dir.mkdir(parents=True, exist_ok=True)
         self.guest.share(inst_dir, 0o750)
-        state = LocalState(vnc_password=secrets.token_urlsafe(6)[:8])
+        state = LocalState(
+            vnc_password=secrets.token_urlsafe(6)[:8],
+            rebuild_gen=want.rebuild_gen,  # a new disk is as new as a rebuild's
+            resize_gen=want.resize_gen,
+        )
         done = self.steps.setdefault(want.id, [])
         revert = Reverter()
         try:

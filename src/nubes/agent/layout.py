@@ -20,6 +20,8 @@ class LocalState:
     running_expected: bool = False  # we started it and did not stop it
     fault: str = ""  # what the agent repaired, reported until the user next acts on it
     cdrom: bool = False  # the running QEMU was started with the installer CD
+    rebuild_gen: int = 0  # the last rebuild and resize carried out (agent/lifecycle.py)
+    resize_gen: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,13 @@ class HostLayout:
         return self.root / "runtime"
 
     @property
+    def volumes(self) -> Path:
+        return self.root / "volumes"
+
+    def volume(self, volume_id: str) -> Path:
+        return self.volumes / f"{volume_id}.qcow2"
+
+    @property
     def network(self) -> Path:
         return self.root / "network"
 
@@ -74,7 +83,7 @@ class HostLayout:
         return self.instance_dir(instance_id) / "console.log"
 
     def make(self) -> None:
-        for path in (self.instances, self.images, self.runtime, self.network):
+        for path in (self.instances, self.images, self.runtime, self.network, self.volumes):
             path.mkdir(parents=True, exist_ok=True)
 
     @property

@@ -33,7 +33,9 @@ from nubes.api.routes import (
     projects,
     quotas,
     secgroups,
+    server_lifecycle,
     servers,
+    volumes,
 )
 from nubes.api.timing import RequestTimer
 from nubes.conf import Settings
@@ -113,6 +115,8 @@ def create_app(settings: Settings) -> FastAPI:
         keypairs,
         networks,
         servers,
+        server_lifecycle,
+        volumes,
         events,
         console,
         browser_console,

@@ -19,7 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nubes.api.errors import problem
 
 # an image's data (/v1 and Glance's), streamed to disk by its route
-UPLOAD_PATHS = re.compile(r"/v1/images/[^/]+/(file|kernel|initrd)|/image/v2/images/[^/]+/file/?")
+UPLOAD_PATHS = re.compile(
+    r"/v1/images/[^/]+/(file|kernel|initrd)|/image/v2/images/[^/]+/file/?"
+    r"|/v1/agent/hosts/[^/]+/snapshots/[^/]+"  # a host's upload of a server's snapshot
+)
 KEEP_FREE = 64 << 20  # an upload may not leave the image store's disk with less than this
 
 

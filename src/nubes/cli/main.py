@@ -18,6 +18,7 @@ from nubes.cli import (
     services,
     ssh,
     tenancy,
+    volumes,
 )
 
 app = typer.Typer(
@@ -25,7 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+volumes.register(servers.server_app)
 app.add_typer(servers.server_app, name="server")
+app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(console.console_app, name="console")
 app.add_typer(resources.image_app, name="image")
 app.add_typer(resources.flavor_app, name="flavor")

@@ -18,6 +18,7 @@ from nubes.schemas import events as se
 from nubes.schemas import openstack as so
 from nubes.schemas import quotas as sq
 from nubes.schemas import resources as s
+from nubes.schemas import volumes as sv
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -245,6 +246,34 @@ class NubesClient:
                 return  # the server ended it (shutting down)
             time.sleep(1.0)
 
+    def volumes(self) -> list[sv.Volume]:
+        return self._list("/v1/volumes", sv.Volume)
+
+    def volume(self, ref: str) -> sv.Volume:
+        return self._get(f"/v1/volumes/{ref}", sv.Volume)
+
+    def create_volume(self, body: sv.VolumeCreate) -> sv.Volume:
+        return self._post("/v1/volumes", sv.Volume, body)
+
+    def delete_volume(self, ref: str) -> sv.Volume:
+        return sv.Volume.model_validate(self.request("DELETE", f"/v1/volumes/{ref}").json())
+
+    def attach_volume(self, server: str, volume: str) -> sv.Volume:
+        return self._post(f"/v1/servers/{server}/volumes", sv.Volume, {"volume": volume})
+
+    def detach_volume(self, server: str, volume: str) -> sv.Volume:
+        resp = self.request("DELETE", f"/v1/servers/{server}/volumes/{volume}")
+        return sv.Volume.model_validate(resp.json())
+
+    def snapshot_server(self, server: str, name: str) -> s.Image:
+        return self._post(f"/v1/servers/{server}/snapshot", s.Image, {"name": name})
+
+    def rebuild_server(self, server: str, image: str | None = None) -> s.Server:
+        return self._post(f"/v1/servers/{server}/rebuild", s.Server, sv.Rebuild(image=image))
+
+    def resize_server(self, server: str, flavor: str) -> s.Server:
+        return self._post(f"/v1/servers/{server}/resize", s.Server, sv.Resize(flavor=flavor))
+
     def groups(self) -> list[s.Group]:
         return self._list("/v1/groups", s.Group)
 
@@ -389,6 +418,14 @@ class NubesClient:
 
     def report(self, host_id: str, body: a.Report) -> None:
         self.request("POST", f"/v1/agent/hosts/{host_id}/report", json=body.model_dump(mode="json"))
+
+    def upload_snapshot(self, host_id: str, image_id: str, chunks: Iterator[bytes]) -> None:
+        path = f"/v1/agent/hosts/{host_id}/snapshots/{image_id}"
+        self.request("PUT", path, content=chunks, timeout=None)
+
+    def snapshot_failed(self, host_id: str, image_id: str, error: str) -> None:
+        path = f"/v1/agent/hosts/{host_id}/snapshots/{image_id}/failed"
+        self.request("POST", path, json={"error": error[:65536]})
 
     def download_image_part(self, image_id: str, part: str, dest: Path) -> None:
         with self._http.stream("GET", f"/v1/images/{image_id}/{part}", timeout=None) as resp:

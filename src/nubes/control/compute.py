@@ -22,6 +22,7 @@ from nubes.control import (
     operations,
     quotas,
     secgroups,
+    volumes,
 )
 from nubes.control.caller import Caller
 from nubes.control.desired import UNCONFIRMED
@@ -371,6 +372,7 @@ def finish_delete(session: Session, inst: Instance) -> None:
     secgroups.bump_members_of(session, [link.group_id for link in links])
     if inst.host_id:
         release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
+    volumes.release_from(session, inst.id)  # kept, detached
     operations.finish(session, inst.id, "delete")
     generations.bump(session, [inst.host_id])
     generations.bump_after_commit(session, generations.network_hosts(session, nets))

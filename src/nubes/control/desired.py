@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.control import external, secgroups
+from nubes.control import external, secgroups, volumes
 from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
 from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
@@ -56,7 +56,9 @@ def _port(p: Port, n: Network, rules: list[a.DesiredRule] | None = None) -> a.De
     )
 
 
-def _instance(inst: Instance, image: Image, ports: list[a.DesiredPort]) -> a.DesiredInstance:
+def _instance(
+    inst: Instance, image: Image, ports: list[a.DesiredPort], snapshots: list[str]
+) -> a.DesiredInstance:
     return a.DesiredInstance(
         id=inst.id,
         name=inst.name,
@@ -81,6 +83,9 @@ def _instance(inst: Instance, image: Image, ports: list[a.DesiredPort]) -> a.Des
         ports=ports,
         cdrom=image.disk_format == ISO_FORMAT and not inst.cdrom_ejected,
         cdrom_once=inst.eject_after_install,
+        rebuild_gen=inst.rebuild_gen,
+        resize_gen=inst.resize_gen,
+        snapshots=snapshots,
     )
 
 
@@ -102,7 +107,13 @@ def _instances(session: Session, host: Host) -> list[a.DesiredInstance]:
     rules = secgroups.rules_for(session, [i.id for i in instances])
     for p, n in rows:
         ports[p.instance_id].append(_port(p, n, rules.get(p.instance_id)))
-    return [_instance(i, images[i.image_id], ports[i.id]) for i in instances]
+    snaps: dict[str, list[str]] = defaultdict(list)
+    queued = select(Image.snapshot_of, Image.id).where(
+        Image.snapshot_of.in_([i.id for i in instances]), Image.status == "queued"
+    )
+    for of, image_id in session.execute(queued.order_by(Image.created_at)):
+        snaps[of or ""].append(image_id)
+    return [_instance(i, images[i.image_id], ports[i.id], snaps[i.id]) for i in instances]
 
 
 def dhcp_hostname(instance_id: str) -> str:
@@ -196,4 +207,5 @@ def desired_state(session: Session, host: Host, generation: int) -> a.DesiredSta
         networks=[_network(session, n, host, off_limits) for n in nets],
         deleted=_tombstones(session, host),
         gc_request=read_meta(session, GC_REQUEST),
+        volumes=volumes.desired(session, host),
     )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from nubes.control import generations
 from nubes.control.caller import HOST_CREDENTIAL_PREFIX, hash_token
-from nubes.db.models import Host, HostCredential, Instance, JoinToken, Network, utcnow
+from nubes.db.models import Host, HostCredential, Instance, JoinToken, Network, Volume, utcnow
 from nubes.errors import Conflict, Unauthorized
 
 JOIN_PREFIX = "nj_"
@@ -124,6 +124,17 @@ def remove(session: Session, host: Host, force: bool) -> None:
         update(Network)
         .where(Network.dhcp_host_id == host.id)
         .values(dhcp_host_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(  # a volume's file was on that host: gone with it
+        update(Volume)
+        .where(Volume.host_id == host.id)
+        .values(
+            host_id=None,
+            instance_id=None,
+            status="error",
+            fault=f"its host {host.name} was removed",
+        )
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(HostCredential).where(HostCredential.host_id == host.id))

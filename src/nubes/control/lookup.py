@@ -18,10 +18,11 @@ from nubes.db.models import (
     Project,
     SecurityGroup,
     ServerGroup,
+    Volume,
 )
 from nubes.errors import NotFound
 
-T = TypeVar("T", Image, Keypair, Network, Instance, ServerGroup, SecurityGroup)
+T = TypeVar("T", Image, Keypair, Network, Instance, ServerGroup, SecurityGroup, Volume)
 
 KIND = {
     Image: "image",
@@ -30,6 +31,7 @@ KIND = {
     Instance: "server",
     ServerGroup: "group",
     SecurityGroup: "security group",
+    Volume: "volume",
 }
 
 

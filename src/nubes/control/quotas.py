@@ -25,6 +25,7 @@ from nubes.db.models import (
     ProjectQuota,
     SecurityGroup,
     SecurityGroupRule,
+    Volume,
 )
 from nubes.errors import Conflict
 
@@ -95,7 +96,9 @@ def usage(session: Session, project_id: str, only: str | None = None) -> dict[st
         if r in counts:
             out[r] = int(session.scalar(counts[r]) or 0)
         elif r == "volumes":
-            out[r] = 0  # no volumes yet: the quota is kept, and enforced once they exist
+            out[r] = int(
+                session.scalar(select(func.count()).where(Volume.project_id == project_id)) or 0
+            )
     return out
 
 

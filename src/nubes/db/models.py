@@ -144,6 +144,8 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Glance's custom properties (JSON object of strings), set through the OpenStack API
     properties: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    # a snapshot: the server whose disk its host copies and uploads while the image is queued
+    snapshot_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class Flavor(Base):
@@ -234,6 +236,10 @@ class Instance(Base):
     eject_after_install: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # bumped by a rebuild (a new disk) and a resize (cold: new size): the agent acts on a
+    # generation larger than the one it last carried out, as with reboot_gen
+    rebuild_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resize_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ServerGroup(Base):
@@ -415,3 +421,24 @@ class ProjectQuota(Base):
     )
     resource: Mapped[str] = mapped_column(String(32), primary_key=True)
     limit: Mapped[int] = mapped_column(BigInteger)
+
+
+class Volume(Base):
+    """A qcow2 disk on one host, attached hot to at most one server of that host.
+    status: creating | available | attaching | in-use | detaching | deleting | error."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    size_gb: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), nullable=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
+    # the server it is (to be) attached to; None: detached
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.id"), nullable=True, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    fault: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

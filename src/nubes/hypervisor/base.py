@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nubes.errors import DriverError
+
+
+def volume_device(volume_id: str) -> str:
+    """The guest device id (and, with an `n` in front, the block node) of a volume."""
+    return "vol-" + volume_id.replace("-", "")[:24]
 
 
 class PowerState(enum.StrEnum):
@@ -131,3 +137,23 @@ class HypervisorDriver(abc.ABC):
         """Take the CD out of a running guest's drive (the next boot finds the disk), and out
         of the spec a restart uses. Idempotent; nothing to do for a guest not running."""
         return None  # a driver without removable media has nothing to eject
+
+    # -- volumes (hot) and snapshots: a driver without them refuses -------------------------
+    def attached_volumes(self, instance_id: str) -> set[str]:
+        """The devices (volume_device ids) attached to the running guest; empty if not."""
+        return set()
+
+    def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
+        """Hot-add a qcow2 file to the running guest as a virtio disk. Raises DriverError."""
+        raise DriverError("this hypervisor cannot attach volumes")
+
+    def detach_volume(self, instance_id: str, volume_id: str, timeout: float = 30.0) -> None:
+        """Ask the guest to release the disk and wait up to timeout for it. Raises
+        DriverError (the disk stays attached) when it did not."""
+        raise DriverError("this hypervisor cannot detach volumes")
+
+    @contextlib.contextmanager
+    def paused(self, instance_id: str) -> Iterator[None]:
+        """The guest's vCPUs stopped and its disks flushed for the duration (a consistent
+        point to copy them at); nothing for a guest that is not running."""
+        yield

@@ -10,7 +10,8 @@ import dataclasses
 import itertools
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from nubes.errors import DriverError
 from nubes.hypervisor.base import (
@@ -21,6 +22,7 @@ from nubes.hypervisor.base import (
     InstanceInfo,
     InstanceSpec,
     PowerState,
+    volume_device,
 )
 from nubes.hypervisor.qemu.cmdline import validate
 
@@ -32,6 +34,7 @@ class _Guest:
     pid: int | None
     reason: str = ""
     boots: int = 1
+    volumes: set[str] = field(default_factory=set)  # volume_device ids
 
 
 class FakeHypervisorDriver(HypervisorDriver):
@@ -154,6 +157,30 @@ class FakeHypervisorDriver(HypervisorDriver):
         return iter(events)
 
     # -- internals ------------------------------------------------------------------------
+
+    def attached_volumes(self, instance_id: str) -> set[str]:
+        with self._lock:
+            guest = self._guests.get(instance_id)
+            running = guest is not None and guest.state is PowerState.RUNNING
+            return set(guest.volumes) if guest is not None and running else set()
+
+    def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
+        with self._lock:
+            self.calls.append(("attach_volume", instance_id))
+            guest = self._guests.get(instance_id)
+            if guest is None or guest.state is not PowerState.RUNNING:
+                raise DriverError(f"instance {instance_id} is not running")
+            if not path.exists():
+                raise DriverError(f"volume file {path} is missing")
+            guest.volumes.add(volume_device(volume_id))
+
+    def detach_volume(self, instance_id: str, volume_id: str, timeout: float = 30.0) -> None:
+        with self._lock:
+            self.calls.append(("detach_volume", instance_id))
+            guest = self._guests.get(instance_id)
+            if guest is None or guest.state is not PowerState.RUNNING:
+                raise DriverError(f"instance {instance_id} is not running")
+            guest.volumes.discard(volume_device(volume_id))
 
     def _get(self, instance_id: str) -> _Guest:
         guest = self._guests.get(instance_id)

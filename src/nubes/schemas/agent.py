@@ -118,6 +118,9 @@ class DesiredInstance(BaseModel):
     # the image (format iso) goes in a CD-ROM drive, booted first; False once ejected
     cdrom: bool = False
     cdrom_once: bool = False  # the installer's reboot ends QEMU, so the API can eject the CD
+    rebuild_gen: int = 0
+    resize_gen: int = 0
+    snapshots: list[str] = []  # ids of queued images to copy its disk into and upload
 
 
 class DesiredReservation(BaseModel):
@@ -176,6 +179,19 @@ class DesiredNetwork(BaseModel):
     external: DesiredExternal | None = None  # only for the serving host
 
 
+class DesiredVolume(BaseModel):
+    """A volume on this host: made if missing, attached to `instance_id`'s guest when set,
+    removed once `status` is deleting."""
+
+    id: str
+    size_gb: int
+    status: str
+    instance_id: str | None = None
+    image_id: str | None = None
+    image_format: str = ""
+    image_sha256: str = ""
+
+
 class DesiredState(BaseModel):
     generation: int
     cloud_id: str  # an agent acts only on the cloud id it first saw
@@ -187,6 +203,7 @@ class DesiredState(BaseModel):
     deleted: list[str] = []
     # bumped by `nubes gc`: a larger one than the host last carried out removes its leftovers
     gc_request: int = 0
+    volumes: list[DesiredVolume] = []
 
 
 class StepDone(NoNul):
@@ -202,11 +219,24 @@ class ObservedInstance(NoNul):
     fault: str = Field(default="", max_length=65536)
     ready: bool = False
     reboot_gen: Count = 0
+    rebuild_gen: Count = 0
+    resize_gen: Count = 0
     # build steps finished in this pass (for the operation log)
     steps: list[StepDone] = Field(default=[], max_length=64)
 
 
+class ObservedVolume(NoNul):
+    id: str = Field(max_length=64)
+    status: Literal["available", "in-use", "error", "deleted"]
+    fault: str = Field(default="", max_length=65536)
+
+
+class SnapshotFailed(NoNul):
+    error: str = Field(max_length=65536)
+
+
 class Report(NoNul):
     instances: list[ObservedInstance]
+    volumes: list[ObservedVolume] = Field(default=[], max_length=4096)
     # what nubes made on the host that nothing wants, still there
     leftovers: list[Annotated[str, Field(max_length=255)]] = []

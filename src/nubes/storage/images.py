@@ -356,6 +356,34 @@ class ImageStore:
         self._remove_other_formats(image_id, declared_format)
         return StoredImage(final, declared_format, digest, size, info.virtual_size)
 
+    def adopt(
+        self, image_id: str, src: Path, declared_format: str, max_virtual_size: int, digest: str
+    ) -> StoredImage:
+        """Store a file already received beside the store (same filesystem) and hashed on the
+        way in: checked as an import, then renamed into place, not copied. Raises
+        ImageRejected; src is gone either way."""
+        final = self.path_for(image_id, declared_format)
+        try:
+            size = src.stat().st_size
+            check_header(_read_head(src), declared_format, max_virtual_size)
+            if size > default_max_bytes(max_virtual_size):
+                raise _reject(
+                    f"the file is larger than {default_max_bytes(max_virtual_size)} bytes"
+                )
+            info = inspect_image(src, declared_format, max_virtual_size)
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(src, 0o644)  # QEMU may run as an unprivileged user and must read bases
+            os.replace(src, final)
+        finally:
+            src.unlink(missing_ok=True)
+        _fsync_dir(self.root)
+        self._remove_other_formats(image_id, declared_format)
+        return StoredImage(final, declared_format, digest, size, info.virtual_size)
+
     def delete(self, image_id: str) -> None:
         """Remove the image in any format. Idempotent."""
         for fmt in SUPPORTED_FORMATS:

@@ -22,7 +22,7 @@ from nubes.api.deps import (
     any_caller,
     require_own_host,
 )
-from nubes.control import compute, generations, joining, operations
+from nubes.control import compute, generations, joining, lifecycle, operations, volumes
 from nubes.control import heartbeat as heartbeats
 from nubes.control.desired import desired_state
 from nubes.control.state import AppState
@@ -202,6 +202,8 @@ def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
         changed |= operations.observe(session, inst, obs, host.name)
         changed |= apply_observation(session, inst, obs)
         shown_changed |= inst.deleted_at is None and shown != (inst.status, inst.desired_state)
+    if volumes.fold(session, host, body.volumes, dry):
+        changed = shown_changed = True
     if shown_changed and not dry:  # its agent acts on these: it is told (an extra fetch)
         generations.bump(session, [host.id])
     return changed
@@ -243,4 +245,5 @@ def apply_observation(session: SessionDep, inst: Instance, obs: a.ObservedInstan
             inst.task_state = ""
     elif obs.status == "ERROR":
         inst.fault, inst.task_state = obs.fault, ""
+    lifecycle.observed(session, inst, obs)  # a rebuild or resize carried out
     return before != (inst.status, inst.task_state, inst.fault, inst.ready_at, inst.desired_state)

@@ -19,7 +19,7 @@ from nubes.api.paging import PageDep, paginate
 from nubes.control import images, lookup, quotas
 from nubes.control.lookup import admin_project_id
 from nubes.control.state import AppState
-from nubes.db.models import Image, Instance
+from nubes.db.models import Image, Instance, Volume
 from nubes.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
 from nubes.schemas import resources as s
 
@@ -185,7 +185,8 @@ def download_part(
             Instance.host_id == who.host_id,
             Instance.deleted_at.is_(None),
         )
-        if session.scalar(needed.limit(1)) is None:
+        volume = select(Volume.id).where(Volume.image_id == row.id, Volume.host_id == who.host_id)
+        if session.scalar(needed.limit(1)) is None and session.scalar(volume.limit(1)) is None:
             raise Forbidden("no instance of this host uses this image", field="image")
     name = f"{row.id}.{row.disk_format}" if part == "file" else f"{row.id}.{part}"
     path = state.settings.images_dir / name
@@ -202,6 +203,9 @@ def delete_image(ref: str, session: SessionDep, who: CallerDep, state: StateDep)
     live = select(Instance.id).where(Instance.image_id == row.id, Instance.deleted_at.is_(None))
     if session.scalar(live):
         raise Conflict(f"image {row.name!r} is used by servers; delete them first")
+    if session.scalar(select(Instance.id).where(Instance.image_id == row.id).limit(1)):
+        # deleted servers' rows keep their image (a foreign key): a 409, not the database's 500
+        raise Conflict(f"image {row.name!r} is kept for the records of deleted servers")
     images.store(state.settings).delete(row.id)
     for part in ("kernel", "initrd"):
         (state.settings.images_dir / f"{row.id}.{part}").unlink(missing_ok=True)

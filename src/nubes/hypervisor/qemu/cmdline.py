@@ -198,6 +198,18 @@ def _boot(spec: InstanceSpec) -> list[str]:
     return argv
 
 
+HOTPLUG_PORTS = 4  # volumes a guest can have at once
+
+
+def hotplug_ports() -> list[str]:
+    """Empty PCIe root ports for volumes to be hot-added to (q35's root bus takes no hotplug).
+    Last on the command line: the devices before them keep their PCI addresses."""
+    argv = []
+    for i in range(HOTPLUG_PORTS):
+        argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
+    return argv
+
+
 def build_argv(spec: InstanceSpec, accel: str, qemu_binary: str) -> list[str]:
     """The full QEMU command line for spec. Raises ValueError on an invalid spec."""
     validate(spec, accel)
@@ -209,6 +221,7 @@ def build_argv(spec: InstanceSpec, accel: str, qemu_binary: str) -> list[str]:
     for index, nic in enumerate(spec.nics):
         argv += _nic(index, nic)
     argv += ["-device", "virtio-rng-pci"]  # guest entropy (sshd host keys at first boot)
+    argv += hotplug_ports()
     argv += _boot(spec)
     if spec.cdrom is not None and spec.cdrom_once:
         # the installer's reboot ends QEMU like a poweroff: the API then ejects the CD and

@@ -30,10 +30,11 @@ from nubes.hypervisor.base import (
     InstanceInfo,
     InstanceSpec,
     PowerState,
+    volume_device,
 )
 from nubes.hypervisor.qemu import process
 from nubes.hypervisor.qemu.accel import Accel, host_accel
-from nubes.hypervisor.qemu.cmdline import CDROM_DEVICE, RuntimePaths, build_argv
+from nubes.hypervisor.qemu.cmdline import CDROM_DEVICE, HOTPLUG_PORTS, RuntimePaths, build_argv
 from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
 from nubes.hypervisor.qemu.registry import Record, Registry
 
@@ -232,6 +233,91 @@ class QemuDriver(HypervisorDriver):
             record.spec = dataclasses.replace(record.spec, cdrom=None, cdrom_once=False)
             self.registry.save(record)
 
+    # -- volumes and snapshots ------------------------------------------------------------------
+
+    def _running_monitor(self, instance_id: str) -> Monitor:
+        record = self._load(instance_id)
+        if record is None or self._live_pid(record) is None:
+            raise DriverError(f"instance {instance_id} is not running")
+        return self._monitor(record.spec)
+
+    def attached_volumes(self, instance_id: str) -> set[str]:
+        record = self._load(instance_id)
+        if record is None or self._live_pid(record) is None:
+            return set()
+        return {d for d in _peripherals(self._monitor(record.spec)) if d.startswith("vol-")}
+
+    def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
+        """blockdev-add, then device_add on a free hotplug port; the node goes again if the
+        device cannot be added."""
+        with self._lock(instance_id):
+            monitor = self._running_monitor(instance_id)
+            device = volume_device(volume_id)
+            present = _peripherals(monitor)
+            if device in present:
+                return
+            used = set()
+            for other in (d for d in present if d.startswith("vol-")):
+                with contextlib.suppress(MonitorError):
+                    used.add(_port_of(monitor, other))
+            node = "n" + device
+            with contextlib.suppress(MonitorError):  # a node left by an attach cut short
+                monitor.command("blockdev-del", {"node-name": node})
+            blockdev = {"driver": "file", "filename": str(path)}
+            monitor.command(
+                "blockdev-add", {"driver": "qcow2", "node-name": node, "file": blockdev}
+            )
+            error: MonitorError | None = None
+            for port in (f"hp{i}" for i in range(HOTPLUG_PORTS) if f"hp{i}" not in used):
+                args: dict[str, object] = {"driver": "virtio-blk-pci", "id": device}
+                try:  # a port taken by a device we could not place is refused: the next one
+                    args |= {"drive": node, "bus": port, "serial": volume_id[:20]}
+                    monitor.command("device_add", args)
+                    return
+                except MonitorError as exc:
+                    error = exc
+            with contextlib.suppress(MonitorError):
+                monitor.command("blockdev-del", {"node-name": node})
+            raise DriverError(
+                f"instance {instance_id}: no free hotplug port for volume {volume_id} "
+                f"({HOTPLUG_PORTS} at most): {error or 'all taken'}"
+            )
+
+    def detach_volume(self, instance_id: str, volume_id: str, timeout: float = 30.0) -> None:
+        """device_del asks the guest (PCIe hot-unplug); the device is gone once QEMU has sent
+        DEVICE_DELETED, which the one-command QMP sessions see as its absence. Then the node."""
+        with self._lock(instance_id):
+            monitor = self._running_monitor(instance_id)
+            device = volume_device(volume_id)
+            if device in _peripherals(monitor):
+                with contextlib.suppress(MonitorError):  # already asked: keep waiting
+                    monitor.command("device_del", {"id": device})
+                deadline = time.monotonic() + timeout
+                while device in _peripherals(monitor):
+                    if time.monotonic() > deadline:
+                        raise DriverError(
+                            f"the guest did not release volume {volume_id} within {timeout:.0f} s"
+                        )
+                    time.sleep(0.2)
+            _del_node(monitor, "n" + device, timeout)
+
+    @contextlib.contextmanager
+    def paused(self, instance_id: str) -> Iterator[None]:
+        """QMP stop (vm_stop drains and flushes every disk), then cont, whatever happens."""
+        record = self._load(instance_id)
+        if record is None or self._live_pid(record) is None:
+            yield
+            return
+        monitor = self._monitor(record.spec)
+        was_running = monitor.query_status() == "running"
+        if was_running:
+            monitor.command("stop")
+        try:
+            yield
+        finally:
+            if was_running:
+                monitor.cont()
+
     # -- internals ----------------------------------------------------------------------------
 
     def _lock(self, instance_id: str) -> threading.Lock:
@@ -412,6 +498,39 @@ class QemuDriver(HypervisorDriver):
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             paths.socket_dir.rmdir()
+
+
+def _peripherals(monitor: Monitor) -> set[str]:
+    """The ids of the devices added by id (command line and hotplug)."""
+    items = monitor.command("qom-list", {"path": "/machine/peripheral"})
+    if not isinstance(items, list):
+        raise MonitorError(f"unexpected qom-list reply: {items!r}")
+    return {str(i["name"]) for i in items if str(i.get("type", "")).startswith("child<")}
+
+
+def _del_node(monitor: Monitor, node: str, timeout: float) -> None:
+    """blockdev-del, retried while the node is still in use: the device's removal lets go of
+    it a moment after the device has left the tree. Until then QEMU holds the file's lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            monitor.command("blockdev-del", {"node-name": node})
+            return
+        except MonitorError as exc:
+            nodes = monitor.command("query-named-block-nodes", {"flat": True})
+            if not isinstance(nodes, list) or node not in {n.get("node-name") for n in nodes}:
+                return  # never added, or gone
+            if time.monotonic() > deadline:
+                raise DriverError(f"block node {node} still in use: {exc}") from exc
+            time.sleep(0.2)
+
+
+def _port_of(monitor: Monitor, device: str) -> str:
+    """The hotplug port a device sits on (its parent bus is named after the port)."""
+    bus = monitor.command(
+        "qom-get", {"path": f"/machine/peripheral/{device}", "property": "parent_bus"}
+    )
+    return str(bus).rsplit("/", 1)[-1]
 
 
 def _exit_note(returncode: int | None) -> str:

@@ -96,6 +96,11 @@ class Monitor:
         Raises MonitorError."""
         self._call("eject", {"id": device, "force": True})
 
+    def command(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        """Any QMP command and its reply (volumes: blockdev-add, device_add...). Raises
+        MonitorError."""
+        return self._call(cmd, args)
+
     def quit(self) -> None:
         """Make QEMU exit now (no guest shutdown). QEMU closes the socket right after it
         replies, sometimes before: a connection dropped after sending counts as success.
