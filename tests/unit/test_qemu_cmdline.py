@@ -170,6 +170,7 @@ def test_an_installer_cd_boots_before_the_disk() -> None:
         "file=/var/lib/nubes/images/inst,,1.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on",
         "-device", "ide-cd,drive=cd0,id=cdrom0,bootindex=0",
         "-device", "virtio-rng-pci",
+        *HOTPLUG,
     ]  # fmt: skip
 
 
