@@ -72,7 +72,7 @@ def create(
         True, help="anti-spoofing and security groups on its NICs (default: the network's)"
     ),
     allowed_address: list[str] = typer.Option(
-        [], help="IP[/LEN][,MAC], repeatable: the NICs may also send from it (e.g. a macvlan)"
+        [], help="IP\\[/LEN]\\[,MAC], repeatable: the NICs may also send from it (e.g. a macvlan)"
     ),
     security_group: list[str] = typer.Option(
         [], help="repeatable (default: the project's `default` group)"
