@@ -1,0 +1,125 @@
+"""IPv4 broadcast and multicast meet the receiver's security groups, on both network drivers
+(issue 11): stand-in guests (veth endpoints in namespaces of their own), no QEMU. On OVS a
+group frame is not NORMAL's flood but a copy per port through that port's own ingress check;
+the gateway's DHCP replies, broadcast or unicast, still reach every guest."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nubes.lab import LabHost
+from nubes.network import netns, ovs_daemons
+from nubes.network.base import DhcpHost, NetworkDriver, PortSpec
+from nubes.network.linuxbridge import LinuxBridgeDriver
+from nubes.network.ovs import OvsDriver
+from nubes.network.secgroups import Rule
+from tests.integration.capture import Capture
+from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
+from tests.integration.test_ovs import OPEN, guest
+
+__all__ = ["make_ns", "state_dir"]
+
+pytestmark = pytest.mark.integration
+
+DENIED, ALLOWED = 5000, 6000  # UDP ports: the receiver lets in only ALLOWED, the third both
+DESTINATIONS = ("10.20.0.255", "255.255.255.255", "239.1.2.3")
+RECEIVER_RULES = (Rule("egress"), Rule("ingress", "udp", ALLOWED, ALLOWED))
+THIRD_RULES = (
+    Rule("egress"),
+    Rule("ingress", "udp", ALLOWED, ALLOWED),
+    Rule("ingress", "udp", DENIED, DENIED, ("10.20.0.0/24",)),
+)
+needs_ovs = pytest.mark.skipif(not ovs_daemons.installed(), reason="Open vSwitch is not installed")
+
+
+def send_group(ns: str, src: str, ports: tuple[int, ...], tag: bytes = b"") -> None:
+    """One datagram to each destination and port, from ns (payload `<tag><dst>:<port>`)."""
+    with netns.inside(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+        s.bind((src, 0))
+        for dst in DESTINATIONS:
+            for port in ports:
+                s.sendto(tag + f"{dst}:{port}".encode(), (dst, port))
+
+
+def seen(frames: list[bytes], dst: str, port: int, tag: bytes = b"") -> int:
+    """How many frames carried the datagram to dst:port."""
+    return sum(tag + f"{dst}:{port}".encode() in f for f in frames)
+
+
+@pytest.fixture(params=[pytest.param("ovs", marks=needs_ovs), "linuxbridge"])
+def driver_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_broadcast_and_multicast_meet_the_receivers_groups(
+    driver_name: str, make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    host = make_ns("h")
+    macs = {n: f"52:54:00:0a:00:{n:02x}" for n in (1, 2, 3)}
+    net = net_spec(
+        "net-bc",
+        vni=4343,
+        serve_dhcp=True,
+        dhcp_hosts=tuple(DhcpHost(macs[n], f"10.20.0.{10 + n}", f"i-{n}") for n in macs),
+    )
+    driver: NetworkDriver = (
+        OvsDriver(state_dir / "h") if driver_name == "ovs" else LinuxBridgeDriver(state_dir)
+    )
+    with netns.inside(host):
+        driver.ensure_network(net)
+    try:
+        ns = {}
+        for n, rules in ((1, OPEN), (2, RECEIVER_RULES), (3, THIRD_RULES)):
+            if isinstance(driver, OvsDriver):
+                h = LabHost(name=host, netns=host, underlay_ip="10.254.73.1", index=1)
+                ns[n], _ = guest(make_ns, h, driver, net, n, rules)
+            else:
+                # test_secgroups.py's stand-in guest: a veth of the bridge, then its groups
+                ns[n], tap = make_ns(f"g{n}"), f"vb{n}{_uid()}"
+                netns.attach_endpoint(
+                    host, net.bridge, ns[n], tap, f"10.20.0.{10 + n}/24", mac=macs[n],
+                    mtu=net.mtu,
+                )  # fmt: skip
+                with netns.inside(host):
+                    driver.ensure_port_filter(
+                        PortSpec(
+                            id=f"port-{n}", network_id=net.id, bridge=net.bridge, tap=tap,
+                            mac=macs[n], ip=f"10.20.0.{10 + n}", rules=rules,
+                        )
+                    )  # fmt: skip
+        assert _ping(ns[1], "10.20.0.1", count=2)  # the network works at all
+
+        caps = {n: Capture(ns[n], "eth0") for n in (2, 3)}
+        for _ in range(3):  # the first of a flow may be slow on the userspace datapath
+            send_group(ns[1], "10.20.0.11", (DENIED, ALLOWED))
+            time.sleep(0.3)
+        time.sleep(1)
+        frames = {n: c.close() for n, c in caps.items()}
+        for dst in DESTINATIONS:
+            assert seen(frames[2], dst, ALLOWED), f"the control to {dst} never arrived"
+            assert not seen(frames[2], dst, DENIED), f"{dst}:{DENIED} reached a port denying it"
+            assert seen(frames[3], dst, DENIED), f"{dst}:{DENIED} missed a port allowing it"
+
+        # the gateway's DHCP replies reach a guest whose groups let in no DHCP: unicast, and
+        # broadcast (-B) as a client without an address asks
+        for flags in ((), ("-B",)):
+            out = subprocess.run(
+                ["ip", "netns", "exec", ns[2], "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
+                 "-t", "5", "-T", "2", "-s", "/bin/true", *flags],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 0 and "10.20.0.12" in out.stdout + out.stderr, (
+                flags,
+                out.stdout + out.stderr,
+            )
+    finally:
+        with netns.inside(host):
+            driver.delete_network(net.id)
