@@ -8,12 +8,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from nubes.lab import LabHost
+from nubes.lab import Lab, LabHost
 from nubes.network import netns, ovs_daemons
 from nubes.network.base import DhcpHost, NetworkDriver, PortSpec
 from nubes.network.linuxbridge import LinuxBridgeDriver
@@ -21,12 +21,13 @@ from nubes.network.ovs import OvsDriver
 from nubes.network.secgroups import Rule
 from tests.integration.capture import Capture
 from tests.integration.test_linuxbridge import _ping, _uid, make_ns, net_spec, state_dir
-from tests.integration.test_ovs import OPEN, guest
+from tests.integration.test_ovs import OPEN, guest, spec_for
 
 __all__ = ["make_ns", "state_dir"]
 
 pytestmark = pytest.mark.integration
 
+UNDERLAY = "10.254.74.0/24"  # apart from test_ovs.py's and a default lab's
 DENIED, ALLOWED = 5000, 6000  # UDP ports: the receiver lets in only ALLOWED, the third both
 DESTINATIONS = ("10.20.0.255", "255.255.255.255", "239.1.2.3")
 RECEIVER_RULES = (Rule("egress"), Rule("ingress", "udp", ALLOWED, ALLOWED))
@@ -123,3 +124,61 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
     finally:
         with netns.inside(host):
             driver.delete_network(net.id)
+
+
+@pytest.fixture
+def lab3(state_dir: Path) -> Iterator[list[LabHost]]:
+    lab = Lab(state_dir / "lab", name_prefix=f"b{_uid()}", underlay_cidr=UNDERLAY)
+    try:
+        yield lab.create_hosts(3)
+    finally:
+        lab.destroy()
+    assert not any(n.startswith(lab.prefix + "-") for n in netns.list_names())
+    left = subprocess.run(["pgrep", "-f", f"ovs.*{state_dir}"], capture_output=True, text=True)
+    assert left.stdout == "", "an ovsdb-server or ovs-vswitchd outlived the lab"
+
+
+@needs_ovs
+def test_group_frames_across_ovs_hosts_are_filtered_and_never_relayed(
+    lab3: list[LabHost], make_ns: Callable[[str], str], state_dir: Path
+) -> None:
+    """A broadcast from a guest of h2 arrives on h1 by its tunnel and meets the receivers'
+    groups there; h1 never sends it on to h3 (split horizon), so h3's guest gets one copy."""
+    h1, h2, h3 = lab3
+    drivers = {h.name: OvsDriver(state_dir / h.name) for h in lab3}
+    specs = {h.name: spec_for(lab3, h, "net-x", 99, "geneve") for h in lab3}
+    for h in lab3:
+        with netns.inside(h.netns):
+            drivers[h.name].ensure_network(specs[h.name])
+    ns = {}
+    for n, h, rules in (
+        (1, h2, OPEN),
+        (2, h1, RECEIVER_RULES),
+        (3, h1, THIRD_RULES),
+        (4, h3, OPEN),
+    ):
+        ns[n], _ = guest(make_ns, h, drivers[h.name], specs[h.name], n, rules)
+    assert _ping(ns[1], "10.20.0.1", count=3)  # h2's guest reaches the gateway on h1
+    assert _ping(ns[1], "10.20.0.14", count=2)  # and h3's guest
+
+    caps = {n: Capture(ns[n], "eth0") for n in (2, 3, 4)}
+    rounds = 3
+    for i in range(rounds):
+        send_group(ns[1], "10.20.0.11", (DENIED, ALLOWED), tag=f"r{i}/".encode())
+        time.sleep(0.3)
+    time.sleep(1)
+    frames = {n: c.close() for n, c in caps.items()}
+    for dst in DESTINATIONS:
+        for i in range(rounds):
+            tag = f"r{i}/".encode()
+            assert seen(frames[2], dst, ALLOWED, tag) == 1, f"the control to {dst} never arrived"
+            assert not seen(frames[2], dst, DENIED, tag), (
+                f"{dst}:{DENIED} reached a port denying it"
+            )
+            assert seen(frames[3], dst, DENIED, tag) == 1, (
+                f"{dst}:{DENIED} missed a port allowing it"
+            )
+            # exactly once: from h2's tunnel, never relayed again by h1's
+            assert seen(frames[4], dst, DENIED, tag) == 1, (
+                f"{dst}: {seen(frames[4], dst, DENIED, tag)}"
+            )
