@@ -63,3 +63,14 @@ def test_removing_a_port_removes_its_group_chain_present_or_not() -> None:
 def test_a_bad_tap_name_never_reaches_a_script() -> None:
     with pytest.raises(DriverError):
         secgroups.group_script('tap1" }', RULES)
+
+
+def test_the_bridge_tables_skeleton_brings_the_group_hook_back() -> None:
+    """Whenever the driver makes its bridge table anew (first plug, lost table), the hook that
+    sends group frames to the ports' chains comes with it."""
+    from nubes.network import firewall
+
+    assert secgroups.group_skeleton() in firewall.bridge_skeleton()
+    assert firewall.port_script("tap1", "52:54:00:00:00:01", "10.0.0.5").startswith(
+        firewall.bridge_skeleton()
+    )
