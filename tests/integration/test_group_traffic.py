@@ -55,6 +55,12 @@ def seen(frames: list[bytes], dst: str, port: int, tag: bytes = b"") -> int:
     return sum(tag + f"{dst}:{port}".encode() in f for f in frames)
 
 
+def dhcp_reply(frame: bytes) -> bool:
+    """An IPv4 UDP datagram from port 67 to 68 (no IP options)."""
+    ipv4_udp = frame[12:14] == b"\x08\x00" and len(frame) > 38 and frame[23] == 17
+    return ipv4_udp and frame[34:38] == b"\x00\x43\x00\x44"
+
+
 @pytest.fixture(params=[pytest.param("ovs", marks=needs_ovs), "linuxbridge"])
 def driver_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -77,11 +83,11 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
     with netns.inside(host):
         driver.ensure_network(net)
     try:
-        ns = {}
+        ns, ports = {}, {}
         for n, rules in ((1, OPEN), (2, RECEIVER_RULES), (3, THIRD_RULES)):
             if isinstance(driver, OvsDriver):
                 h = LabHost(name=host, netns=host, underlay_ip="10.254.73.1", index=1)
-                ns[n], _ = guest(make_ns, h, driver, net, n, rules)
+                ns[n], ports[n] = guest(make_ns, h, driver, net, n, rules)
             else:
                 # test_secgroups.py's stand-in guest: a veth of the bridge, then its groups
                 ns[n], tap = make_ns(f"g{n}"), f"vb{n}{_uid()}"
@@ -111,7 +117,8 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
 
         # the gateway's DHCP replies reach a guest whose groups let in no DHCP: unicast, and
         # broadcast (-B) as a client without an address asks
-        for flags in ((), ("-B",)):
+        for flags, to in (((), macs[2]), (("-B",), "ff:ff:ff:ff:ff:ff")):
+            cap = Capture(ns[2], "eth0")
             out = subprocess.run(
                 ["ip", "netns", "exec", ns[2], "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
                  "-t", "5", "-T", "2", "-s", "/bin/true", *flags],
@@ -121,6 +128,18 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
                 flags,
                 out.stdout + out.stderr,
             )
+            replies = [f[:6] for f in cap.close() if dhcp_reply(f)]
+            assert replies and set(replies) == {bytes.fromhex(to.replace(":", ""))}, replies
+
+        if isinstance(driver, OvsDriver):  # a port unplugged leaves its network's flood flow
+            with netns.inside(host):
+                ofport = driver.ovs.vsctl("get", "Interface", ports[3].tap, "ofport").strip()
+                flood = driver.ovs.ofctl("dump-flows", "br-int", "table=30")
+                assert f"load:0x{int(ofport):x}->NXM_NX_REG7[]" in flood
+                driver.unplug_port(ports[3].tap)
+                flood = driver.ovs.ofctl("dump-flows", "br-int", "table=30")
+            assert f"load:0x{int(ofport):x}->NXM_NX_REG7[]" not in flood
+            assert flood.count("->NXM_NX_REG7[]") == 3, flood  # guests 1 and 2, the gateway
     finally:
         with netns.inside(host):
             driver.delete_network(net.id)
