@@ -11,8 +11,9 @@ IPv4 to a group address (broadcast, multicast: the group bit of the destination 
 goes to NORMAL's flood, which would skip every receiver's rules: per network, one flow
 (`flood_flows`) hands a copy to each port of its VLAN through that port's own check (table
 40, the port number in reg7): a guest's security groups, or nothing for our trusted ports;
-a frame from a tunnel (reg5=1) never goes out to a tunnel again (the split horizon NORMAL
-gets from protected ports), and OpenFlow never outputs a frame to the port it came in by.
+a frame from a tunnel (reg5=1) never goes out to a tunnel again (the split horizon; OVS
+also skips any output between `protected` ports), and OpenFlow never outputs a frame to the
+port it came in by.
 
 Each port's flows carry the port's own cookie, so `ovs-ofctl --bundle replace-flows` of the
 whole table (atomic) adds or removes exactly that port's flows; a network's flood flow has
