@@ -55,10 +55,18 @@ def seen(frames: list[bytes], dst: str, port: int, tag: bytes = b"") -> int:
     return sum(tag + f"{dst}:{port}".encode() in f for f in frames)
 
 
-def dhcp_reply(frame: bytes) -> bool:
-    """An IPv4 UDP datagram from port 67 to 68 (no IP options)."""
+def _udp_ports(frame: bytes) -> bytes:
+    """An IPv4 UDP datagram's source and destination ports (no IP options), else b""."""
     ipv4_udp = frame[12:14] == b"\x08\x00" and len(frame) > 38 and frame[23] == 17
-    return ipv4_udp and frame[34:38] == b"\x00\x43\x00\x44"
+    return frame[34:38] if ipv4_udp else b""
+
+
+def dhcp_reply(frame: bytes) -> bool:
+    return _udp_ports(frame) == b"\x00\x43\x00\x44"  # 67 -> 68
+
+
+def dhcp_request(frame: bytes) -> bool:
+    return _udp_ports(frame) == b"\x00\x44\x00\x43"  # 68 -> 67
 
 
 @pytest.fixture(params=[pytest.param("ovs", marks=needs_ovs), "linuxbridge"])
@@ -118,7 +126,7 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
         # the gateway's DHCP replies reach a guest whose groups let in no DHCP: unicast, and
         # broadcast (-B) as a client without an address asks
         for flags, to in (((), macs[2]), (("-B",), "ff:ff:ff:ff:ff:ff")):
-            cap = Capture(ns[2], "eth0")
+            cap, other = Capture(ns[2], "eth0"), Capture(ns[3], "eth0")
             out = subprocess.run(
                 ["ip", "netns", "exec", ns[2], "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
                  "-t", "5", "-T", "2", "-s", "/bin/true", *flags],
@@ -130,6 +138,8 @@ def test_broadcast_and_multicast_meet_the_receivers_groups(
             )
             replies = [f[:6] for f in cap.close() if dhcp_reply(f)]
             assert replies and set(replies) == {bytes.fromhex(to.replace(":", ""))}, replies
+            # its broadcast requests reached the gateway, not a guest whose groups deny them
+            assert not [f for f in other.close() if dhcp_request(f)]
 
         if isinstance(driver, OvsDriver):  # a port unplugged leaves its network's flood flow
             with netns.inside(host):

@@ -27,7 +27,7 @@ def test_an_instance_port_lets_in_only_its_own_mac_and_address() -> None:
         f"cookie={c:#x},table=0,priority=60,in_port=7,icmp6,icmp_type=134,actions=drop",
         f"cookie={c:#x},table=0,priority=60,in_port=7,udp6,tp_src=547,actions=drop",
         f"cookie={c:#x},table=0,priority=50,in_port=7,udp,dl_src={MAC},nw_src=0.0.0.0,"
-        "tp_src=68,tp_dst=67,actions=NORMAL",
+        "tp_src=68,tp_dst=67,actions=load:3->NXM_NX_REG6[],ct(table=20,zone=NXM_NX_REG6[0..15])",
         f"cookie={c:#x},table=0,priority=50,in_port=7,ip,dl_src={MAC},nw_src=10.20.0.5,"
         f"actions={to_egress}",
         f"cookie={c:#x},table=0,priority=50,in_port=7,arp,dl_src={MAC},arp_sha={MAC},"

@@ -109,10 +109,14 @@ def port_flows(port: OfPort) -> list[str]:
         _flow(c, P_DROP_SERVER, f"{inp},udp,tp_src=67", "drop"),
         _flow(c, P_DROP_SERVER, f"{inp},icmp6,icmp_type=134", "drop"),
         _flow(c, P_DROP_SERVER, f"{inp},udp6,tp_src=547", "drop"),  # no rogue DHCPv6 server
-        # a DHCP client has no address yet
+        # a DHCP client has no address yet: past its egress rules (DHCP always goes out), to
+        # the gateway; other guests see its broadcast only if their rules let it in
         _flow(
-            c, P_ALLOW, f"{inp},udp,dl_src={port.mac},nw_src=0.0.0.0,tp_src=68,tp_dst=67", "NORMAL"
-        ),
+            c,
+            P_ALLOW,
+            f"{inp},udp,dl_src={port.mac},nw_src=0.0.0.0,tp_src=68,tp_dst=67",
+            _to_ct(port, T_INGRESS),
+        ),  # fmt: skip
     ]
     for addr, mac in _macs(port):
         flows.append(
