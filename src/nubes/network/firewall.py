@@ -19,6 +19,7 @@ import re
 import subprocess
 
 from nubes.errors import DriverError
+from nubes.network import secgroups
 
 TABLE = "nubes"
 BRIDGE_GLOB = "nbr*"
@@ -156,13 +157,14 @@ def overlay_remove_script(vni: int) -> str:
 
 
 def bridge_skeleton() -> str:
+    """With the security groups' hook for group frames: whenever this table is made anew."""
     return f"""table bridge {TABLE} {{
   map ports {{ type ifname : verdict; }}
   chain prerouting {{ type filter hook prerouting priority -200; policy accept; }}
 }}
 flush chain bridge {TABLE} prerouting
 add rule bridge {TABLE} prerouting iifname vmap @ports
-"""
+""" + secgroups.group_skeleton()
 
 
 def _one_or_set(items: list[str]) -> str:

@@ -512,6 +512,8 @@ class LinuxBridgeDriver(NetworkDriver):
             ]
             if not others:
                 firewall.apply(secgroups.port_remove_script(bridge, tap, ours.ip))
+            else:  # the chain of group frames leaving by its tap is its alone
+                firewall.apply(secgroups.group_remove_script(tap))
         if self._bridge_table():
             self._apply_port(partial(firewall.port_remove_script, tap))
             self._drop_tables_if_unused(nl)

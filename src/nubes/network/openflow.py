@@ -7,8 +7,17 @@ its flows exist, so it never carries a frame unfiltered); our own ports (tunnels
 everything; an instance's port only frames from its MAC with its addresses (or its allowed
 address pairs), DHCP requests, and never a DHCP server's reply or a router advertisement.
 
+IPv4 to a group address (broadcast, multicast: the group bit of the destination MAC) never
+goes to NORMAL's flood, which would skip every receiver's rules: per network, one flow
+(`flood_flows`) hands a copy to each port of its VLAN through that port's own check (table
+40, the port number in reg7): a guest's security groups, or nothing for our trusted ports;
+a frame from a tunnel (reg5=1) never goes out to a tunnel again (the split horizon; OVS
+also skips any output between `protected` ports), and OpenFlow never outputs a frame to the
+port it came in by.
+
 Each port's flows carry the port's own cookie, so `ovs-ofctl --bundle replace-flows` of the
-whole table (atomic) adds or removes exactly that port's flows.
+whole table (atomic) adds or removes exactly that port's flows; a network's flood flow has
+its VLAN's cookie.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ from nubes.network.secgroups import PROTOCOLS, Rule
 
 # tables: 0 admission (port security), 10 egress of the sending port's groups, 20 ingress of
 # the receiving port's groups; both in the conntrack zone of the network (its local VLAN,
-# loaded into reg6 at admission)
-T_EGRESS, T_INGRESS = 10, 20
+# loaded into reg6 at admission). IPv4 to a group address: 30 a copy per port of the VLAN,
+# 40 that port's ingress check (its number in reg7); reg5=1 marks a frame from a tunnel.
+T_EGRESS, T_INGRESS, T_FLOOD, T_PORT_IN = 10, 20, 30, 40
 ZONE = "NXM_NX_REG6[0..15]"
+GROUP_MAC = "01:00:00:00:00:00/01:00:00:00:00:00"
 # priorities
 P_DROP_SERVER = 60  # DHCP server replies, RAs from an instance
 P_ALLOW = 50
@@ -45,6 +56,7 @@ class OfPort:
     allowed: tuple[tuple[str, str | None], ...] = ()  # (CIDR, MAC or None: the port's)
     vlan: int = 0  # its network's local VLAN, also the network's conntrack zone here
     rules: tuple[Rule, ...] = ()  # its security groups' (with port security on)
+    tunnel: bool = False  # (trusted) a tunnel to a peer host: split horizon
 
 
 def cookie(name: str) -> int:
@@ -58,8 +70,14 @@ def _flow(c: int, priority: int, match: str, actions: str, table: int = 0) -> st
     return f"cookie={c:#x},table={table},priority={priority}{sep}{match},actions={actions}"
 
 
+def vlan_cookie(vlan: int) -> int:
+    """The cookie of a network's flood flow (a name no device can have: ':' is not allowed)."""
+    return cookie(f"vlan:{vlan}")
+
+
 def _to_ct(port: OfPort, table: int) -> str:
-    return f"load:{port.vlan}->NXM_NX_REG6[],ct(table={table},zone={ZONE})"
+    mark = "load:1->NXM_NX_REG5[]," if port.tunnel else ""
+    return f"{mark}load:{port.vlan}->NXM_NX_REG6[],ct(table={table},zone={ZONE})"
 
 
 def _macs(port: OfPort) -> list[tuple[str, str]]:
@@ -80,18 +98,25 @@ def port_flows(port: OfPort) -> list[str]:
     c = cookie(port.name)
     inp = f"in_port={port.ofport}"
     if port.trusted or not port.secured:
+        # its copy of a group frame, unfiltered; a tunnel's only if it came from no tunnel
+        to_me = f"reg7={port.ofport}" + (",reg5=0" if port.tunnel else "")
         return [
             _flow(c, P_TRUSTED, inp, "NORMAL"),
             _flow(c, P_TRUSTED + 1, f"{inp},ip", _to_ct(port, T_INGRESS)),
+            _flow(c, P_TRUSTED, to_me, f"output:{port.ofport}", T_PORT_IN),
         ]
     flows = [
         _flow(c, P_DROP_SERVER, f"{inp},udp,tp_src=67", "drop"),
         _flow(c, P_DROP_SERVER, f"{inp},icmp6,icmp_type=134", "drop"),
         _flow(c, P_DROP_SERVER, f"{inp},udp6,tp_src=547", "drop"),  # no rogue DHCPv6 server
-        # a DHCP client has no address yet
+        # a DHCP client has no address yet: past its egress rules (DHCP always goes out), to
+        # the gateway; other guests see its broadcast only if their rules let it in
         _flow(
-            c, P_ALLOW, f"{inp},udp,dl_src={port.mac},nw_src=0.0.0.0,tp_src=68,tp_dst=67", "NORMAL"
-        ),
+            c,
+            P_ALLOW,
+            f"{inp},udp,dl_src={port.mac},nw_src=0.0.0.0,tp_src=68,tp_dst=67",
+            _to_ct(port, T_INGRESS),
+        ),  # fmt: skip
     ]
     for addr, mac in _macs(port):
         flows.append(
@@ -157,6 +182,18 @@ def sg_flows(port: OfPort) -> list[str]:
         _flow(c, 1, f"in_port={port.ofport}", "drop", T_EGRESS),
     ]  # fmt: skip
     commit = f"ct(commit,zone={ZONE}),NORMAL"
+    # its copy of a group frame (table 40): what table 20 lets in by MAC, without a commit
+    # (nothing answers a broadcast from its destination address)
+    to_me, out = f"reg7={port.ofport}", f"output:{port.ofport}"
+    flows += [
+        _flow(c, 100, f"ct_state=+est+trk,{to_me}", out, T_PORT_IN),
+        _flow(c, 100, f"ct_state=+rel+trk,{to_me}", out, T_PORT_IN),
+        _flow(c, P_DROP_SERVER, f"{to_me},udp,tp_src=67,tp_dst=68", out, T_PORT_IN),
+    ]
+    for rule in port.rules:
+        if rule.direction == "ingress":
+            for m in _rule_matches(rule):
+                flows.append(_flow(c, P_ALLOW, f"ct_state=+new+trk,{to_me},{m}", out, T_PORT_IN))
     for mac in dict.fromkeys(m for _, m in _macs(port)):
         dst = f"reg6={port.vlan},dl_dst={mac}"
         flows.append(_flow(c, P_DROP_SERVER, f"{dst},udp,tp_src=67,tp_dst=68", commit, T_INGRESS))
@@ -187,10 +224,33 @@ SHARED = [
         for t in (T_EGRESS, T_INGRESS)
     ),
     f"cookie=0x0,table={T_EGRESS},priority=0,actions=drop",
+    # IPv4 to a group address: a copy to each port of the network through its own check
+    f"cookie=0x0,table={T_INGRESS},priority=110,ip,dl_dst={GROUP_MAC},actions=resubmit(,{T_FLOOD})",
+    f"cookie=0x0,table={T_PORT_IN},priority=150,ct_state=+inv+trk,actions=drop",
+    f"cookie=0x0,table={T_PORT_IN},priority=0,actions=drop",
+    f"cookie=0x0,table={T_FLOOD},priority=0,actions=drop",
     # to anything but a secured port of this host (a tunnel, a gateway, a port without port
     # security): committed, so its replies are established
     f"cookie=0x0,table={T_INGRESS},priority=0,ip,actions=ct(commit,zone={ZONE}),NORMAL",
 ]
+
+
+def flood_flows(ports: list[OfPort]) -> dict[int, str]:
+    """Per VLAN, the flow that gives a group frame to each of its ports' checks (table 40)."""
+    by_vlan: dict[int, list[int]] = {}
+    for port in sorted(ports, key=lambda p: p.name):
+        if port.ofport > 0:
+            by_vlan.setdefault(port.vlan, []).append(port.ofport)
+    return {
+        vlan: _flow(
+            vlan_cookie(vlan),
+            10,
+            f"reg6={vlan}",
+            ",".join(f"load:{n}->NXM_NX_REG7[],resubmit(,{T_PORT_IN})" for n in ofports),
+            T_FLOOD,
+        )
+        for vlan, ofports in sorted(by_vlan.items())
+    }
 
 
 def table(ports: list[OfPort]) -> str:
@@ -199,6 +259,7 @@ def table(ports: list[OfPort]) -> str:
     for port in sorted(ports, key=lambda p: p.name):
         if port.ofport > 0:  # -1: OVS could not open the device (yet)
             lines += port_flows(port)
+    lines += flood_flows(ports).values()
     return "\n".join(lines) + "\n"
 
 

@@ -136,7 +136,10 @@ def of_ports(rows: list[_Row]) -> list[openflow.OfPort]:
                 )
             )
         elif "nubes-net" in r.ids:  # tunnels and gateways
-            out.append(openflow.OfPort(r.name, r.ofport, trusted=True, vlan=r.tag or 0))
+            tunnel = "nubes-peer" in r.ids
+            out.append(
+                openflow.OfPort(r.name, r.ofport, trusted=True, vlan=r.tag or 0, tunnel=tunnel)
+            )
     return out
 
 
@@ -279,6 +282,12 @@ class OvsDriver(NetworkDriver):
         mine = [p for p in of_ports(after) if p.name == name and p.ofport > 0]
         lines = [f"delete cookie={openflow.cookie(name):#x}/-1"]
         lines += [f"add {f}" for p in mine for f in openflow.port_flows(p)]
+        # the flood flows of the VLANs the port left or joined (each has its VLAN's cookie)
+        floods = openflow.flood_flows(of_ports(before)), openflow.flood_flows(of_ports(after))
+        for vlan in sorted(set(floods[0]) | set(floods[1])):
+            if floods[0].get(vlan) != floods[1].get(vlan):
+                lines.append(f"delete cookie={openflow.vlan_cookie(vlan):#x}/-1")
+                lines += [f"add {floods[1][vlan]}"] if vlan in floods[1] else []
         self._st.table = None  # unknown until the bundle is in
         self.ovs.ofctl("--bundle", "add-flows", BR_INT, "-", stdin="\n".join(lines) + "\n")
         self._st.table = new

@@ -7,6 +7,12 @@ with the same addresses never share a connection entry. Per bridge, `sgb_<bridge
 established traffic, then sends a new connection through the egress chain of the local port
 it comes from (by source address: anti-spoofing vouches for it) and the ingress chain of the
 local port it goes to. A port without port security is in neither map: nothing filters it.
+
+A broadcast or multicast has no port's address to be looked up by, and the inet hooks see
+the bridge, not the port, as the way out: so in the bridge family's forward hook (once per
+port a frame is flooded to), IPv4 to a group MAC goes through the ingress rules of the port
+it is about to leave by (`sgg_<tap>`, stateless: nothing answers from a group address, and
+the bridge family has no conntrack here). The gateway and overlay ports have none.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from nubes.errors import DriverError
 TABLE = "nubes"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 PROTOCOLS = ("tcp", "udp", "icmp")
+GROUP_DST = "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00"  # broadcast, multicast
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,20 @@ add rule inet {TABLE} sg_fwd iifname vmap @sg_bridges
 """
 
 
+def group_skeleton() -> str:
+    """The bridge-family hook that hands IPv4 to a group MAC to its output port's chain."""
+    return f"""table bridge {TABLE} {{
+  map sg_groups {{ type ifname : verdict; }}
+  chain sg_groups_fwd {{ type filter hook forward priority filter; policy accept; }}
+}}
+flush chain bridge {TABLE} sg_groups_fwd
+add rule bridge {TABLE} sg_groups_fwd ether type ip {GROUP_DST} oifname vmap @sg_groups
+"""
+
+
 def bridge_script(bridge: str, vni: int) -> str:
-    """The bridge's zone, its maps of local ports, and its chain."""
+    """The bridge's zone, its maps of local ports, and its chain (and the group frames'
+    hook, shared by every bridge)."""
     chain, zone = _name("sgb_", bridge), _name("sgz_", bridge)
     egress, ingress = _name("sge_", bridge), _name("sgi_", bridge)
     return (
@@ -76,6 +95,7 @@ def bridge_script(bridge: str, vni: int) -> str:
         + f"add rule inet {TABLE} {chain} ip daddr vmap @{ingress}\n"
         + f'add element inet {TABLE} sg_zones {{ "{bridge}" : jump {zone} }}\n'
         + f'add element inet {TABLE} sg_bridges {{ "{bridge}" : jump {chain} }}\n'
+        + group_skeleton()
     )
 
 
@@ -124,8 +144,8 @@ def _port_chains(bridge: str, ip: str) -> tuple[str, str]:
 
 
 def port_script(bridge: str, tap: str, ip: str, rules: tuple[Rule, ...]) -> str:
-    """A port's own chains (what it may start, what may reach it), keyed by its address."""
-    del tap  # the rules follow the address (see _port_chains)
+    """A port's own chains (what it may start, what may reach it), keyed by its address;
+    and what group frames may leave by its tap."""
     addr = ipaddress.IPv4Address(ip)
     egress, ingress = _port_chains(bridge, ip)
     lines = [
@@ -149,12 +169,44 @@ def port_script(bridge: str, tap: str, ip: str, rules: tuple[Rule, ...]) -> str:
         f"add element inet {TABLE} {emap} {{ {addr} : jump {egress} }}\n"
         + f"add element inet {TABLE} {imap} {{ {addr} : jump {ingress} }}\n"
     )
-    return "".join(lines) + "".join(body) + elements
+    return "".join(lines) + "".join(body) + elements + group_script(tap, rules)
+
+
+def group_script(tap: str, rules: tuple[Rule, ...]) -> str:
+    """The port's ingress rules for the group frames that leave by its tap (DHCP replies
+    always), in the bridge family."""
+    chain = _name("sgg_", tap)
+    out = [
+        f"add table bridge {TABLE}\n",
+        f"add map bridge {TABLE} sg_groups {{ type ifname : verdict; }}\n",
+        f"add chain bridge {TABLE} {chain}\nflush chain bridge {TABLE} {chain}\n",
+        f"add rule bridge {TABLE} {chain} udp sport 67 udp dport 68 accept\n",
+    ]
+    for rule in rules:
+        match = _match(rule) if rule.direction == "ingress" else None
+        if match is not None:
+            out.append(f"add rule bridge {TABLE} {chain} {match} accept\n".replace("  ", " "))
+    out.append(f"add rule bridge {TABLE} {chain} drop\n")
+    out.append(f'add element bridge {TABLE} sg_groups {{ "{tap}" : jump {chain} }}\n')
+    return "".join(out)
+
+
+def group_remove_script(tap: str) -> str:
+    """Present or not (add first, then delete)."""
+    chain = _name("sgg_", tap)
+    return (
+        f"add table bridge {TABLE}\n"
+        + f"add map bridge {TABLE} sg_groups {{ type ifname : verdict; }}\n"
+        + f"add chain bridge {TABLE} {chain}\n"
+        + f'add element bridge {TABLE} sg_groups {{ "{tap}" : jump {chain} }}\n'
+        + f'delete element bridge {TABLE} sg_groups {{ "{tap}" }}\n'
+        + f"flush chain bridge {TABLE} {chain}\n"
+        + f"delete chain bridge {TABLE} {chain}\n"
+    )
 
 
 def port_remove_script(bridge: str, tap: str, ip: str) -> str:
     """Present or not (nft 1.0.6 has no destroy: add first, then delete)."""
-    del tap
     addr = ipaddress.IPv4Address(ip)
     egress, ingress = _port_chains(bridge, ip)
     emap, imap = _name("sge_", bridge), _name("sgi_", bridge)
@@ -169,4 +221,4 @@ def port_remove_script(bridge: str, tap: str, ip: str) -> str:
             + f"flush chain inet {TABLE} {chain}\n"
             + f"delete chain inet {TABLE} {chain}\n"
         )
-    return out
+    return out + group_remove_script(tap)
