@@ -39,6 +39,9 @@ ADMIN_ONLY = {
     ("GET", "/v1/gc"),
     ("POST", "/v1/gc"),
     ("PUT", "/v1/quotas/{project}"),
+    ("POST", "/v1/servers/{ref}/migrate"),
+    ("GET", "/v1/migrations"),
+    ("GET", "/v1/migrations/{migration_id}"),
 }
 # user routes that name one of the member's own resources: another project is told 404
 OWNED = {

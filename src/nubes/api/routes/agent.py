@@ -22,7 +22,7 @@ from nubes.api.deps import (
     any_caller,
     require_own_host,
 )
-from nubes.control import compute, generations, joining, operations
+from nubes.control import compute, generations, joining, migrations, operations
 from nubes.control import heartbeat as heartbeats
 from nubes.control.desired import desired_state
 from nubes.control.state import AppState
@@ -204,6 +204,8 @@ def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
         shown_changed |= inst.deleted_at is None and shown != (inst.status, inst.desired_state)
     if shown_changed and not dry:  # its agent acts on these: it is told (an extra fetch)
         generations.bump(session, [host.id])
+    if body.migrations:
+        changed |= migrations.fold(session, host, body.migrations, dry)
     return changed
 
 

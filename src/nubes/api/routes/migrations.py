@@ -1,0 +1,42 @@
+"""Moving servers between hosts (admin only): `nubes server migrate`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from nubes.api.deps import AdminDep, SessionDep, StateDep
+from nubes.api.paging import PageDep, paginate
+from nubes.control import migrations
+from nubes.db.models import Migration
+from nubes.errors import NotFound
+from nubes.schemas import resources as s
+
+router = APIRouter(tags=["migrations"])
+
+
+@router.post("/v1/servers/{ref}/migrate", status_code=202)
+def migrate_server(
+    ref: str, body: s.MigrateRequest, session: SessionDep, who: AdminDep, state: StateDep
+) -> s.Migration:
+    """Move the server to another host (`host`, or the scheduler's choice): `live` keeps it
+    running (its disk mirrored over NBD, then its memory); otherwise it is stopped, its disk
+    copied and it starts on the target. Follow it with `GET /v1/migrations/{id}`."""
+    inst = migrations.find_server(session, ref)
+    answer = migrations.start(state, session, inst, body)
+    session.commit()  # wakes both hosts' long-polls
+    return answer
+
+
+@router.get("/v1/migrations")
+def list_migrations(session: SessionDep, who: AdminDep, page: PageDep) -> list[s.Migration]:
+    rows = paginate(session, select(Migration), (Migration.created_at, Migration.id), page)
+    return [migrations.wire(session, m) for m in rows]
+
+
+@router.get("/v1/migrations/{migration_id}")
+def show_migration(migration_id: str, session: SessionDep, who: AdminDep) -> s.Migration:
+    mig = session.get(Migration, migration_id)
+    if mig is None:
+        raise NotFound(f"migration {migration_id!r} not found", field="migration")
+    return migrations.wire(session, mig)
