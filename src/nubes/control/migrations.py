@@ -148,6 +148,20 @@ def wire(session: Session, mig: Migration) -> s.Migration:
 # -- the agents' side ---------------------------------------------------------------------
 
 
+def incoming_uses(session: Session, host_id: str, image_id: str) -> bool:
+    """An instance migrating to this host boots from the image: the host may download it."""
+    found = (
+        select(Migration.id)
+        .join(Instance, Instance.id == Migration.instance_id)
+        .where(
+            Migration.target_host_id == host_id,
+            Migration.phase.in_(ACTIVE),
+            Instance.image_id == image_id,
+        )
+    )
+    return session.scalar(found.limit(1)) is not None
+
+
 def for_host(session: Session, host: Host) -> list[Migration]:
     """What this host still has to do: the active ones, a source's done one until it has
     removed its copy, a target's failed one until it has removed what it prepared."""
