@@ -163,12 +163,23 @@ def _killed_mid_migration(world: World, which: str) -> None:
     assert_kept_counting(cloud, before)
 
 
+def _with_logs(world: World, which: str) -> None:
+    try:
+        _killed_mid_migration(world, which)
+    except AssertionError:
+        for log in sorted((world.cloud.state_dir / "lab").glob("*.log")):
+            lines = [x for x in log.read_text().splitlines() if "httpx" not in x]
+            print(f"== {log.name}", *lines[-60:], sep="\n")
+        print("== mover", world.cloud.client.console_log("mover")[-3000:])
+        raise
+
+
 def test_source_agent_killed_mid_migration_ends_once(world: World) -> None:
-    _killed_mid_migration(world, "source")
+    _with_logs(world, "source")
 
 
 def test_target_agent_killed_mid_migration_ends_once(world: World) -> None:
-    _killed_mid_migration(world, "target")
+    _with_logs(world, "target")
 
 
 def test_cold_migration_carries_the_disk(world: World) -> None:

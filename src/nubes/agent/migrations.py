@@ -103,6 +103,7 @@ class MigrationReconciler:
         self._remove_incoming(mig.instance_id, mig)
         port, nbd_port = _free_port(address), _free_port(address)
         self._build_incoming(mig, address, port, nbd_port)
+        log.info("migration %s: incoming guest ready, ports %d and %d", mig.id, port, nbd_port)
         return ObservedMigration(id=mig.id, state="prepared", port=port, nbd_port=nbd_port)
 
     def _build_incoming(self, mig: DesiredMigration, address: str, port: int, nbd: int) -> None:
@@ -175,6 +176,7 @@ class MigrationReconciler:
                 continue
             mig_id = str(marker.get("migration", ""))
             if instance_id in ours:
+                log.info("migration %s: instance %s is ours now", mig_id, instance_id)
                 if marker.get("live"):
                     self.driver.stop_export(instance_id)
                 else:
@@ -208,6 +210,7 @@ class MigrationReconciler:
                 )
         elif (self.rec.layout.instance_dir(mig.instance_id) / OUTGOING).exists():
             return ObservedMigration(id=mig.id, state="completed")
+        log.info("migration %s: sending instance %s to %s", mig.id, mig.instance_id, mig.peer)
         target = self._run_live if mig.live else self._run_cold
         thread = threading.Thread(target=target, args=(mig,), daemon=True, name=f"mig-{mig.id}")
         self._threads[mig.id] = thread
@@ -223,6 +226,10 @@ class MigrationReconciler:
             outcome = Outcome("failed", error=str(exc))
         if outcome.state == "failed":
             self.driver.cancel_out(mig.instance_id)  # the mirror too: the guest stays here
+        log.info(
+            "migration %s: %s (total %d ms, downtime %d ms) %s",
+            mig.id, outcome.state, outcome.total_ms, outcome.downtime_ms, outcome.error,
+        )  # fmt: skip
         self._results[mig.id] = _observed(mig.id, outcome)
 
     def _run_cold(self, mig: DesiredMigration) -> None:

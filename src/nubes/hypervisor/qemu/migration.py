@@ -99,6 +99,9 @@ class QemuMigration:
         mon = self._monitor(instance_id)
         info = _dict(mon.execute("query-migrate"))
         status = str(info.get("status", "none"))
+        if status == "completed" and "total-time" not in info:
+            # a guest that came here by migration: that was its incoming one, long done
+            return Outcome("none")
         if status == "completed":
             return Outcome(
                 "completed",
@@ -131,22 +134,25 @@ class QemuMigration:
             self._until(lambda: _ready(mon), "the disk mirror to be ready")
             caps = [{"capability": "pause-before-switchover", "state": True}]
             mon.execute("migrate-set-capabilities", {"capabilities": caps})
-            mon.execute("migrate-set-parameters", {"downtime-limit": 100})
+            mon.execute("migrate-set-parameters", {"downtime-limit": 50})
             mon.execute("migrate", {"uri": f"tcp:{peer}:{port}"})
 
-        def switch_point() -> bool:
-            status = str(_dict(mon.execute("query-migrate")).get("status", ""))
-            if status in ("completed", "failed", "cancelled"):
-                return True
-            return status == "pre-switchover"
+        seen: list[str] = []
 
-        self._until(switch_point, "the switch-over point")
-        if self.outcome(instance_id).state == "active":  # paused at pre-switchover
-            if _job(mon):
+        def switch_point() -> bool:
+            seen.append(str(_dict(mon.execute("query-migrate")).get("status", "")))
+            return seen[-1] in ("pre-switchover", "completed", "failed", "cancelled")
+
+        # the guest is paused from here to the switch-over: poll tightly, no extra calls
+        self._until(switch_point, "the switch-over point", every=0.005)
+        if seen[-1] == "pre-switchover":
+            with contextlib.suppress(MonitorError):  # gone already after a restart: fine
                 mon.execute("block-job-cancel", {"device": JOB})  # ready: ends in step
-            self._until(lambda: not _job(mon), "the disk mirror to end")
+            self._until(lambda: not _job(mon), "the disk mirror to end", every=0.002)
             mon.execute("migrate-continue", {"state": "pre-switchover"})
-            self._until(lambda: self.outcome(instance_id).state != "active", "the switch-over")
+            self._until(
+                lambda: self.outcome(instance_id).state != "active", "the switch-over", every=0.01
+            )
         return self.outcome(instance_id)
 
     def cancel_out(self, instance_id: str) -> None:
@@ -168,12 +174,12 @@ class QemuMigration:
         if done.returncode != 0:
             raise DriverError(f"copying the disk failed: {done.stderr.strip()[-500:]}")
 
-    def _until(self, check: Any, what: str) -> None:
+    def _until(self, check: Any, what: str, every: float = 0.05) -> None:
         deadline = time.monotonic() + self.step_timeout
         while not check():
             if time.monotonic() > deadline:
                 raise DriverError(f"timed out waiting for {what}")
-            time.sleep(0.02)
+            time.sleep(every)
 
 
 def _dict(value: object) -> dict[str, Any]:
