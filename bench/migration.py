@@ -13,6 +13,7 @@ Run as root: `.venv/bin/python bench/migration.py [--rounds N]`.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
@@ -76,12 +77,15 @@ def bare_move(ram_mb: int) -> tuple[int, int]:
                  "-mon", "chardev=qmp,mode=control", *extra]
             )  # fmt: skip
 
-        src, dst = qemu("src"), qemu("dst", "-incoming", "tcp:127.0.0.1:47391")
+        with socket.socket() as probe:  # a free loopback port (other runs share the machine)
+            probe.bind(("127.0.0.1", 0))
+            uri = f"tcp:127.0.0.1:{probe.getsockname()[1]}"
+        src, dst = qemu("src"), qemu("dst", "-incoming", uri)
         try:
             time.sleep(1.0)
             mon = Monitor(d / "src.sock", timeout=10)
             mon.execute("migrate-set-parameters", {"downtime-limit": 100})
-            mon.execute("migrate", {"uri": "tcp:127.0.0.1:47391"})
+            mon.execute("migrate", {"uri": uri})
             while True:
                 info = mon.execute("query-migrate")
                 assert isinstance(info, dict)

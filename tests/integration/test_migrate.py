@@ -4,8 +4,9 @@ One 2-host lab for the module; the tests run in file order and move the same gue
 forth (each leaves it ACTIVE on one host, once):
 1. live, host1 → host2: no reboot (the counter its user-data started keeps counting, same
    boot id), a neighbour on host1 pings it after; the migration port only takes the source;
-2. live, with the source's agent killed -9 mid-migration and started again;
-3. live, with the target's agent killed -9 mid-migration and started again;
+2. live, with the source's agent killed (kill -9, or a crash point: paused at the
+   switch-over point with the guest on both hosts) mid-migration and started again;
+3. the same with the target's agent (kill -9, or a crash before it reports it is ready);
 4. cold: it stops, its disk is copied, it starts on the other host with its data (the
    user-data marker on its disk says the script already ran).
 """
@@ -145,16 +146,30 @@ def test_live_migration_keeps_it_running_and_reachable(world: World) -> None:
     assert "nubes_mig_" not in cloud.in_host(["nft", "list", "ruleset"], 2)
 
 
-def _killed_mid_migration(world: World, which: str) -> None:
+def _killed_mid_migration(world: World, which: str, fault: str = "") -> None:
+    """kill -9 of the source's or the target's agent while the server moves: at a random
+    point once the migration runs, or (`fault`) exactly at a crash point of nubes/faults.py,
+    which ends the agent as kill -9 does. Restarted, it ends with one running copy."""
     cloud = world.cloud
     here = cloud.client.server("mover").host
     assert here is not None
     there = cloud.host_ns(1) if here == cloud.host_ns(2) else cloud.host_ns(2)
     victim = host_index(cloud, here if which == "source" else there)
+    server_id = cloud.client.server("mover").id
     before = counts(cloud)
+    if fault:
+        cloud.nubes("lab", "restart-agent", cloud.host_ns(victim),
+                    env={"NUBES_FAULT_CRASH_AFTER": fault})  # fmt: skip
+        wait_for(lambda: agent_pid(cloud, victim) is not None, 60, "the agent with its fault")
     mig = migrate(cloud, there)
-    wait_for(lambda: cloud.client.migration(mig.id).phase == "migrating", 300, "migrating")
-    kill_agent(cloud, victim)
+    if fault:
+        wait_for(lambda: agent_pid(cloud, victim) is None, 300, f"the agent to crash at {fault}")
+        # the moment that matters: the guest on both hosts, the switch-over not made
+        assert copies(cloud, server_id) == [1, 2]
+        assert cloud.client.server("mover").host == here
+    else:
+        wait_for(lambda: cloud.client.migration(mig.id).phase == "migrating", 300, "migrating")
+        kill_agent(cloud, victim)
     time.sleep(3)  # QEMU carries on (or waits at the switch-over point) without its agent
     cloud.nubes("lab", "restart-agent", cloud.host_ns(victim))
     wait_for(lambda: agent_pid(cloud, victim) is not None, 60, "the agent back")
@@ -163,9 +178,9 @@ def _killed_mid_migration(world: World, which: str) -> None:
     assert_kept_counting(cloud, before)
 
 
-def _with_logs(world: World, which: str) -> None:
+def _with_logs(world: World, which: str, fault: str = "") -> None:
     try:
-        _killed_mid_migration(world, which)
+        _killed_mid_migration(world, which, fault)
     except AssertionError:
         for log in sorted((world.cloud.state_dir / "lab").glob("*.log")):
             lines = [x for x in log.read_text().splitlines() if "httpx" not in x]
@@ -174,8 +189,16 @@ def _with_logs(world: World, which: str) -> None:
         raise
 
 
+def test_source_agent_killed_at_the_switch_over_point_ends_once(world: World) -> None:
+    _with_logs(world, "source", "switch-over-point")
+
+
 def test_source_agent_killed_mid_migration_ends_once(world: World) -> None:
     _with_logs(world, "source")
+
+
+def test_target_agent_killed_before_reporting_it_is_ready_ends_once(world: World) -> None:
+    _with_logs(world, "target", "incoming-ready")
 
 
 def test_target_agent_killed_mid_migration_ends_once(world: World) -> None:

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 
+from nubes import faults
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import LocalState
 from nubes.agent.reverter import Reverter
@@ -104,6 +105,7 @@ class MigrationReconciler:
         port, nbd_port = _free_port(address), _free_port(address)
         self._build_incoming(mig, address, port, nbd_port)
         log.info("migration %s: incoming guest ready, ports %d and %d", mig.id, port, nbd_port)
+        faults.crash_if(self.rec.crash_after, "incoming-ready")  # before it is reported
         return ObservedMigration(id=mig.id, state="prepared", port=port, nbd_port=nbd_port)
 
     def _build_incoming(self, mig: DesiredMigration, address: str, port: int, nbd: int) -> None:
@@ -219,7 +221,10 @@ class MigrationReconciler:
 
     def _run_live(self, mig: DesiredMigration) -> None:
         try:
-            outcome = self.driver.migrate_out(mig.instance_id, mig.peer, mig.port, mig.nbd_port)
+            step = partial(faults.crash_if, self.rec.crash_after)  # TEST ONLY (nubes/faults.py)
+            outcome = self.driver.migrate_out(
+                mig.instance_id, mig.peer, mig.port, mig.nbd_port, step
+            )
         except Exception as exc:
             log.exception("live migration %s failed", mig.id)
             self.driver.cancel_out(mig.instance_id)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,17 @@ class QemuMigration:
             return Outcome("failed", error=str(info.get("error-desc", f"migration {status}")))
         return Outcome("none" if status == "none" else "active")
 
-    def migrate_out(self, instance_id: str, peer: str, port: int, nbd_port: int) -> Outcome:
+    def migrate_out(
+        self,
+        instance_id: str,
+        peer: str,
+        port: int,
+        nbd_port: int,
+        step: Callable[[str], None] = lambda name: None,
+    ) -> Outcome:
         """Mirror the disk, migrate memory, switch over; resumes from whatever step QEMU is
         at. Returns the outcome (completed or failed); raises DriverError on a QMP failure
-        (the caller then cancels)."""
+        (the caller then cancels). `step` is told each point reached (fault injection)."""
         mon = self._monitor(instance_id)
         if self.outcome(instance_id).state == "none":
             if not _job(mon):
@@ -132,6 +140,7 @@ class QemuMigration:
                     },
                 )
             self._until(lambda: _ready(mon), "the disk mirror to be ready")
+            step("mirror-ready")
             caps = [{"capability": "pause-before-switchover", "state": True}]
             mon.execute("migrate-set-capabilities", {"capabilities": caps})
             mon.execute("migrate-set-parameters", {"downtime-limit": 50})
@@ -146,6 +155,7 @@ class QemuMigration:
         # the guest is paused from here to the switch-over: poll tightly, no extra calls
         self._until(switch_point, "the switch-over point", every=0.005)
         if seen[-1] == "pre-switchover":
+            step("switch-over-point")
             with contextlib.suppress(MonitorError):  # gone already after a restart: fine
                 mon.execute("block-job-cancel", {"device": JOB})  # ready: ends in step
             self._until(lambda: not _job(mon), "the disk mirror to end", every=0.002)
