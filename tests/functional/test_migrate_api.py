@@ -87,6 +87,7 @@ def test_phases_move_the_server_and_its_claim_once(make_cloud: MakeCloud) -> Non
     assert used == {"host1": 256, "host2": 256}  # both held while it moves
     err = refused(lambda: c.migrate_server("web1", host="host2", live=True))
     assert err.status == 409  # one at a time
+    assert not [f for f in c.gc().database if "usage" in f]  # held, not drift
     # the source cannot say it is prepared; the target can
     report(cloud, "host1", a.ObservedMigration(id=mig.id, state="prepared", port=1, nbd_port=2))
     assert c.migration(mig.id).phase == "preparing"

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from nubes.control import generations, operations
@@ -146,6 +146,20 @@ def wire(session: Session, mig: Migration) -> s.Migration:
 
 
 # -- the agents' side ---------------------------------------------------------------------
+
+
+def incoming_claims(session: Session, host_id: str) -> tuple[int, int, int]:
+    """vCPUs, RAM and disk this host holds for servers migrating to it (`nubes gc` counts them)."""
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Instance.vcpus), 0),
+            func.coalesce(func.sum(Instance.ram_mb), 0),
+            func.coalesce(func.sum(Instance.disk_gb), 0),
+        )
+        .join(Migration, Migration.instance_id == Instance.id)
+        .where(Migration.target_host_id == host_id, Migration.phase.in_(ACTIVE))
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def incoming_uses(session: Session, host_id: str, image_id: str) -> bool:
