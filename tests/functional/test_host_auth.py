@@ -64,6 +64,7 @@ AGENT_OK = {
     ("GET", "/v1/agent/hosts/{host_id}/desired"): 200,
     ("POST", "/v1/agent/hosts/{host_id}/report"): 204,
     ("GET", "/v1/images/{ref}/{part}"): 200,
+    ("GET", "/v1/agent/hosts/{host_id}/migrations/{migration_id}/console-log"): 404,
 }
 
 

@@ -118,6 +118,8 @@ def assert_kept_counting(cloud: LabCloud, before: list[tuple[str, int]]) -> None
     after = counts(cloud)
     assert {b for b, _ in after} == {boot}, "the guest rebooted"
     assert after[-1][1] > last
+    # the log goes on where it was: what the source had is still served from the target
+    assert before[0] in after, "the console log restarted on the target"
 
 
 def test_live_migration_keeps_it_running_and_reachable(world: World) -> None:

@@ -52,7 +52,12 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
 
         assert isinstance(hypervisor, QemuDriver)
         guard = settings.network_driver != "fake"  # nftables only where the host has a network
-        agent.migrations = MigrationReconciler(reconciler, QemuMigration(hypervisor), guard)
+        agent.migrations = MigrationReconciler(
+            reconciler,
+            QemuMigration(hypervisor),
+            guard,
+            fetch_log=lambda mig_id: client.incoming_console_log(agent.host_id, mig_id),
+        )
     if settings.network_driver != "fake":  # fake networks have no bridges to listen on
         agent.metadata_server = MetadataServer(agent.metadata)
     return agent

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -42,6 +43,8 @@ class MigrationReconciler:
     rec: InstanceReconciler
     driver: QemuMigration
     guard: bool = True  # nftables: the target's ports accept only the source
+    # the source's console log so far, by migration id (through the API); b"" if none
+    fetch_log: Callable[[str], bytes] = lambda migration_id: b""
     _threads: dict[str, threading.Thread] = field(default_factory=dict)
     _results: dict[str, ObservedMigration] = field(default_factory=dict)
 
@@ -147,6 +150,7 @@ class MigrationReconciler:
                 ready=mig.live,  # a live guest has booted already
                 reboot_gen=want.reboot_gen,
             )
+            state.console_offset = self._carry_log(mig)  # readiness is not looked for again
             layout.save_state(want.id, state)
             self.driver.prepare_incoming(rec.spec(want, state), address, port, nbd, mig.live)
             revert.add("qemu", partial(rec.hypervisor.destroy, want.id))
@@ -156,6 +160,18 @@ class MigrationReconciler:
             revert.fail()
             raise
         revert.success()
+
+    def _carry_log(self, mig: DesiredMigration) -> int:
+        """The source's console log becomes the start of ours (QEMU appends to it): the lines
+        the guest prints during the move itself are the only ones missing. Best effort."""
+        try:
+            data = self.fetch_log(mig.id)
+        except Exception as exc:  # a log is not worth failing a migration over
+            log.warning("migration %s: the console log stays behind: %s", mig.id, exc)
+            data = b""
+        path = self.rec.layout.console_log(mig.instance_id)
+        path.write_bytes(data)
+        return len(data)
 
     def _remove_incoming(self, instance_id: str, mig: DesiredMigration) -> None:
         """Everything a target prepared for a migration that will not happen. Idempotent."""

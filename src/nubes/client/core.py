@@ -209,6 +209,10 @@ class NubesClient:
         body = s.MigrateRequest(host=host, live=live)
         return self._post(f"/v1/servers/{ref}/migrate", s.Migration, body)
 
+    def incoming_console_log(self, host_id: str, migration_id: str) -> bytes:
+        path = f"/v1/agent/hosts/{host_id}/migrations/{migration_id}/console-log"
+        return self.request("GET", path).content
+
     def migration(self, migration_id: str) -> s.Migration:
         return self._get(f"/v1/migrations/{migration_id}", s.Migration)
 

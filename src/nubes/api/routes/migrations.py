@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from nubes.api.deps import AdminDep, SessionDep, StateDep
+from nubes.api.deps import AdminDep, AgentDep, SessionDep, StateDep, require_own_host
 from nubes.api.paging import PageDep, paginate
-from nubes.control import migrations
-from nubes.db.models import Migration
+from nubes.control import consoles, migrations
+from nubes.db.models import Host, Migration
 from nubes.errors import NotFound
 from nubes.schemas import resources as s
+from nubes.schemas.console import ChannelRequest
 
 router = APIRouter(tags=["migrations"])
 
@@ -40,3 +41,21 @@ def show_migration(migration_id: str, session: SessionDep, who: AdminDep) -> s.M
     if mig is None:
         raise NotFound(f"migration {migration_id!r} not found", field="migration")
     return migrations.wire(session, mig)
+
+
+@router.get("/v1/agent/hosts/{host_id}/migrations/{migration_id}/console-log")
+def incoming_console_log(
+    host_id: str, migration_id: str, session: SessionDep, who: AgentDep, state: StateDep
+) -> Response:
+    """A migration's target, as it prepares, takes the console log so far from the source
+    (through the API's console channel: hosts never talk to each other but for the
+    migration itself), so the log goes on where it was."""
+    require_own_host(who, host_id)
+    mig = session.get(Migration, migration_id)
+    if mig is None or mig.target_host_id != host_id or mig.phase not in migrations.ACTIVE:
+        raise NotFound(f"no migration {migration_id!r} to this host", field="migration")
+    source = session.get(Host, mig.source_host_id)
+    assert source is not None
+    ep, request = consoles.endpoint(source), ChannelRequest(op="log", instance=mig.instance_id)
+    session.commit()  # no transaction held across the call to the host
+    return Response(consoles.call(state.settings, ep, request), media_type="text/plain")
