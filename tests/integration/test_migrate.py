@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from nubes.client import ApiError
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
 from tests.integration.hostcheck import agent_pid, kill_agent, qemu_pids, wait_for
@@ -70,6 +71,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def counts(cloud: LabCloud) -> list[tuple[str, int]]:
     return [(b, int(n)) for b, n in COUNT.findall(cloud.client.console_log("mover"))]
+
+
+def served(cloud: LabCloud) -> bool:
+    try:
+        return bool(counts(cloud))
+    except ApiError:  # 503 while the host's agent is not listening yet
+        return False
 
 
 def host_index(cloud: LabCloud, name: str) -> int:
@@ -158,11 +166,12 @@ def _killed_mid_migration(world: World, which: str, fault: str = "") -> None:
     there = cloud.host_ns(1) if here == cloud.host_ns(2) else cloud.host_ns(2)
     victim = host_index(cloud, here if which == "source" else there)
     server_id = cloud.client.server("mover").id
-    before = counts(cloud)
     if fault:
         cloud.nubes("lab", "restart-agent", cloud.host_ns(victim),
                     env={"NUBES_FAULT_CRASH_AFTER": fault})  # fmt: skip
         wait_for(lambda: agent_pid(cloud, victim) is not None, 60, "the agent with its fault")
+        wait_for(lambda: served(cloud), 60, "its console channel")  # served again
+    before = counts(cloud)
     mig = migrate(cloud, there)
     if fault:
         wait_for(lambda: agent_pid(cloud, victim) is None, 300, f"the agent to crash at {fault}")
