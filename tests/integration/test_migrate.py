@@ -7,13 +7,16 @@ forth (each leaves it ACTIVE on one host, once):
 2. live, with the source's agent killed (kill -9, or a crash point: paused at the
    switch-over point with the guest on both hosts) mid-migration and started again;
 3. the same with the target's agent (kill -9, or a crash before it reports it is ready);
-4. cold: it stops, its disk is copied, it starts on the other host with its data (the
+4. a target that fails before the switch-over: the guest stays where it is, once;
+5. cold: it stops, its disk is copied, it starts on the other host with its data (the
    user-data marker on its disk says the script already ran).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +26,13 @@ import pytest
 from nubes.client import ApiError
 from nubes.schemas import resources as s
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
-from tests.integration.hostcheck import agent_pid, kill_agent, qemu_pids, wait_for
+from tests.integration.hostcheck import (
+    agent_pid,
+    instance_dirs,
+    kill_agent,
+    qemu_pids,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +79,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def counts(cloud: LabCloud) -> list[tuple[str, int]]:
-    return [(b, int(n)) for b, n in COUNT.findall(cloud.client.console_log("mover"))]
+    """The counter lines of the mover's console log; none while its host's agent is not
+    listening yet (just restarted)."""
+    try:
+        text = cloud.client.console_log("mover")
+    except ApiError:
+        return []
+    return [(b, int(n)) for b, n in COUNT.findall(text)]
 
 
 def served(cloud: LabCloud) -> bool:
-    try:
-        return bool(counts(cloud))
-    except ApiError:  # 503 while the host's agent is not listening yet
-        return False
+    return bool(counts(cloud))
 
 
 def host_index(cloud: LabCloud, name: str) -> int:
@@ -214,6 +226,38 @@ def test_target_agent_killed_before_reporting_it_is_ready_ends_once(world: World
 
 def test_target_agent_killed_mid_migration_ends_once(world: World) -> None:
     _with_logs(world, "target")
+
+
+def test_a_target_failing_before_the_switch_over_leaves_it_on_the_source(world: World) -> None:
+    """The target's agent dies once prepared and its incoming QEMU is killed: the migration
+    fails, the target removes all it made (Reverter), the guest runs on where it was."""
+    cloud = world.cloud
+    here = cloud.client.server("mover").host
+    assert here is not None
+    there = cloud.host_ns(1) if here == cloud.host_ns(2) else cloud.host_ns(2)
+    victim, server_id = host_index(cloud, there), cloud.client.server("mover").id
+    cloud.nubes("lab", "restart-agent", there, env={"NUBES_FAULT_CRASH_AFTER": "incoming-ready"})
+    wait_for(lambda: agent_pid(cloud, victim) is not None, 60, "the agent with its fault")
+    before = counts(cloud)
+    mig = migrate(cloud, there)
+    wait_for(lambda: agent_pid(cloud, victim) is None, 300, "the target's agent to crash")
+    pid = qemu_pids(cloud, victim)[server_id]
+    os.kill(pid, signal.SIGKILL)  # the incoming guest dies before any memory came
+    cloud.nubes("lab", "restart-agent", there)
+    end = wait_for(
+        lambda: (m := cloud.client.migration(mig.id)).phase in ("done", "failed") and m,
+        300,
+        "the migration to end",
+    )
+    assert end.phase == "failed" and "incoming QEMU exited" in end.error, end
+    settled(cloud, here)  # still there, once
+    assert_kept_counting(cloud, before)
+    # the target keeps nothing of it: no directory, no QEMU, no migration firewall table
+    wait_for(
+        lambda: server_id not in instance_dirs(cloud, victim), 60, "the target's leftovers gone"
+    )
+    assert "nubes_mig_" not in cloud.in_host(["nft", "list", "ruleset"], victim)
+    assert not cloud.client.gc().database  # its claim on the target was given back
 
 
 def test_cold_migration_carries_the_disk(world: World) -> None:
