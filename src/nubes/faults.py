@@ -3,7 +3,9 @@
 A crash point ends the process at once with `os._exit(137)`, exactly what `kill -9` leaves behind:
 no `finally`, no atexit, no flushed buffers, open transactions rolled back by the database.
 
-- Agent (`NUBES_FAULT_CRASH_AFTER=disk|seed|ports|qemu`): right after that step of a build.
+- Agent (`NUBES_FAULT_CRASH_AFTER=disk|seed|ports|qemu`): right after that step of a build;
+  `incoming-ready` (a migration's target, prepared and not yet reported), `mirror-ready` and
+  `switch-over-point` (its source: the disk in step; paused before the switch-over).
 - API (`NUBES_FAULT_API_CRASH=create-before-commit|create-after-commit|delete-after-commit`):
   inside the create transaction once its rows are written, right after it commits, or right
   after a delete request commits. Hooked on the session, so the request code has no test paths.
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger("nubes.faults")
 CRASH_STATUS = 137  # what a shell reports for a process killed by SIGKILL
 AGENT_POINTS = ("disk", "seed", "ports", "qemu")
+MIGRATION_POINTS = ("incoming-ready", "mirror-ready", "switch-over-point")
 API_POINTS = ("create-before-commit", "create-after-commit", "delete-after-commit")
 
 

@@ -40,6 +40,9 @@ ADMIN_ONLY = {
     ("GET", "/v1/gc"),
     ("POST", "/v1/gc"),
     ("PUT", "/v1/quotas/{project}"),
+    ("POST", "/v1/servers/{ref}/migrate"),
+    ("GET", "/v1/migrations"),
+    ("GET", "/v1/migrations/{migration_id}"),
 }
 # user routes that name one of the member's own resources: another project is told 404
 OWNED = {
@@ -71,6 +74,7 @@ AGENT_OK = {
     # no snapshot of that id: past authorization, the host is told it has none to send
     ("PUT", "/v1/agent/hosts/{host_id}/snapshots/{image_id}"): 404,
     ("POST", "/v1/agent/hosts/{host_id}/snapshots/{image_id}/failed"): 404,
+    ("GET", "/v1/agent/hosts/{host_id}/migrations/{migration_id}/console-log"): 404,
 }
 
 

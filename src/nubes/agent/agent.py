@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nubes
 from nubes.agent import cloud, fencing, lifecycle
@@ -44,6 +45,9 @@ from nubes.schemas.agent import (
     ObservedVolume,
     Report,
 )
+
+if TYPE_CHECKING:
+    from nubes.agent.migrations import MigrationReconciler
 
 log = logging.getLogger("nubes.agent")
 
@@ -102,6 +106,7 @@ class Agent:
     metadata_server: MetadataServer | None = None  # None: answers only in-process (tests)
     console_port: int = 0  # where consoles are served to the API (agent/consoles.py); 0: not
     fenced: bool = False  # the API said this host is fenced (agent/fencing.py)
+    migrations: MigrationReconciler | None = None  # None: this hypervisor does not migrate
     _latest: DesiredState | None = None  # the long-poll's last answer
     _fresh: threading.Event = field(default_factory=threading.Event)
     _snapshots_sent: set[str] = field(default_factory=set)  # uploaded or failed: not again
@@ -242,8 +247,12 @@ class Agent:
                 log.exception("network %s could not be set up", net.id)
         self.sync_metadata(desired)
         self.sync_port_filters(desired)
+        migrated, hold = self.migrations.converge(desired) if self.migrations else ([], set())
         observed = []
         for want in desired.instances:
+            if want.id in hold:  # a cold migration's source: stopped on purpose
+                observed.append(ObservedInstance(id=want.id, status="SHUTOFF"))
+                continue
             try:
                 obs = self.converge_instance(want, infos.get(want.id))
             except Exception as exc:
@@ -260,7 +269,10 @@ class Agent:
             cloud.save(self.layout, record)
         self.collect_garbage(desired)
         return Report(
-            instances=observed, volumes=observed_volumes, leftovers=self.leftovers(desired)
+            instances=observed,
+            volumes=observed_volumes,
+            leftovers=self.leftovers(desired),
+            migrations=migrated,
         )
 
     def converge_volumes(self, desired: DesiredState) -> list[ObservedVolume]:
@@ -375,7 +387,7 @@ class Agent:
     def leftovers(self, desired: DesiredState) -> list[str]:
         """What nubes made on this host that nothing in the desired state wants."""
         found = [f"instance {i}" for i in sorted(self.leftover_instances(desired))]
-        wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
+        wanted_taps = _wanted_taps(desired)
         found += [f"tap {p.tap}" for p in self.network.list_ports() if p.tap not in wanted_taps]
         wanted_nets = {n.id for n in desired.networks}
         found += [f"network {n}" for n in self.network.list_networks() if n not in wanted_nets]
@@ -390,7 +402,7 @@ class Agent:
                 self._quietly(self.instances.teardown, instance_id, [])
 
     def leftover_instances(self, desired: DesiredState) -> set[str]:
-        wanted = {i.id for i in desired.instances}
+        wanted = {i.id for i in desired.instances} | {m.instance_id for m in desired.migrations}
         running = {i.id for i in self.hypervisor.list_instances()}
         return (running | {p.name for p in self.layout.instances.iterdir()}) - wanted
 
@@ -406,7 +418,7 @@ class Agent:
         left over, whose taps and bridges stay with it until `nubes gc`."""
         if self.leftover_instances(desired):
             return
-        wanted_taps = {tap_name(p.id) for i in desired.instances for p in i.ports}
+        wanted_taps = _wanted_taps(desired)
         for port in self.network.list_ports():
             if port.tap not in wanted_taps:
                 self._quietly(self.network.unplug_port, port.tap)
@@ -422,6 +434,12 @@ class Agent:
             fn(*args)
         except Exception:
             log.exception("could not remove a leftover (%s%r)", fn.__name__, args)
+
+
+def _wanted_taps(desired: DesiredState) -> set[str]:
+    """The instances' taps, and those plugged for an incoming migration."""
+    incoming = [m.instance for m in desired.migrations if m.instance is not None]
+    return {tap_name(p.id) for i in [*desired.instances, *incoming] for p in i.ports}
 
 
 def _fault(exc: Exception) -> str:

@@ -45,6 +45,19 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
         crash_after=settings.fault_crash_after,
     )
     agent = Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
+    if settings.hypervisor_driver == "qemu":
+        from nubes.agent.migrations import MigrationReconciler
+        from nubes.hypervisor.qemu.driver import QemuDriver
+        from nubes.hypervisor.qemu.migration import QemuMigration
+
+        assert isinstance(hypervisor, QemuDriver)
+        guard = settings.network_driver != "fake"  # nftables only where the host has a network
+        agent.migrations = MigrationReconciler(
+            reconciler,
+            QemuMigration(hypervisor),
+            guard,
+            fetch_log=lambda mig_id: client.incoming_console_log(agent.host_id, mig_id),
+        )
     if settings.network_driver != "fake":  # fake networks have no bridges to listen on
         agent.metadata_server = MetadataServer(agent.metadata)
     return agent

@@ -9,6 +9,7 @@ from nubes.cli import (
     events,
     floatingips,
     hostjoin,
+    migrate,  # noqa: F401 (registers `server migrate` on server_app)
     openstack,
     ops,
     quotas,

@@ -209,6 +209,17 @@ class NubesClient:
         body = s.ServerAction(action=action, hard=hard)  # type: ignore[arg-type]
         return self._post(f"/v1/servers/{ref}/action", s.Server, body)
 
+    def migrate_server(self, ref: str, host: str | None = None, live: bool = False) -> s.Migration:
+        body = s.MigrateRequest(host=host, live=live)
+        return self._post(f"/v1/servers/{ref}/migrate", s.Migration, body)
+
+    def incoming_console_log(self, host_id: str, migration_id: str) -> bytes:
+        path = f"/v1/agent/hosts/{host_id}/migrations/{migration_id}/console-log"
+        return self.request("GET", path).content
+
+    def migration(self, migration_id: str) -> s.Migration:
+        return self._get(f"/v1/migrations/{migration_id}", s.Migration)
+
     def console_log(self, ref: str, tail: int = 0) -> str:
         return self.request("GET", f"/v1/servers/{ref}/console-log", params={"tail": tail}).text
 

@@ -11,10 +11,10 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nubes.control import external, secgroups, volumes
+from nubes.control import external, migrations, secgroups, volumes
 from nubes.control.ports import pairs_of
 from nubes.control.state import read_meta
-from nubes.db.models import Host, Image, Instance, Network, Port, utcnow
+from nubes.db.models import Host, Image, Instance, Migration, Network, Port, utcnow
 from nubes.schemas import agent as a
 from nubes.storage.images import ISO_FORMAT
 
@@ -191,7 +191,10 @@ def _metadata(port: Port, inst: Instance) -> a.DesiredMetadata:
 
 def desired_state(session: Session, host: Host, generation: int) -> a.DesiredState:
     wanted = _instances(session, host)
+    migs = migrations.for_host(session, host)
+    incoming = _incoming(session, host, migs)
     net_ids = {p.network_id for i in wanted if i.desired_state != "deleted" for p in i.ports}
+    net_ids |= {p.network_id for i in incoming.values() for p in i.ports}  # plugged before
     # the host serving a network's gateway and DHCP keeps them while the network exists, as
     # Neutron's DHCP agent does: its next first port needs no bridge or dnsmasq started
     net_ids.update(session.scalars(select(Network.id).where(Network.dhcp_host_id == host.id)))
@@ -208,4 +211,19 @@ def desired_state(session: Session, host: Host, generation: int) -> a.DesiredSta
         deleted=_tombstones(session, host),
         gc_request=read_meta(session, GC_REQUEST),
         volumes=volumes.desired(session, host),
+        migrations=migrations.desired(session, host, migs, incoming),
     )
+
+
+def _incoming(session: Session, host: Host, migs: list[Migration]) -> dict[str, a.DesiredInstance]:
+    """The instances this host is preparing to take over, as their source sees them."""
+    ids = {m.instance_id for m in migs if m.target_host_id == host.id and m.phase != "failed"}
+    if not ids:
+        return {}
+    source = {m.instance_id: m.source_host_id for m in migs}
+    out: dict[str, a.DesiredInstance] = {}
+    for src in set(source[i] for i in ids):
+        src_host = session.get(Host, src)
+        if src_host is not None:
+            out |= {i.id: i for i in _instances(session, src_host) if i.id in ids}
+    return out

@@ -442,3 +442,27 @@ class Volume(Base):
     status: Mapped[str] = mapped_column(String(16), default="creating")
     fault: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Migration(Base):
+    """A server moving between hosts that share no disk (control/migrations.py). Each agent
+    converges on its phase: preparing (the target builds an incoming guest and reports its
+    ports) → migrating (the source mirrors the disk and memory) → done (the instance is the
+    target's) or failed (the target removes what it prepared)."""
+
+    __tablename__ = "migrations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    source_host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    target_host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    live: Mapped[bool] = mapped_column(Boolean, default=True)
+    phase: Mapped[str] = mapped_column(String(16), default="preparing")
+    port: Mapped[int] = mapped_column(Integer, default=0)  # the target's migration port
+    nbd_port: Mapped[int] = mapped_column(Integer, default=0)  # the target's disk export
+    error: Mapped[str] = mapped_column(Text, default="")
+    source_cleaned: Mapped[bool] = mapped_column(Boolean, default=False)
+    target_cleaned: Mapped[bool] = mapped_column(Boolean, default=False)
+    total_ms: Mapped[int] = mapped_column(Integer, default=0)
+    downtime_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

@@ -192,6 +192,20 @@ class DesiredVolume(BaseModel):
     image_sha256: str = ""
 
 
+class DesiredMigration(BaseModel):
+    """A migration this host takes part in (control/migrations.py)."""
+
+    id: str
+    instance_id: str
+    role: Literal["source", "target"]
+    phase: str  # preparing | migrating | done | failed
+    live: bool
+    peer: str  # the other host's underlay address
+    port: int = 0  # the target's migration port; 0: not prepared yet
+    nbd_port: int = 0  # the target's NBD export of the disk
+    instance: DesiredInstance | None = None  # the target's: what to prepare
+
+
 class DesiredState(BaseModel):
     generation: int
     cloud_id: str  # an agent acts only on the cloud id it first saw
@@ -204,6 +218,7 @@ class DesiredState(BaseModel):
     # bumped by `nubes gc`: a larger one than the host last carried out removes its leftovers
     gc_request: int = 0
     volumes: list[DesiredVolume] = []
+    migrations: list[DesiredMigration] = []
 
 
 class StepDone(NoNul):
@@ -235,8 +250,21 @@ class SnapshotFailed(NoNul):
     error: str = Field(max_length=65536)
 
 
+class ObservedMigration(NoNul):
+    id: str = Field(max_length=64)
+    # target: prepared (with its ports) | cleaned (after failed); source: completed (switched
+    # over) | cleaned (after done); either: failed (with the error)
+    state: Literal["prepared", "completed", "failed", "cleaned"]
+    port: int = Field(default=0, ge=0, le=65535)
+    nbd_port: int = Field(default=0, ge=0, le=65535)
+    error: str = Field(default="", max_length=4096)
+    total_ms: Count = 0
+    downtime_ms: Count = 0
+
+
 class Report(NoNul):
     instances: list[ObservedInstance]
     volumes: list[ObservedVolume] = Field(default=[], max_length=4096)
     # what nubes made on the host that nothing wants, still there
     leftovers: list[Annotated[str, Field(max_length=255)]] = []
+    migrations: list[ObservedMigration] = Field(default=[], max_length=1000)

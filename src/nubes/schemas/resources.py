@@ -196,6 +196,27 @@ class ServerAction(Model):
     hard: bool = False
 
 
+class MigrateRequest(Model):
+    host: str | None = Field(
+        default=None, max_length=64, description="target host; default: the scheduler's choice"
+    )
+    live: bool = Field(default=False, description="keep the guest running (no reboot)")
+
+
+class Migration(Model):
+    id: str
+    server: str  # the server's id
+    source: str  # host names
+    target: str
+    live: bool
+    phase: str  # preparing | migrating | done | failed
+    error: str
+    total_ms: int
+    downtime_ms: int
+    created_at: datetime
+    updated_at: datetime
+
+
 class Host(Model):
     id: str
     name: str

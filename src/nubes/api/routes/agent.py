@@ -22,7 +22,7 @@ from nubes.api.deps import (
     any_caller,
     require_own_host,
 )
-from nubes.control import compute, generations, joining, lifecycle, operations, volumes
+from nubes.control import compute, generations, joining, lifecycle, migrations, operations, volumes
 from nubes.control import heartbeat as heartbeats
 from nubes.control.desired import desired_state
 from nubes.control.state import AppState
@@ -206,6 +206,8 @@ def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
         changed = shown_changed = True
     if shown_changed and not dry:  # its agent acts on these: it is told (an extra fetch)
         generations.bump(session, [host.id])
+    if body.migrations:
+        changed |= migrations.fold(session, host, body.migrations, dry)
     return changed
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nubes.api.deps import AdminDep, SessionDep, StateDep
-from nubes.control import generations
+from nubes.control import generations, migrations
 from nubes.control.desired import GC_REQUEST
 from nubes.db.models import Host, Instance, Meta, Port
 from nubes.schemas import resources as s
@@ -33,7 +33,8 @@ def usage_drift(session: Session) -> list[tuple[Host, tuple[int, int, int]]]:
                 func.coalesce(func.sum(Instance.disk_gb), 0),
             ).where(Instance.host_id == host.id, Instance.deleted_at.is_(None))
         ).one()
-        want = (int(sums[0]), int(sums[1]), int(sums[2]))
+        extra = migrations.incoming_claims(session, host.id)  # held for a server on its way
+        want = (int(sums[0]) + extra[0], int(sums[1]) + extra[1], int(sums[2]) + extra[2])
         if (host.used_vcpus, host.used_ram_mb, host.used_disk_gb) != want:
             drift.append((host, want))
     return drift

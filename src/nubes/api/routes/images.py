@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from nubes.api import url_imports
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
 from nubes.api.paging import PageDep, paginate
-from nubes.control import images, lookup, quotas
+from nubes.control import images, lookup, migrations, quotas
 from nubes.control.lookup import admin_project_id
 from nubes.control.state import AppState
 from nubes.db.models import Image, Instance, Volume
@@ -186,7 +186,11 @@ def download_part(
             Instance.deleted_at.is_(None),
         )
         volume = select(Volume.id).where(Volume.image_id == row.id, Volume.host_id == who.host_id)
-        if session.scalar(needed.limit(1)) is None and session.scalar(volume.limit(1)) is None:
+        if (
+            session.scalar(needed.limit(1)) is None
+            and session.scalar(volume.limit(1)) is None
+            and not migrations.incoming_uses(session, who.host_id, row.id)
+        ):
             raise Forbidden("no instance of this host uses this image", field="image")
     name = f"{row.id}.{row.disk_format}" if part == "file" else f"{row.id}.{part}"
     path = state.settings.images_dir / name

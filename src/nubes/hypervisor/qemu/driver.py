@@ -139,6 +139,14 @@ class QemuDriver(HypervisorDriver):
                 raise DriverError(f"instance {spec.id} is already running")
             return self._start(spec)
 
+    def spawn_with(self, spec: InstanceSpec, extra: list[str]) -> InstanceInfo:
+        """spawn, with more arguments for this run only (an incoming migration's)."""
+        with self._lock(spec.id):
+            record = self._load(spec.id)
+            if record is not None and self._live_pid(record) is not None:
+                raise DriverError(f"instance {spec.id} is already running")
+            return self._start(spec, extra)
+
     def power_on(self, spec: InstanceSpec) -> InstanceInfo:
         """Start the guest unless it already runs (then its info). Raises DriverError."""
         with self._lock(spec.id):
@@ -369,10 +377,10 @@ class QemuDriver(HypervisorDriver):
             spec.id, PowerState.SHUTOFF, reason=f"{reason}: {last}" if last else reason
         )
 
-    def _start(self, spec: InstanceSpec) -> InstanceInfo:
+    def _start(self, spec: InstanceSpec, extra: list[str] | None = None) -> InstanceInfo:
         """Launch with the instance lock held; undo everything on failure."""
         try:
-            argv = build_argv(spec, self.accel.name, self.qemu_binary)
+            argv = build_argv(spec, self.accel.name, self.qemu_binary) + (extra or [])
         except ValueError as exc:
             raise DriverError(f"cannot start instance {spec.id}: {exc}") from exc
         spec.instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

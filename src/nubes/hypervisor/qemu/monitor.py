@@ -101,6 +101,10 @@ class Monitor:
         MonitorError."""
         return self._call(cmd, args)
 
+    def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        """Any QMP command (migration's, block jobs'): its return value. Raises MonitorError."""
+        return self._call(cmd, args)
+
     def quit(self) -> None:
         """Make QEMU exit now (no guest shutdown). QEMU closes the socket right after it
         replies, sometimes before: a connection dropped after sending counts as success.

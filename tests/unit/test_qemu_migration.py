@@ -1,0 +1,85 @@
+"""QemuMigration reads what QEMU says, and nothing it cannot trust."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nubes.hypervisor.qemu.driver import QemuDriver
+from nubes.hypervisor.qemu.migration import QemuMigration, nbd_uri
+
+
+class FakeMonitor:
+    def __init__(self, replies: dict[str, Any]) -> None:
+        self.replies, self.calls = replies, []  # type: ignore[var-annotated]
+
+    def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        self.calls.append((cmd, args))
+        return self.replies.get(cmd, {})
+
+
+def migration(tmp_path: Path, replies: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    mig = QemuMigration(QemuDriver(tmp_path))
+    mon = FakeMonitor(replies)
+    monkeypatch.setattr(mig, "_monitor", lambda instance_id: mon)
+    return mig, mon
+
+
+def test_a_guest_that_came_by_migration_has_not_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a former target says before it migrates anywhere: its incoming one, completed
+    mig, _ = migration(tmp_path, {"query-migrate": {"status": "completed"}}, monkeypatch)
+    assert mig.outcome("i").state == "none"
+
+
+def test_an_outgoing_migration_completes_with_its_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = {"status": "completed", "total-time": 812, "downtime": 41, "ram": {}}
+    mig, _ = migration(tmp_path, {"query-migrate": done}, monkeypatch)
+    out = mig.outcome("i")
+    assert (out.state, out.total_ms, out.downtime_ms) == ("completed", 812, 41)
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_failed_and_cancelled_are_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    mig, _ = migration(tmp_path, {"query-migrate": {"status": status}}, monkeypatch)
+    assert mig.outcome("i").state == "failed"
+
+
+def test_resuming_at_the_switch_over_point_ends_the_mirror_then_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    states = iter(["pre-switchover", "pre-switchover", "pre-switchover"])
+
+    class Resume(FakeMonitor):
+        def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
+            self.calls.append((cmd, args))
+            if cmd == "query-migrate":
+                status = next(states, "completed")
+                return (
+                    {"status": status, "total-time": 5}
+                    if status == "completed"
+                    else {"status": status}
+                )
+            return [] if cmd == "query-block-jobs" else {}
+
+    mig = QemuMigration(QemuDriver(tmp_path))
+    mon = Resume({})
+    monkeypatch.setattr(mig, "_monitor", lambda instance_id: mon)
+    steps: list[str] = []
+    out = mig.migrate_out("i", "10.0.0.2", 4000, 4001, steps.append)
+    assert out.state == "completed"
+    cmds = [c for c, _ in mon.calls if c not in ("query-migrate", "query-block-jobs")]
+    # no second mirror or migrate: QEMU was already at the switch-over point
+    assert cmds == ["block-job-cancel", "migrate-continue"]
+    assert steps == ["switch-over-point"]
+
+
+def test_nbd_target_names_the_export() -> None:
+    assert nbd_uri("10.0.0.2", 4001) == "nbd:10.0.0.2:4001:exportname=disk0"
