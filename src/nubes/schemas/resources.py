@@ -84,7 +84,9 @@ class Network(Model):
 
 class ImageCreate(Model):
     name: Name
-    disk_format: Literal["qcow2", "raw"] = "qcow2"
+    # oci-archive, docker-archive (what podman/docker save write) and rootfs make a container
+    # image, stored as rootfs
+    disk_format: Literal["qcow2", "raw", "oci-archive", "docker-archive", "rootfs"] = "qcow2"
     url: str | None = Field(default=None, max_length=2048)
     cmdline: str = Field(default="", max_length=1024, description="kernel command line")
     default_user: str = Field(default="", max_length=32, pattern=r"^([a-z_][a-z0-9_-]{0,31})?$")
@@ -95,6 +97,7 @@ class Image(Model):
     id: str
     name: str
     disk_format: str
+    kind: Literal["vm", "container"] = "vm"
     status: str
     size: int
     virtual_size: int
