@@ -102,3 +102,18 @@ def test_a_url_import_of_an_archive_is_refused(cloud: Cloud) -> None:
             s.ImageCreate(name="u", disk_format="oci-archive", url="https://example.com/x.tar")
         )
     assert err.value.status == 422 and err.value.field == "url"
+
+
+def test_the_tiny_container_image_passes_its_own_checks(tmp_path: Path) -> None:
+    from nubes.imagebuild.tinycontainer import build_tiny_container
+
+    cloud = Cloud(tmp_path, hosts=0)  # the default bounds: busybox is 2 MB
+    try:
+        built = build_tiny_container(tmp_path / "cache")
+        assert build_tiny_container(tmp_path / "cache") == built  # cached
+        image = upload(cloud, "tiny-container", built, "rootfs")
+        assert (image.status, image.kind) == ("active", "container")
+        names = stored_names(cloud, image)
+        assert {"rootfs/bin/init", "rootfs/bin/busybox", "rootfs/etc/nubes/seed.awk"} <= names
+    finally:
+        cloud.close()

@@ -66,18 +66,24 @@ def image_import(
     name: str = typer.Argument(..., help="image name"),
     file: Path | None = typer.Option(None, "--file", help="local disk image file"),
     url: str | None = typer.Option(None, "--url", help="download the image from this URL"),
-    fmt: str = typer.Option("qcow2", "--format", help="qcow2 or raw (checked, not trusted)"),
+    fmt: str = typer.Option(
+        "qcow2",
+        "--format",
+        help="qcow2 or raw (a disk image), or oci-archive, docker-archive (what `podman save` "
+        "and `docker save` write) or rootfs (a container image); checked, not trusted",
+    ),
     kernel: Path | None = typer.Option(None, help="kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="initrd for direct boot"),
     cmdline: str = typer.Option("", help="kernel command line for direct boot"),
     default_user: str = typer.Option("", help="user cloud-init gives the SSH key to"),
     output: Output = OutputOpt,
 ) -> None:
-    """Import a disk image (qcow2 or raw); it is inspected and rejected if unsafe."""
+    """Import a disk image (qcow2 or raw) or a container image (an OCI or docker archive,
+    uploaded with --file); it is inspected and rejected if unsafe."""
     if bool(file) == bool(url):
         fail("give exactly one of --file or --url")
-    if fmt not in ("qcow2", "raw"):
-        fail("--format must be qcow2 or raw")
+    if fmt not in ("qcow2", "raw", "oci-archive", "docker-archive", "rootfs"):
+        fail("--format must be qcow2, raw, oci-archive, docker-archive or rootfs")
     if url:
         body = s.ImageCreate(name=name, disk_format=fmt, url=url, default_user=default_user)  # type: ignore[arg-type]
         with console.status(f"downloading {url}"):
@@ -94,11 +100,17 @@ def image_build(
     kind: str = typer.Argument(..., help="tiny (busybox, seconds to boot) or debian"),
     name: str = typer.Option("", help="image name (default: the kind)"),
     rebuild: bool = typer.Option(False, help="build again even if a cached build exists"),
+    container: bool = typer.Option(
+        False, "--container", help="a container image (runc) named <kind>-container: tiny only"
+    ),
 ) -> None:
     """Build a ready image from Debian packages and import it."""
     from nubes.cli import imagebuild
 
-    imagebuild.build_and_import(kind, name or kind, rebuild)
+    if container:
+        imagebuild.build_container(kind, name or f"{kind}-container", rebuild)
+    else:
+        imagebuild.build_and_import(kind, name or kind, rebuild)
 
 
 @image_app.command("list")
