@@ -50,6 +50,26 @@ class InstanceSpec:
     boot: BootSpec = field(default_factory=BootSpec)
     vnc_password: str = ""
     run_as: str = ""  # unprivileged user for QEMU ("" = same user as the agent)
+    # set for a container (hypervisor/runc): instance_dir is its bundle, disk is unused
+    container: ContainerSpec | None = None
+
+
+@dataclass(frozen=True)
+class ContainerNic:
+    """A veth end waiting in the host's namespace, moved into the container's as it starts."""
+
+    peer: str  # its name here
+    name: str  # its name there (eth0...)
+    mac: str
+    cidr: str
+    gateway: str | None = None  # the default route (the first NIC's)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    hostname: str
+    uid_base: int  # host uid of root in the container (its user namespace)
+    nics: tuple[ContainerNic, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ block device, setuid/setgid files unless allowed, and more bytes or entries than
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -369,3 +370,50 @@ def _renamed(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     elif member.islnk():
         copy.linkname = "rootfs/" + normalize(member.linkname)
     return copy
+
+
+def read_process(stored: Path) -> Process:
+    with tarfile.open(stored, mode="r:") as tar:
+        return Process.from_json(json.dumps(_read_json(tar, "image.json")).encode())
+
+
+def unpack(stored: Path, dest: Path, uid_base: int, max_bytes: int) -> Process:
+    """Unpack a stored rootfs tar (ours, checked at import and by sha256 on the host) into
+    dest, every file owned by its uid/gid + uid_base: the container's user namespace maps them
+    back to what the image says. Paths are checked again, and the final component of each
+    is never followed. Raises ImageRejected past max_bytes (the flavor's disk)."""
+    dest.mkdir(mode=0o755)
+    os.chown(dest, uid_base, uid_base)
+    total = 0
+    with tarfile.open(stored, mode="r:") as tar:
+        process = Process.from_json(json.dumps(_read_json(tar, "image.json")).encode())
+        for member in tar:
+            name = normalize(member.name)
+            if not name.startswith("rootfs/"):
+                continue
+            path = dest / name[7:]
+            if member.isdir():
+                path.mkdir(exist_ok=True)
+            elif member.isreg():
+                total += member.size
+                if total > max_bytes:
+                    raise _reject(f"the image does not fit in the flavor's {max_bytes} bytes")
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                src = tar.extractfile(member)
+                assert src is not None
+                with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+            elif member.issym():
+                os.symlink(member.linkname, path)
+            elif member.islnk():
+                os.link(dest / normalize(member.linkname)[7:], path, follow_symlinks=False)
+                continue
+            elif member.isfifo():
+                os.mkfifo(path, 0o600)
+            else:
+                raise _reject(f"the entry {member.name!r} has an unsupported type")
+            os.lchown(path, uid_base + member.uid, uid_base + member.gid)
+            if not member.issym():
+                os.chmod(path, member.mode & 0o7777)
+    return process
