@@ -6,6 +6,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,21 @@ def test_the_tiny_container_image_passes_its_own_checks(tmp_path: Path) -> None:
         assert {"rootfs/bin/init", "rootfs/bin/busybox", "rootfs/etc/nubes/seed.awk"} <= names
     finally:
         cloud.close()
+
+
+def test_a_container_goes_only_to_a_host_that_runs_runc(make_cloud: Any, tmp_path: Path) -> None:
+    """Fake hosts run qemu only: a container image finds no host, and says why."""
+    from nubes.imagebuild.tinycontainer import build_tiny_container
+
+    cloud = make_cloud(hosts=2)
+    built = build_tiny_container(tmp_path / "cache")
+    upload(cloud, "tiny-container", built, "rootfs")
+    body = s.ServerCreate(name="c1", image="tiny-container", flavor="m1.tiny", network="net")
+    with pytest.raises(ApiError) as err:
+        cloud.client.create_server(body)
+    assert err.value.status == 409, err.value.detail
+    assert "runtime: this host does not run containers (runc)" in err.value.detail
+    vm = cloud.client.create_server(body.model_copy(update={"name": "v1", "image": "img"}))
+    assert vm.kind == "vm"
+    hosts = cloud.client.hosts()
+    assert {h.runtimes for h in hosts} == {"qemu"}

@@ -17,7 +17,7 @@ keypair_app = typer.Typer(help="SSH public keys put into instances.", no_args_is
 network_app = typer.Typer(help="Tenant networks (bridge, DHCP, overlay).", no_args_is_help=True)
 host_app = typer.Typer(help="Hosts that run instances.", no_args_is_help=True)
 
-IMAGE_COLS = ("name", "disk_format", "status", "virtual_size", "kernel", "id")
+IMAGE_COLS = ("name", "kind", "disk_format", "status", "virtual_size", "kernel", "id")
 
 
 def read_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
@@ -288,6 +288,7 @@ HOST_COLS = (
     "agent_version",
     "network_driver",
     "overlays",
+    "runtimes",
     "last_heartbeat",
 )
 

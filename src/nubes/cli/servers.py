@@ -26,7 +26,18 @@ server_app = typer.Typer(help="Instances: create, inspect, power, delete.", no_a
 console_app = typer.Typer(
     help="Serial console of an instance.", invoke_without_command=True, no_args_is_help=True
 )
-COLS = ("name", "status", "task_state", "host", "image", "flavor", "group", "addresses", "id")
+COLS = (
+    "name",
+    "status",
+    "task_state",
+    "host",
+    "kind",
+    "image",
+    "flavor",
+    "group",
+    "addresses",
+    "id",
+)
 
 
 def wait_for(c: NubesClient, ref: str, timeout: float, ready: bool) -> s.Server:

@@ -92,6 +92,8 @@ class Host(Base):
     console_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # the IPv4 networks it has addresses in, as it registered them (comma-separated)
     networks: Mapped[str] = mapped_column(String(2048), default="", server_default="")
+    # what it runs instances with (comma-separated): qemu, and runc where containers can run
+    runtimes: Mapped[str] = mapped_column(String(64), default="qemu", server_default="qemu")
 
 
 # The scheduler's order (free RAM at RAM ratio 1, then name), one index per weigher: the

@@ -132,6 +132,10 @@ class HypervisorDriver(abc.ABC):
     @abc.abstractmethod
     def reboot(self, instance_id: str, hard: bool = False) -> None: ...
 
+    def runtimes(self) -> tuple[str, ...]:
+        """What the host runs instances with: qemu, and runc where it runs containers."""
+        return ("qemu",)
+
     def events(self) -> Iterator[HypervisorEvent]:
         """Power-state changes seen since the last call (polling drivers may return nothing)."""
         return iter(())

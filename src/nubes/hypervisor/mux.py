@@ -52,6 +52,9 @@ class MuxDriver(HypervisorDriver):
     def reboot(self, instance_id: str, hard: bool = False) -> None:
         self._for(instance_id).reboot(instance_id, hard)
 
+    def runtimes(self) -> tuple[str, ...]:
+        return ("qemu", "runc")
+
     def events(self) -> Iterator[HypervisorEvent]:
         return self.vm.events()
 

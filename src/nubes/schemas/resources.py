@@ -166,6 +166,7 @@ class Server(Model):
     host: str | None
     image: str
     flavor: str
+    kind: Literal["vm", "container"] = "vm"  # container: its image is a rootfs, run by runc
     group: str | None = None
     addresses: dict[str, list[str]]
     nics: list[ServerNic] = []
@@ -202,6 +203,7 @@ class Host(Model):
     agent_version: str = ""
     network_driver: str = ""  # linuxbridge | ovs
     overlays: str = ""  # comma-separated: what its networks can use
+    runtimes: str = ""  # comma-separated: qemu, runc (containers)
 
 
 class OperationStep(Model):

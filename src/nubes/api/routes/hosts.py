@@ -51,6 +51,7 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
         agent_version=h.agent_version,
         network_driver=h.network_driver,
         overlays=h.overlays,
+        runtimes=h.runtimes,
     )
 
 
