@@ -49,6 +49,7 @@ OWNED = {
     ("POST", "/v1/servers/{ref}/action"),
     ("GET", "/v1/servers/{ref}/console-log"),
     ("POST", "/v1/servers/{ref}/vnc"),
+    ("POST", "/v1/servers/{ref}/exec"),
     ("GET", "/v1/groups/{ref}"),
     ("GET", "/v1/operations/{op_id}"),
 }
@@ -203,6 +204,8 @@ def _body(method: str, path: str, w: World) -> object:
         return _registration(w.refs["hosts"])
     if path.endswith("/action"):
         return {"action": "stop"}
+    if path.endswith("/exec"):
+        return {"command": ["true"], "timeout": 1}
     if path.endswith("/report"):
         return {"instances": [], "leftovers": []}
     if path == "/v1/join":

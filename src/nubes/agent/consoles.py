@@ -27,7 +27,7 @@ from nubes.agent.layout import HostLayout
 from nubes.client import NubesClient
 from nubes.errors import DriverError
 from nubes.hypervisor.base import HypervisorDriver
-from nubes.schemas.console import ChannelAnswer, ChannelRequest
+from nubes.schemas.console import EXEC_OUTPUT_MAX, ChannelAnswer, ChannelRequest, ExecResult
 from nubes.storage import consolelog
 
 log = logging.getLogger("nubes.agent.consoles")
@@ -131,6 +131,16 @@ class ConsoleServer:
             await writer.drain()
         elif not here:
             await _answer(writer, f"instance {request.instance} is not on this host")
+        elif request.op == "exec":
+            try:
+                argv = self.hypervisor.exec_argv(request.instance, request.argv)
+            except DriverError as exc:
+                await _answer(writer, str(exc))
+                return
+            await _answer(writer)
+            result = await _run(argv, request.timeout)
+            writer.write(result.model_dump_json().encode() + b"\n")
+            await writer.drain()
         elif request.op == "vnc-password":
             try:
                 await asyncio.to_thread(
@@ -170,6 +180,31 @@ class ConsoleServer:
             q_writer.close()
             with contextlib.suppress(Exception):
                 await q_writer.wait_closed()
+
+
+async def _run(argv: list[str], timeout: int) -> ExecResult:
+    """Run to the end or the timeout (then SIGKILL: runc exec passes it on); the last
+    EXEC_OUTPUT_MAX bytes of stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    timed_out = False
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        timed_out = True
+        proc.kill()
+        out, err = await proc.communicate()
+    code = proc.returncode if proc.returncode is not None else -1
+    return ExecResult(
+        exit_status=128 - code if code < 0 else code,
+        stdout=out[-EXEC_OUTPUT_MAX:].decode(errors="replace"),
+        stderr=err[-EXEC_OUTPUT_MAX:].decode(errors="replace"),
+        timed_out=timed_out,
+    )
 
 
 async def _answer(writer: asyncio.StreamWriter, error: str = "") -> None:

@@ -18,6 +18,7 @@ from nubes.schemas import events as se
 from nubes.schemas import openstack as so
 from nubes.schemas import quotas as sq
 from nubes.schemas import resources as s
+from nubes.schemas.console import ExecRequest, ExecResult
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -204,6 +205,13 @@ class NubesClient:
     def server_action(self, ref: str, action: str, hard: bool = False) -> s.Server:
         body = s.ServerAction(action=action, hard=hard)  # type: ignore[arg-type]
         return self._post(f"/v1/servers/{ref}/action", s.Server, body)
+
+    def exec(self, ref: str, command: list[str], timeout: int = 60) -> ExecResult:
+        body = ExecRequest(command=command, timeout=timeout)
+        resp = self.request(
+            "POST", f"/v1/servers/{ref}/exec", json=body.model_dump(), timeout=timeout + 60.0
+        )
+        return ExecResult.model_validate(resp.json())
 
     def console_log(self, ref: str, tail: int = 0) -> str:
         return self.request("GET", f"/v1/servers/{ref}/console-log", params={"tail": tail}).text

@@ -132,6 +132,10 @@ class HypervisorDriver(abc.ABC):
     @abc.abstractmethod
     def reboot(self, instance_id: str, hard: bool = False) -> None: ...
 
+    def exec_argv(self, instance_id: str, argv: list[str]) -> list[str]:
+        """The command line that runs argv inside the instance. Raises DriverError."""
+        raise DriverError("exec runs commands in containers only; use SSH or the console")
+
     def runtimes(self) -> tuple[str, ...]:
         """What the host runs instances with: qemu, and runc where it runs containers."""
         return ("qemu",)

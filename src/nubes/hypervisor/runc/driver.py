@@ -240,11 +240,12 @@ class RuncDriver(HypervisorDriver):
                 self._wait_shim(bundle_dir, 10)
         (self.registry / f"{instance_id}.json").unlink(missing_ok=True)
 
-    def exec_argv(self, instance_id: str, argv: list[str], tty: bool = False) -> list[str]:
+    def exec_argv(self, instance_id: str, argv: list[str]) -> list[str]:
         """The command line that runs argv in the container (runc exec: same namespaces,
         cgroup, seccomp filter and no_new_privileges as its init)."""
-        flags = ["-t"] if tty else []
-        return [self.runc, "--root", str(self.root), "exec", *flags, instance_id, *argv]
+        if self._bundle(instance_id) is None:
+            raise DriverError(f"no container {instance_id} on this host")
+        return [self.runc, "--root", str(self.root), "exec", instance_id, *argv]
 
 
 def _exit_reason(bundle_dir: Path) -> str:
