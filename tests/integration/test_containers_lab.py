@@ -8,12 +8,15 @@ work; `gc --dry-run` finds nothing after, and `lab down` leaves nothing (stop_la
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import ClientConnection, unix_connect
 
 from nubes.agent.containers import UID_FIRST
 from nubes.client import ApiError
@@ -60,6 +63,24 @@ def exec_ok(cloud: LabCloud, name: str, *argv: str) -> str:
     result = cloud.client.exec(name, list(argv), timeout=60)
     assert result.exit_status == 0, (argv, result)
     return result.stdout
+
+
+def _websocket(cloud: LabCloud, path: str) -> ClientConnection:
+    token = json.loads((cloud.state_dir / "client.json").read_text())["token"]
+    return unix_connect(
+        str(cloud.state_dir / "api.sock"),
+        f"ws://nubes{path}",
+        additional_headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def _read_until(ws: ClientConnection, needle: bytes, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            seen += ws.recv(timeout=2)  # type: ignore[operator]
+    return seen
 
 
 def exec_status(cloud: LabCloud, name: str) -> int | None:
@@ -130,6 +151,11 @@ def test_a_container_and_a_vm_on_one_network(lab: LabCloud) -> None:
     assert exec_ok(cloud, "c1", "hostname").strip() == "c1"
     failed = cloud.client.exec("c1", ["sh", "-c", "exit 7"])
     assert failed.exit_status == 7
+    # the interactive console: a shell on a pty of its own, through the host's agent
+    with _websocket(cloud, f"/v1/servers/{c1.id}/console") as ws:
+        ws.send(b"echo console-of-$((6*7)) on $(hostname) $(tty)\n")
+        seen = _read_until(ws, b"console-of-42 on c1 /dev/pts/")
+        assert b"console-of-42 on c1 /dev/pts/" in seen, seen[-500:]
     # listeners for the VM's probes, detached from exec's pipes
     listen = "nc -ll -p {0} -e true </dev/null >/dev/null 2>&1 &"
     exec_ok(cloud, "c1", "sh", "-c", listen.format(8080) + " " + listen.format(8081))

@@ -152,6 +152,13 @@ def test_a_container_is_isolated_and_adopted(
     mount = run_in(driver, cid, "mount", "-t", "tmpfs", "x", "/mnt")
     assert mount.returncode != 0
 
+    # an interactive shell on a pty of its own, driven through pipes (the console channel's)
+    shell = subprocess.run(
+        driver.exec_argv(cid, ["/bin/sh"], tty=True),
+        input="echo tty-$((6*7)); tty; exit\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "tty-42" in shell.stdout and "/dev/pts/" in shell.stdout, shell
+
     # a new driver on the same runtime directory (a restarted agent) adopts it
     again = RuncDriver(spec.instance_dir.parent / "runtime")
     assert again.info(cid).state is PowerState.RUNNING

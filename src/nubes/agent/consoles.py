@@ -156,9 +156,25 @@ class ConsoleServer:
         else:
             await self._splice(request, reader, writer)
 
+    async def _splice_process(
+        self, argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            await _splice_process_io(argv, reader, writer)
+        except OSError as exc:
+            await _answer(writer, f"no console: {exc}")
+
     async def _splice(
         self, request: ChannelRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if request.op == "serial":  # a container's console: a shell on a pty of its own
+            try:
+                argv = self.hypervisor.exec_argv(request.instance, ["/bin/sh"], tty=True)
+            except DriverError:
+                argv = []  # a VM: its serial port
+            if argv:
+                await self._splice_process(argv, reader, writer)
+                return
         path = self.hypervisor.console_socket(request.instance, request.op)
         try:
             if path is None:
@@ -180,6 +196,38 @@ class ConsoleServer:
             q_writer.close()
             with contextlib.suppress(Exception):
                 await q_writer.wait_closed()
+
+
+async def _splice_process_io(
+    argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    await _answer(writer)
+    pumps = [
+        asyncio.create_task(_pump_to_process(reader, proc.stdin)),
+        asyncio.create_task(_pump(proc.stdout, writer)),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+        if proc.returncode is None:
+            proc.kill()  # runc exec passes it on to the shell
+        await proc.wait()
+
+
+async def _pump_to_process(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    while data := await source.read(CHUNK):
+        sink.write(data)
+        await sink.drain()
+    sink.close()
 
 
 async def _run(argv: list[str], timeout: int) -> ExecResult:

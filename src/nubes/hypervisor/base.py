@@ -132,8 +132,9 @@ class HypervisorDriver(abc.ABC):
     @abc.abstractmethod
     def reboot(self, instance_id: str, hard: bool = False) -> None: ...
 
-    def exec_argv(self, instance_id: str, argv: list[str]) -> list[str]:
-        """The command line that runs argv inside the instance. Raises DriverError."""
+    def exec_argv(self, instance_id: str, argv: list[str], tty: bool = False) -> list[str]:
+        """The command line that runs argv inside the instance (tty: on a pseudo-terminal of
+        its own). Raises DriverError."""
         raise DriverError("exec runs commands in containers only; use SSH or the console")
 
     def runtimes(self) -> tuple[str, ...]:

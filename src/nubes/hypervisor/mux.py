@@ -52,8 +52,8 @@ class MuxDriver(HypervisorDriver):
     def reboot(self, instance_id: str, hard: bool = False) -> None:
         self._for(instance_id).reboot(instance_id, hard)
 
-    def exec_argv(self, instance_id: str, argv: list[str]) -> list[str]:
-        return self._for(instance_id).exec_argv(instance_id, argv)
+    def exec_argv(self, instance_id: str, argv: list[str], tty: bool = False) -> list[str]:
+        return self._for(instance_id).exec_argv(instance_id, argv, tty)
 
     def runtimes(self) -> tuple[str, ...]:
         return ("qemu", "runc")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -246,12 +247,17 @@ class RuncDriver(HypervisorDriver):
                 self._wait_shim(bundle_dir, 10)
         (self.registry / f"{instance_id}.json").unlink(missing_ok=True)
 
-    def exec_argv(self, instance_id: str, argv: list[str]) -> list[str]:
+    def exec_argv(self, instance_id: str, argv: list[str], tty: bool = False) -> list[str]:
         """The command line that runs argv in the container (runc exec: same namespaces,
         cgroup, seccomp filter and no_new_privileges as its init)."""
         if self._bundle(instance_id) is None:
             raise DriverError(f"no container {instance_id} on this host")
-        return [self.runc, "--root", str(self.root), "exec", instance_id, *argv]
+        if not tty:
+            return [self.runc, "--root", str(self.root), "exec", instance_id, *argv]
+        # runc makes the container's pty and copies it to its own stdio, which must be a
+        # terminal: util-linux's script gives it one, and pipes on the other side
+        inner = [self.runc, "--root", str(self.root), "exec", "--tty", instance_id, *argv]
+        return ["script", "--quiet", "--return", "--command", shlex.join(inner), "/dev/null"]
 
 
 def _exit_reason(bundle_dir: Path) -> str:
