@@ -235,3 +235,39 @@ def test_a_container_and_a_vm_on_one_network(lab: LabCloud) -> None:
     wait_for(lambda: not cloud.client.servers(), 120, "servers gone")
     wait_for(lambda: not container_uids(cloud, 1), 60, "container processes gone")
     gc_clean(cloud)
+
+
+def test_a_container_that_cannot_start_leaves_nothing(lab: LabCloud, tmp_path: Path) -> None:
+    """An image whose command does not exist: runc fails, every step is undone (rootfs, seed,
+    veth, runc state), the server is ERROR with runc's reason; delete and gc find nothing."""
+    from tests.ociarchive import BASE, Entry, oci_archive
+
+    cloud = lab
+    archive = oci_archive(tmp_path / "broken.tar", [BASE, [Entry("etc/motd", b"hi\n")]])
+    cloud.nubes("image", "import", "broken", "--file", str(archive), "--format", "oci-archive")
+    assert cloud.client.image("broken").kind == "container"
+    body = s.ServerCreate(name="broken1", image="broken", flavor="m1.tiny", network="blue")
+    server = cloud.client.create_server(body)
+
+    def failed() -> s.Server | None:
+        x = cloud.client.server("broken1")
+        return x if x.status == "ERROR" else None
+
+    try:
+        x: s.Server = wait_for(failed, 120, "broken1 ERROR")  # type: ignore[assignment]
+    except AssertionError:  # what the agents were doing
+        now = cloud.client.server("broken1")
+        lab_dir = cloud.state_dir / "lab"
+        tails = {i: (lab_dir / f"{cloud.host_ns(i)}.log").read_text()[-3000:] for i in (1, 2)}
+        raise AssertionError(f"{now.status} on {now.host}: {now.fault} {tails}") from None
+    assert "did not start" in x.fault, x.fault  # BASE's /bin/sh is no ELF: exec fails
+    index = sorted(h.name for h in cloud.client.hosts()).index(x.host or "") + 1
+    assert not (cloud.host_dir(index) / "instances" / server.id).exists()
+    assert not list((cloud.host_dir(index) / "runtime" / "containers").glob("*.json"))
+    names = [
+        x.split(":")[1].strip() for x in cloud.in_host(["ip", "-o", "link"], index).splitlines()
+    ]
+    assert not [n for n in names if n.startswith(("tap", "nc"))], names  # no other server here
+    cloud.client.delete_server("broken1")
+    wait_for(lambda: not cloud.client.servers(), 120, "broken1 gone")
+    gc_clean(cloud)

@@ -151,7 +151,11 @@ class RuncDriver(HypervisorDriver):
         tmp.write_text(json.dumps(bundle.config(cfg), indent=1))
         os.replace(tmp, bundle_dir / "config.json")
         (self.registry / f"{spec.id}.json").write_text(json.dumps({"bundle": str(bundle_dir)}))
-        return self._launch(spec.id, bundle_dir)
+        try:
+            return self._launch(spec.id, bundle_dir)
+        except BaseException:
+            self.destroy(spec.id)  # a failed spawn leaves no state, registry entry or process
+            raise
 
     def _launch(self, instance_id: str, bundle_dir: Path) -> InstanceInfo:
         state = self._state(instance_id)
@@ -179,7 +183,6 @@ class RuncDriver(HypervisorDriver):
                 tail = log_path.read_bytes()[-800:].decode(errors="replace")
                 raise DriverError(f"container {instance_id} did not start: {tail.strip()}")
             time.sleep(0.02)
-        self.destroy(instance_id)
         raise DriverError(f"container {instance_id} did not start in 120 s")
 
     def _started(self, instance_id: str) -> bool:
