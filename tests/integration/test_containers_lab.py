@@ -47,9 +47,13 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCloud]:
-    cloud = start_lab(tmp_path_factory.mktemp("containers"), 2)
+@pytest.fixture(scope="module", params=["linuxbridge", "ovs"])
+def lab(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LabCloud]:
+    """Both network drivers: a container's veth is plugged by the same driver call as a tap."""
+    driver_args = ("--network-driver", request.param)
+    cloud = start_lab(tmp_path_factory.mktemp("containers"), 2, driver_args)
     try:
         cloud.nubes("image", "build", "tiny")
         cloud.nubes("image", "build", "tiny", "--container")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nubes.errors import DriverError
 from nubes.network.netlink import Netlink
+from nubes.network.ovs import tx_checksum_off
 from nubes.schemas.agent import DesiredInstance
 from nubes.storage import rootfs
 from nubes.storage.seed import SeedData, render_meta_data, render_network_config, render_user_data
@@ -82,7 +83,12 @@ def write_seed(bundle: Path, data: SeedData, uid: int) -> None:
         os.lchown(path / name, uid, uid)
 
 
-def make_veth(tap: str, peer: str, mtu: int) -> None:
+def link_exists(name: str) -> bool:
+    with Netlink() as nl:
+        return nl.get_link(name) is not None
+
+
+def make_veth(tap: str, peer: str, mtu: int, offloads: bool = True) -> None:
     """The veth of one port, both ends here: `tap` is plugged by the network driver like a
     VM's tap; runc's hook moves `peer` into the container as it starts (bundle.py). A stopped
     container's namespace is gone and its veth with it: each start makes it again."""
@@ -92,3 +98,5 @@ def make_veth(tap: str, peer: str, mtu: int) -> None:
             nl.ensure_veth(tap, peer, fd, mtu)
     finally:
         os.close(fd)
+    if not offloads:  # OVS's userspace datapath passes frames on as read (see guest_offloads)
+        tx_checksum_off(peer)

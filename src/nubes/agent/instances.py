@@ -229,7 +229,10 @@ class InstanceReconciler:
         """Each port's veth, its host end plugged like a VM's tap (the same bridge, anti-
         spoofing and security groups). Idempotent."""
         for port in self.ports(want):
-            containers.make_veth(port.tap, containers.peer_name(port.id), port.mtu)
+            if not containers.link_exists(port.tap):  # it died with a stopped container
+                self.network.unplug_port(port.tap)  # what a switch kept of it (OVS's port)
+            peer = containers.peer_name(port.id)
+            containers.make_veth(port.tap, peer, port.mtu, self.network.guest_offloads())
             self.network.plug_port(port)
 
     def _step(self, done: list[StepDone], step: str) -> None:
