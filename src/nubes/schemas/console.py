@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class VncAccess(BaseModel):
@@ -33,6 +33,16 @@ class ExecRequest(BaseModel):
 
     command: list[str] = Field(min_length=1, max_length=64)
     timeout: int = Field(default=60, ge=1, le=3600, description="seconds before it is killed")
+
+    @field_validator("command")
+    @classmethod
+    def _fits(cls, v: list[str]) -> list[str]:
+        # the request to the agent is one line of at most 4 KiB (agent/consoles.py)
+        if sum(len(a.encode()) + 8 for a in v) > 3072:
+            raise ValueError("the command is longer than 3 KiB")
+        if any("\0" in a for a in v):
+            raise ValueError("NUL in the command")
+        return v
 
 
 class ExecResult(BaseModel):
