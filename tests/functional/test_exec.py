@@ -1,5 +1,5 @@
-"""`POST /v1/servers/{ref}/exec`: bad commands are 422 naming `command`; a VM says exec is
-for containers (the real runc path is in tests/integration/test_containers_lab.py)."""
+"""`POST /v1/servers/{ref}/exec`: bad commands are 422 naming `command`, other projects' and
+unknown servers 404 (the real runc path is in tests/integration/test_containers_lab.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_exec_checks_its_input_and_is_for_containers(make_cloud: Any) -> None:
     assert resp.status_code == 422 and resp.json()["field"] == "timeout", resp.text
     with pytest.raises(ApiError) as err:
         c.exec("vm1", ["true"])
-    assert err.value.status == 409, err.value.detail
+    assert err.value.status == 409, err.value.detail  # fake hosts serve no console channel
     with pytest.raises(ApiError) as missing:
         c.exec("nope", ["true"])
     assert missing.value.status == 404
