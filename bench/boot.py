@@ -6,7 +6,10 @@
 3. API overhead: request -> QEMU start, in the real lab of 1 (API, agent and QEMU as separate
    processes; from the operation log's host-side step times), and the same path in one
    process with the fake hypervisor (client, API and agent then share one interpreter);
-4. debian guest (bench/debian.py): create -> SSH-ready vs the bare QEMU command of the same
+4. tiny container: nubes create -> ready vs the bare `runc run` of the same bundle (the same
+   rootfs unpacked from the host's cached image, seed files, config and a veth on the same
+   bridge, made by hand), in the same lab, alternating with the VMs;
+5. debian guest (bench/debian.py): create -> SSH-ready vs the bare QEMU command of the same
    disk and seed, and the image build time (`--build` times a fresh one).
 
 Run as root: `.venv/bin/python bench/boot.py [--rounds N]`.
@@ -15,6 +18,7 @@ Run as root: `.venv/bin/python bench/boot.py [--rounds N]`.
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import shutil
 import subprocess
@@ -30,12 +34,14 @@ from tests.cloud import Cloud  # noqa: E402
 from tests.integration.conftest import LabCloud, start_lab, stop_lab  # noqa: E402
 
 from bench._common import median, network_bridge, plug_bare_tap, row, timed, wait_for_text  # noqa: E402
-from nubes.hypervisor.base import BootSpec, InstanceSpec, NicSpec  # noqa: E402
+from nubes.agent import containers  # noqa: E402
+from nubes.hypervisor.base import BootSpec, ContainerNic, InstanceSpec, NicSpec  # noqa: E402
 from nubes.hypervisor.qemu.accel import host_accel  # noqa: E402
 from nubes.hypervisor.qemu.cmdline import RuntimePaths, build_argv  # noqa: E402
+from nubes.hypervisor.runc import bundle as runc_bundle  # noqa: E402
 from nubes.imagebuild.tiny import READY_LINE  # noqa: E402
 from nubes.schemas import resources as s  # noqa: E402
-from nubes.storage import disks  # noqa: E402
+from nubes.storage import disks, rootfs  # noqa: E402
 from nubes.storage.seed import SeedData, SeedNic, write_seed  # noqa: E402
 
 
@@ -69,8 +75,12 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
     instance_id = "bare" + secrets.token_hex(6)
     tap = "tapbare" + secrets.token_hex(3)
     mac = f"52:54:00:ee:00:{index:02x}"
+    # qemu-img resolves /proc/<pid>/root/... to the path it names in *this* mount namespace,
+    # where the host's tmpfs is not: a copy of the cached image here, made before the clock
+    base = inst / "base.qcow2"
+    shutil.copyfile(cache / f"{image.id}.qcow2", base)
     start = time.perf_counter()
-    disks.create_overlay(cache / f"{image.id}.qcow2", "qcow2", inst / "disk.qcow2", 1)
+    disks.create_overlay(base, "qcow2", inst / "disk.qcow2", 1)
     seed = SeedData(
         instance_id=instance_id,
         hostname=f"bare{index}",
@@ -107,14 +117,88 @@ def bare_boot(cloud: LabCloud, work: Path, index: int) -> float:
         shutil.rmtree(RuntimePaths(inst).socket_dir, ignore_errors=True)
 
 
+def nubes_container_boot(cloud: LabCloud, name: str) -> float:
+    start = time.perf_counter()
+    server = cloud.client.create_server(
+        s.ServerCreate(name=name, image="tiny-container", flavor="m1.tiny", network="bench")
+    )
+    log = cloud.host_dir() / "instances" / server.id / "console.log"
+    wait_for_text(log, READY_LINE, 180)
+    elapsed = time.perf_counter() - start
+    cloud.client.delete_server(server.id)
+    # the next create finds the host at rest, as the bare side does: a container's teardown
+    # takes longer than the bare run in between, and the agent's passes are one at a time
+    deadline = time.monotonic() + 60
+    while any(x.id == server.id for x in cloud.client.servers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return elapsed
+
+
+def bare_runc_boot(cloud: LabCloud, index: int) -> float:
+    """The same container by hand: unpack, seed, veth on the bridge, config, `runc run`."""
+    image = cloud.client.image("tiny-container")
+    stored = cloud.host_dir() / "images" / f"{image.id}.rootfs"
+    work = Path(tempfile.mkdtemp(prefix="bench-runc-", dir="/var/tmp"))
+    work.chmod(0o711)  # the container's root walks to its rootfs
+    cid = "bare" + secrets.token_hex(6)
+    tap, peer = "tapbr" + secrets.token_hex(3), "ncbr" + secrets.token_hex(3)
+    # nsenter, not `ip netns exec`: that remounts /sys, and runc needs the cgroup mounts there
+    ns = ["nsenter", f"--net=/run/netns/{cloud.host_ns()}"]
+    uid = containers.uid_base(cid)
+    bundle = work / "bundle"
+    start = time.perf_counter()
+    try:
+        bundle.mkdir(mode=0o711)
+        process = rootfs.unpack(stored, bundle / "rootfs", uid, 1 << 30)
+        containers.write_seed(bundle, SeedData(instance_id=cid, hostname=f"bare{index}"), uid)
+        bridge = network_bridge(cloud)
+        subprocess.run(
+            [*ns, "ip", "link", "add", tap, "type", "veth", "peer", "name", peer], check=True
+        )
+        subprocess.run([*ns, "ip", "link", "set", tap, "master", bridge, "up"], check=True)
+        nic = ContainerNic(peer, "eth0", f"02:54:00:ee:00:{index:02x}", f"10.77.0.{200 + index}/24")
+        cfg = runc_bundle.ContainerConfig(
+            f"bare{index}", process.args, process.env, process.cwd, uid, (nic,), 1, 256
+        )
+        (bundle / "config.json").write_text(json.dumps(runc_bundle.config(cfg)))
+        with (bundle / "console.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [*ns, "runc", "--root", str(work / "runc"), "run", "--bundle", str(bundle), cid],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            )  # fmt: skip
+        try:
+            try:
+                wait_for_text(bundle / "console.log", READY_LINE, 180)
+            except TimeoutError:
+                print((bundle / "console.log").read_text()[-2000:], file=sys.stderr)
+                raise
+            return time.perf_counter() - start
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        subprocess.run([*ns, "runc", "--root", str(work / "runc"), "delete", "-f", cid],
+                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run([*ns, "ip", "link", "del", tap], capture_output=True, check=False)
+        subprocess.run([*ns, "ip", "link", "del", peer], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bench_boot(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cloud = start_lab(Path(tmp), 1)
         try:
             cloud.nubes("image", "build", "tiny")
+            cloud.nubes("image", "build", "tiny", "--container")
             cloud.client.create_network(s.NetworkCreate(name="bench", cidr="10.77.0.0/24"))
-            ours, bare, overheads = [], [], []
+            c_ours, c_bare = [], []
             for i in range(rounds):  # alternate, so drift on a noisy machine hits both
+                c_ours.append(nubes_container_boot(cloud, f"c{i}"))
+                c_bare.append(bare_runc_boot(cloud, i))
+            print(row("tiny container: create -> ready (median)", median(c_ours), median(c_bare)))
+            print(f"{'':<44} goal: ratio <= 1.10 (reference: bare runc run)", flush=True)
+            ours, bare, overheads = [], [], []
+            for i in range(rounds):
                 elapsed, before_qemu = nubes_boot(cloud, f"b{i}")
                 ours.append(elapsed)
                 overheads.append(before_qemu * 1000)

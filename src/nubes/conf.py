@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # an image upload's data, streamed to disk after authentication (and the disk's free space)
     max_upload_bytes: int = Field(default=64 << 30, ge=1)
     allow_private_image_urls: bool = False
+    max_container_image_bytes: int = Field(
+        default=4 << 30, ge=1, description="file contents a container image may hold, unpacked"
+    )
+    container_allow_setuid: bool = Field(
+        default=False, description="accept container images with setuid/setgid files"
+    )
     # imports from URLs (api/url_imports.py): downloading at once per API process, waiting
     # beyond those (more are refused, 503), and the total time of one
     url_imports_at_once: int = Field(default=4, ge=1)

@@ -54,6 +54,7 @@ OWNED = {
     ("GET", "/v1/servers/{ref}/console-log"),
     ("POST", "/v1/servers/{ref}/vnc"),
     ("POST", "/v1/servers/{ref}/console-ticket"),
+    ("POST", "/v1/servers/{ref}/exec"),
     ("GET", "/v1/groups/{ref}"),
     ("GET", "/v1/operations/{op_id}"),
     ("GET", "/v1/volumes/{ref}"),
@@ -225,6 +226,8 @@ def _body(method: str, path: str, w: World) -> object:
         return {"flavor": "m1.small"}
     if path.endswith("/failed"):
         return {"error": "x"}
+    if path.endswith("/exec"):
+        return {"command": ["true"], "timeout": 1}
     if path.endswith("/report"):
         return {"instances": [], "leftovers": []}
     if path == "/v1/join":

@@ -137,6 +137,7 @@ class Agent:
                 agent_version=nubes.__version__,
                 console_port=self.console_port,
                 networks=",".join(self.network.host_ranges()),
+                runtimes=",".join(self.hypervisor.runtimes()),
             )
         )
         log.info("registered host %s (%s) as %s", self.host_name, caps.accel, self.host_id)

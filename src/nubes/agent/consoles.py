@@ -27,7 +27,7 @@ from nubes.agent.layout import HostLayout
 from nubes.client import NubesClient
 from nubes.errors import DriverError
 from nubes.hypervisor.base import HypervisorDriver
-from nubes.schemas.console import ChannelAnswer, ChannelRequest
+from nubes.schemas.console import EXEC_OUTPUT_MAX, ChannelAnswer, ChannelRequest, ExecResult
 from nubes.storage import consolelog
 
 log = logging.getLogger("nubes.agent.consoles")
@@ -131,6 +131,16 @@ class ConsoleServer:
             await writer.drain()
         elif not here:
             await _answer(writer, f"instance {request.instance} is not on this host")
+        elif request.op == "exec":
+            try:
+                argv = self.hypervisor.exec_argv(request.instance, request.argv)
+            except DriverError as exc:
+                await _answer(writer, str(exc))
+                return
+            await _answer(writer)
+            result = await _run(argv, request.timeout)
+            writer.write(result.model_dump_json().encode() + b"\n")
+            await writer.drain()
         elif request.op == "vnc-password":
             try:
                 await asyncio.to_thread(
@@ -146,9 +156,25 @@ class ConsoleServer:
         else:
             await self._splice(request, reader, writer)
 
+    async def _splice_process(
+        self, argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            await _splice_process_io(argv, reader, writer)
+        except OSError as exc:
+            await _answer(writer, f"no console: {exc}")
+
     async def _splice(
         self, request: ChannelRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if request.op == "serial":  # a container's console: a shell on a pty of its own
+            try:
+                argv = self.hypervisor.exec_argv(request.instance, ["/bin/sh"], tty=True)
+            except DriverError:
+                argv = []  # a VM: its serial port
+            if argv:
+                await self._splice_process(argv, reader, writer)
+                return
         path = self.hypervisor.console_socket(request.instance, request.op)
         try:
             if path is None:
@@ -170,6 +196,63 @@ class ConsoleServer:
             q_writer.close()
             with contextlib.suppress(Exception):
                 await q_writer.wait_closed()
+
+
+async def _splice_process_io(
+    argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    await _answer(writer)
+    pumps = [
+        asyncio.create_task(_pump_to_process(reader, proc.stdin)),
+        asyncio.create_task(_pump(proc.stdout, writer)),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+        if proc.returncode is None:
+            proc.kill()  # runc exec passes it on to the shell
+        await proc.wait()
+
+
+async def _pump_to_process(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    while data := await source.read(CHUNK):
+        sink.write(data)
+        await sink.drain()
+    sink.close()
+
+
+async def _run(argv: list[str], timeout: int) -> ExecResult:
+    """Run to the end or the timeout (then SIGKILL: runc exec passes it on); the last
+    EXEC_OUTPUT_MAX bytes of stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    timed_out = False
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        timed_out = True
+        proc.kill()
+        out, err = await proc.communicate()
+    code = proc.returncode if proc.returncode is not None else -1
+    return ExecResult(
+        exit_status=128 - code if code < 0 else code,
+        stdout=out[-EXEC_OUTPUT_MAX:].decode(errors="replace"),
+        stderr=err[-EXEC_OUTPUT_MAX:].decode(errors="replace"),
+        timed_out=timed_out,
+    )
 
 
 async def _answer(writer: asyncio.StreamWriter, error: str = "") -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from nubes.agent.layout import HostLayout
 from nubes.conf import Settings
 from nubes.hypervisor.base import HypervisorDriver
@@ -16,8 +19,19 @@ def make_hypervisor(settings: Settings, layout: HostLayout) -> HypervisorDriver:
     if settings.hypervisor_driver == "qemu":
         from nubes.hypervisor.qemu.driver import QemuDriver
 
-        return QemuDriver(layout.runtime, settings.qemu_binary)
+        vm = QemuDriver(layout.runtime, settings.qemu_binary)
+        if not containers_supported():
+            return vm
+        from nubes.hypervisor.mux import MuxDriver
+        from nubes.hypervisor.runc.driver import RuncDriver
+
+        return MuxDriver(vm, RuncDriver(layout.runtime))
     raise ValueError(f"unknown hypervisor driver {settings.hypervisor_driver!r} (qemu, fake)")
+
+
+def containers_supported() -> bool:
+    """Containers run under runc as root (runc 1.1 on cgroup v1; crun refuses this kind)."""
+    return os.geteuid() == 0 and shutil.which("runc") is not None
 
 
 def make_network(settings: Settings, layout: HostLayout) -> NetworkDriver:

@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from functools import partial
 
 from nubes import faults
-from nubes.agent import records
+from nubes.agent import containers, records
 from nubes.agent.guestuser import GuestUser
 from nubes.agent.imagecache import ImageCache
 from nubes.agent.layout import HostLayout, Loaded, LocalState
 from nubes.agent.reverter import Reverter
 from nubes.hypervisor.base import (
     BootSpec,
+    ContainerNic,
+    ContainerSpec,
     HypervisorDriver,
     InstanceInfo,
     InstanceSpec,
@@ -28,7 +30,7 @@ from nubes.network.secgroups import Rule
 from nubes.schemas.agent import DesiredInstance, ObservedInstance, StepDone
 from nubes.storage import consolelog, disks
 from nubes.storage.images import ISO_FORMAT
-from nubes.storage.seed import SeedData, SeedNic, write_seed
+from nubes.storage.seed import SeedData, SeedNic, guest_hostname, write_seed
 
 log = logging.getLogger("nubes.agent")
 
@@ -76,6 +78,30 @@ class InstanceReconciler:
         ]
 
     def spec(self, want: DesiredInstance, state: LocalState) -> InstanceSpec:
+        if is_container(want):
+            inst_dir = self.layout.instance_dir(want.id)
+            return InstanceSpec(
+                id=want.id,
+                vcpus=want.vcpus,
+                ram_mb=want.ram_mb,
+                disk=inst_dir / "rootfs",
+                seed=None,
+                instance_dir=inst_dir,
+                container=ContainerSpec(
+                    hostname=guest_hostname(want.name, want.id),
+                    uid_base=containers.uid_base(want.id),
+                    nics=tuple(
+                        ContainerNic(
+                            peer=containers.peer_name(p.id),
+                            name=f"eth{i}",
+                            mac=p.mac,
+                            cidr=f"{p.ip}/{p.prefix}",
+                            gateway=p.gateway if p.primary else None,
+                        )
+                        for i, p in enumerate(want.ports)
+                    ),
+                ),
+            )
         boot = BootSpec()
         if want.image_kernel_sha256:
             kernel = self.images.ensure(want.image_id, "kernel", "kernel", want.image_kernel_sha256)
@@ -133,6 +159,9 @@ class InstanceReconciler:
     # -- steps ---------------------------------------------------------------------------
     def build(self, want: DesiredInstance) -> None:
         """Disk, seed, ports, QEMU: each step registers its undo; a failure leaves nothing."""
+        if is_container(want):
+            self.build_container(want)
+            return
         inst_dir = self.layout.instance_dir(want.id)
         inst_dir.mkdir(parents=True, exist_ok=True)
         self.guest.share(inst_dir, 0o750)
@@ -180,6 +209,47 @@ class InstanceReconciler:
             raise
         revert.success()
 
+    def build_container(self, want: DesiredInstance) -> None:
+        """Image, rootfs, seed, ports, runc: the same steps and undo as a VM's."""
+        inst_dir = self.layout.instance_dir(want.id)
+        inst_dir.mkdir(parents=True, exist_ok=True)
+        state = LocalState()
+        done = self.steps.setdefault(want.id, [])
+        revert = Reverter()
+        try:
+            stored = self.images.ensure(want.image_id, "file", "rootfs", want.image_sha256)
+            done.append(_stamp("image"))
+            containers.unpack(stored, inst_dir, want)
+            revert.add("rootfs", lambda: shutil.rmtree(inst_dir / "rootfs", ignore_errors=True))
+            self._step(done, "disk")
+            uid = containers.uid_base(want.id)
+            containers.write_seed(inst_dir, self.seed_data(want), uid)
+            self._step(done, "seed")
+            for port in self.ports(want):  # unplugging deletes the veth: both its ends
+                revert.add(f"port {port.tap}", partial(self.network.unplug_port, port.tap))
+            self._plug_container(want)
+            self._step(done, "ports")
+            state.built = True
+            self._start(want, state)
+            revert.add("runc", lambda: self.hypervisor.destroy(want.id))
+            self._step(done, "qemu")  # the step that starts the instance, whatever runs it
+        except Exception:
+            revert.fail()
+            shutil.rmtree(inst_dir, ignore_errors=True)
+            done.append(_stamp("rolled back"))
+            raise
+        revert.success()
+
+    def _plug_container(self, want: DesiredInstance) -> None:
+        """Each port's veth, its host end plugged like a VM's tap (the same bridge, anti-
+        spoofing and security groups). Idempotent."""
+        for port in self.ports(want):
+            if not containers.link_exists(port.tap):  # it died with a stopped container
+                self.network.unplug_port(port.tap)  # what a switch kept of it (OVS's port)
+            peer = containers.peer_name(port.id)
+            containers.make_veth(port.tap, peer, port.mtu, self.network.guest_offloads())
+            self.network.plug_port(port)
+
     def _step(self, done: list[StepDone], step: str) -> None:
         done.append(_stamp(step))
         faults.crash_if(self.crash_after, step)
@@ -201,8 +271,11 @@ class InstanceReconciler:
         self._plug_and_start(want, state)
 
     def _plug_and_start(self, want: DesiredInstance, state: LocalState) -> None:
-        for port in self.ports(want):
-            self.network.plug_port(port)
+        if is_container(want):
+            self._plug_container(want)
+        else:
+            for port in self.ports(want):
+                self.network.plug_port(port)
         self._start(want, state)
 
     def stop(self, want: DesiredInstance) -> None:
@@ -212,6 +285,12 @@ class InstanceReconciler:
         self.hypervisor.power_off(want.id, timeout=10.0)
 
     def reboot(self, want: DesiredInstance) -> None:
+        if is_container(want):  # its namespace and veths die with it: start it anew
+            self.stop(want)
+            state = self.layout.load_state(want.id).state
+            state.fault = ""
+            self._plug_and_start(want, state)
+            return
         state = self.layout.load_state(want.id).state
         log_path = self.layout.console_log(want.id)
         state.console_offset = log_path.stat().st_size if log_path.exists() else 0
@@ -298,6 +377,10 @@ class InstanceReconciler:
             state.running_expected = False
             self.layout.save_state(want.id, state)
         return ObservedInstance(id=want.id, status="SHUTOFF", fault=fault[:1000])
+
+
+def is_container(want: DesiredInstance) -> bool:
+    return want.image_format == "rootfs"
 
 
 def _stamp(step: str) -> StepDone:

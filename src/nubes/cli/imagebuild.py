@@ -12,6 +12,7 @@ from pathlib import Path
 from nubes.cli.common import client, console, fail
 from nubes.cli.resources import upload_image
 from nubes.client import ApiError
+from nubes.schemas import resources as s
 
 
 def cache_dir() -> Path:
@@ -48,13 +49,34 @@ def _ticking(what: str) -> Iterator[Callable[[str], None]]:
             ticker.join()
 
 
-def build_and_import(kind: str, name: str, rebuild: bool) -> None:
+def _existing(name: str) -> s.Image | None:
     try:
-        existing = client().image(name)
+        return client().image(name)
     except ApiError as exc:
         if exc.status != 404:
             raise
-        existing = None
+        return None
+
+
+def build_container(kind: str, name: str, rebuild: bool) -> None:
+    if kind != "tiny":
+        fail(f"no container build of {kind!r}: tiny")
+    existing = _existing(name)
+    if existing is not None and not rebuild:
+        console.print(f"image {name} already exists ({existing.id}); use --rebuild to replace it")
+        return
+    from nubes.imagebuild.tinycontainer import READY_LINE, build_tiny_container
+
+    with console.status("building the tiny container image"):
+        built = build_tiny_container(cache_dir() / "tiny-container")
+    if existing is not None:
+        client().delete("images", existing.id)
+    image = upload_image(name, built, "rootfs", ready_pattern=READY_LINE)
+    console.print(f"image {image.name} ready ({image.id})")
+
+
+def build_and_import(kind: str, name: str, rebuild: bool) -> None:
+    existing = _existing(name)
     if existing is not None and not rebuild:
         console.print(f"image {name} already exists ({existing.id}); use --rebuild to replace it")
         return

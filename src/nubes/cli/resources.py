@@ -17,7 +17,7 @@ keypair_app = typer.Typer(help="SSH public keys put into instances.", no_args_is
 network_app = typer.Typer(help="Tenant networks (bridge, DHCP, overlay).", no_args_is_help=True)
 host_app = typer.Typer(help="Hosts that run instances.", no_args_is_help=True)
 
-IMAGE_COLS = ("name", "disk_format", "status", "virtual_size", "kernel", "id")
+IMAGE_COLS = ("name", "kind", "disk_format", "status", "virtual_size", "kernel", "id")
 
 
 def read_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
@@ -69,8 +69,10 @@ def image_import(
     fmt: str = typer.Option(
         "qcow2",
         "--format",
-        help="qcow2, raw or iso (checked, not trusted); an iso is an installer CD: its servers "
-        "boot it beside a blank disk of the flavor's size until `nubes server eject`",
+        help="qcow2 or raw (a disk image), iso (an installer CD: its servers boot it beside a "
+        "blank disk of the flavor's size until `nubes server eject`), or oci-archive, "
+        "docker-archive (what `podman save` and `docker save` write) or rootfs (a container "
+        "image); checked, not trusted",
     ),
     kernel: Path | None = typer.Option(None, help="kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="initrd for direct boot"),
@@ -81,12 +83,12 @@ def image_import(
     ),
     output: Output = OutputOpt,
 ) -> None:
-    """Import a disk image (qcow2, raw) or an installer ISO; it is inspected and rejected if
-    unsafe."""
+    """Import a disk image (qcow2, raw), an installer ISO, or a container image (an OCI or
+    docker archive, uploaded with --file); it is inspected and rejected if unsafe."""
     if bool(file) == bool(url):
         fail("give exactly one of --file or --url")
-    if fmt not in ("qcow2", "raw", "iso"):
-        fail("--format must be qcow2, raw or iso")
+    if fmt not in ("qcow2", "raw", "iso", "oci-archive", "docker-archive", "rootfs"):
+        fail("--format must be qcow2, raw, iso, oci-archive, docker-archive or rootfs")
     if url:
         body = s.ImageCreate(
             name=name,
@@ -109,11 +111,17 @@ def image_build(
     kind: str = typer.Argument(..., help="tiny (busybox, seconds to boot) or debian"),
     name: str = typer.Option("", help="image name (default: the kind)"),
     rebuild: bool = typer.Option(False, help="build again even if a cached build exists"),
+    container: bool = typer.Option(
+        False, "--container", help="a container image (runc) named <kind>-container: tiny only"
+    ),
 ) -> None:
     """Build a ready image from Debian packages and import it."""
     from nubes.cli import imagebuild
 
-    imagebuild.build_and_import(kind, name or kind, rebuild)
+    if container:
+        imagebuild.build_container(kind, name or f"{kind}-container", rebuild)
+    else:
+        imagebuild.build_and_import(kind, name or kind, rebuild)
 
 
 @image_app.command("list")
@@ -291,6 +299,7 @@ HOST_COLS = (
     "agent_version",
     "network_driver",
     "overlays",
+    "runtimes",
     "last_heartbeat",
 )
 

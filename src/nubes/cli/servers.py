@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,18 @@ server_app = typer.Typer(help="Instances: create, inspect, power, delete.", no_a
 console_app = typer.Typer(
     help="Serial console of an instance.", invoke_without_command=True, no_args_is_help=True
 )
-COLS = ("name", "status", "task_state", "host", "image", "flavor", "group", "addresses", "id")
+COLS = (
+    "name",
+    "status",
+    "task_state",
+    "host",
+    "kind",
+    "image",
+    "flavor",
+    "group",
+    "addresses",
+    "id",
+)
 
 
 def wait_for(c: NubesClient, ref: str, timeout: float, ready: bool) -> s.Server:
@@ -151,6 +163,28 @@ def remove_security_group(server: str, group: str) -> None:
 def list_(output: Output = OutputOpt) -> None:
     """List servers."""
     show(client().servers(), COLS, output)
+
+
+@server_app.command(
+    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+@handle_errors
+def exec_(
+    ref: str = typer.Argument(..., help="the container server's name or id"),
+    command: list[str] = typer.Argument(
+        ..., help="the command and its arguments, after --", show_default=False
+    ),
+    timeout: int = typer.Option(60, help="seconds before the command is killed"),
+) -> None:
+    """Run a command in a container server as its root (runc exec): nubes server exec c1 --
+    ip addr. Its output is printed, and its exit status is this command's."""
+    result = client().exec(ref, command, timeout)
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(result.stderr)
+    if result.timed_out:
+        error(f"timed out after {timeout} s: killed")
+    raise typer.Exit(result.exit_status)
 
 
 @server_app.command("show")

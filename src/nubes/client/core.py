@@ -19,6 +19,7 @@ from nubes.schemas import openstack as so
 from nubes.schemas import quotas as sq
 from nubes.schemas import resources as s
 from nubes.schemas import volumes as sv
+from nubes.schemas.console import ExecRequest, ExecResult
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -219,6 +220,13 @@ class NubesClient:
 
     def migration(self, migration_id: str) -> s.Migration:
         return self._get(f"/v1/migrations/{migration_id}", s.Migration)
+
+    def exec(self, ref: str, command: list[str], timeout: int = 60) -> ExecResult:
+        body = ExecRequest(command=command, timeout=timeout)
+        resp = self.request(
+            "POST", f"/v1/servers/{ref}/exec", json=body.model_dump(), timeout=timeout + 60.0
+        )
+        return ExecResult.model_validate(resp.json())
 
     def console_log(self, ref: str, tail: int = 0) -> str:
         return self.request("GET", f"/v1/servers/{ref}/console-log", params={"tail": tail}).text

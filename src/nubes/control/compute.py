@@ -133,6 +133,7 @@ def _wire(
         host=host.name if host else None,
         image=image.name if image else inst.image_id,
         flavor=flavor.name if flavor else inst.flavor_id,
+        kind="container" if image is not None and image.disk_format == "rootfs" else "vm",
         group=group.name if group else None,
         addresses=addresses,
         nics=nics,
@@ -205,6 +206,7 @@ def _request(session: Session, body: s.ServerCreate, r: Resolved, lock: bool) ->
         # a host with Geneve if any of its networks is Geneve
         overlay=max((n.network.overlay for n in r.nics), key=lambda o: o == "geneve"),
         group=group_state(session, r.group, lock=lock) if r.group else None,
+        runtime="runc" if r.image.disk_format == "rootfs" else "qemu",
     )
 
 

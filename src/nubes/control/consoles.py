@@ -69,10 +69,14 @@ def _unreachable(ep: Endpoint, exc: Exception) -> ServiceUnavailable:
     )
 
 
-def call(settings: Settings, ep: Endpoint, request: ChannelRequest) -> bytes:
-    """One request that ends with the agent's data (`log`, `vnc-password`), from a sync route."""
+def call(
+    settings: Settings, ep: Endpoint, request: ChannelRequest, wait: float = CONNECT_TIMEOUT
+) -> bytes:
+    """One request that ends with the agent's data (`log`, `vnc-password`, `exec`), from a
+    sync route; `wait`: how long the agent may take to answer after the connection."""
     try:
         raw = socket.create_connection((ep.address, ep.port), timeout=CONNECT_TIMEOUT)
+        raw.settimeout(wait)
         with client_context(settings).wrap_socket(raw, server_hostname=ep.server_name) as conn:
             conn.sendall(_line(request))
             stream = conn.makefile("rb")

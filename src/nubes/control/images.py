@@ -16,6 +16,7 @@ from nubes.conf import Settings
 from nubes.db.models import Image
 from nubes.errors import InvalidInput
 from nubes.storage.images import ImageStore
+from nubes.storage.rootfs import ARCHIVE_FORMATS, Limits
 
 
 def store(settings: Settings) -> ImageStore:
@@ -72,8 +73,16 @@ def download(url: str, address: str | None = None) -> Iterator[bytes]:
             yield from resp.iter_bytes()  # as it comes: a deadline is checked per chunk
 
 
-def import_file(session: Session, row: Image, st: ImageStore, src: Path, max_gb: int) -> None:
-    stored = st.import_file(row.id, src, row.disk_format, max_gb * 1024**3)
+def import_file(
+    session: Session, row: Image, st: ImageStore, src: Path, settings: Settings
+) -> None:
+    if row.disk_format in ARCHIVE_FORMATS:  # a container image: flattened to a rootfs tar
+        limits = Limits(settings.max_container_image_bytes, settings.container_allow_setuid)
+        stored = st.import_archive(row.id, src, row.disk_format, limits)
+        row.disk_format = stored.format
+    else:
+        max_size = settings.max_image_virtual_size_gb * 1024**3
+        stored = st.import_file(row.id, src, row.disk_format, max_size)
     row.size, row.virtual_size, row.sha256 = stored.size, stored.virtual_size, stored.sha256
     row.status = "active"
     session.commit()

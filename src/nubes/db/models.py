@@ -94,6 +94,8 @@ class Host(Base):
     networks: Mapped[str] = mapped_column(String(2048), default="", server_default="")
     # set by `host evacuate`: its credential authorizes nothing from then on (api/deps.py)
     fenced_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # what it runs instances with (comma-separated): qemu, and runc where containers can run
+    runtimes: Mapped[str] = mapped_column(String(64), default="qemu", server_default="qemu")
 
 
 # The scheduler's order (free RAM at RAM ratio 1, then name), one index per weigher: the

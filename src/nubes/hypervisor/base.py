@@ -59,6 +59,26 @@ class InstanceSpec:
     cdrom: Path | None = None  # an installer ISO: booted first, before the disk
     # with cdrom: a guest reboot ends QEMU (-no-reboot), seen as the installer's end
     cdrom_once: bool = False
+    # set for a container (hypervisor/runc): instance_dir is its bundle, disk is unused
+    container: ContainerSpec | None = None
+
+
+@dataclass(frozen=True)
+class ContainerNic:
+    """A veth end waiting in the host's namespace, moved into the container's as it starts."""
+
+    peer: str  # its name here
+    name: str  # its name there (eth0...)
+    mac: str
+    cidr: str
+    gateway: str | None = None  # the default route (the first NIC's)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    hostname: str
+    uid_base: int  # host uid of root in the container (its user namespace)
+    nics: tuple[ContainerNic, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,15 @@ class HypervisorDriver(abc.ABC):
 
     @abc.abstractmethod
     def reboot(self, instance_id: str, hard: bool = False) -> None: ...
+
+    def exec_argv(self, instance_id: str, argv: list[str], tty: bool = False) -> list[str]:
+        """The command line that runs argv inside the instance (tty: on a pseudo-terminal of
+        its own). Raises DriverError."""
+        raise DriverError("exec runs commands in containers only; use SSH or the console")
+
+    def runtimes(self) -> tuple[str, ...]:
+        """What the host runs instances with: qemu, and runc where it runs containers."""
+        return ("qemu",)
 
     def events(self) -> Iterator[HypervisorEvent]:
         """Power-state changes seen since the last call (polling drivers may return nothing)."""

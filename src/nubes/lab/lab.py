@@ -469,14 +469,15 @@ class Lab:
 
 def kill_namespace_processes(ns: str, timeout: float = 5.0) -> None:
     """Agents first (a dying agent could still start a dnsmasq or a guest), then everything
-    else in the namespace, until nothing is left."""
+    else in the namespace, and their descendants (a container's processes are in namespaces
+    of their own, children of the host's runc), until nothing is left."""
     agents = [p for p in netns.pids(ns) if _is_agent(p)]
     _kill_pids(ns, agents, timeout)
     for _ in range(5):
-        if not [p for p in netns.pids(ns) if p != os.getpid()]:
+        if not [p for p in _with_descendants(netns.pids(ns)) if p != os.getpid()]:
             return
         _kill_pids(ns, None, timeout)
-    left = [p for p in netns.pids(ns) if p != os.getpid() and _alive(p)]
+    left = [p for p in _with_descendants(netns.pids(ns)) if p != os.getpid() and _alive(p)]
     if left:
         raise LabError(f"processes {left} in {ns} survived SIGKILL")
 
@@ -538,6 +539,23 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    parents: dict[int, int] = {}
+    for pid in _all_pids():
+        try:  # the ppid follows the command name, which may hold spaces and parentheses
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found = set(pids)
+    grew = True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in found and p not in found}
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
 def _is_agent(pid: int) -> bool:
     try:
         return b"nubes.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -549,7 +567,8 @@ def _kill_pids(ns: str, only: list[int] | None, timeout: float) -> None:
     """SIGTERM, then SIGKILL what is left after timeout (all of the namespace if only is None)."""
     me = os.getpid()
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
-        pids = [p for p in (netns.pids(ns) if only is None else only) if p != me and _alive(p)]
+        every = _with_descendants(netns.pids(ns)) if only is None else only
+        pids = [p for p in every if p != me and _alive(p)]
         if not pids:
             return
         for pid in pids:

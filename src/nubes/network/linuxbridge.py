@@ -455,7 +455,12 @@ class LinuxBridgeDriver(NetworkDriver):
         with self._lock, Netlink() as nl:
             if nl.get_link(spec.bridge) is None:
                 raise DriverError(f"bridge {spec.bridge} of network {spec.network_id} is missing")
-            created = nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
+            link = nl.get_link(spec.tap)
+            if link is not None and link.kind == "veth":  # a container's (agent/containers.py)
+                created = False
+                nl.set_link(spec.tap, mtu=spec.mtu)
+            else:
+                created = nl.ensure_tap(spec.tap, spec.owner_uid, spec.mtu)
             try:
                 nl.set_alias(spec.tap, port_alias(spec))
                 if self.anti_spoof and spec.port_security:  # before it can carry anything

@@ -25,6 +25,7 @@ class HostState(NamedTuple):
     used_ram_mb: int
     used_disk_gb: int
     overlays: frozenset[str] = frozenset({"vxlan"})  # what the host's kernel can carry
+    runtimes: frozenset[str] = frozenset({"qemu"})  # qemu, runc: what it runs instances with
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Request:
     force_host: str | None = None  # admin-only --host
     overlay: str | None = None  # the network's overlay type
     group: GroupState | None = None
+    runtime: str = "qemu"  # runc: a container
 
 
 Filter = Callable[[HostState, Request, Settings], str | None]
@@ -84,6 +86,13 @@ def disk_filter(host: HostState, req: Request, s: Settings) -> str | None:
     )
 
 
+def runtime_filter(host: HostState, req: Request, s: Settings) -> str | None:
+    if req.runtime not in host.runtimes:
+        what = "containers (runc)" if req.runtime == "runc" else req.runtime
+        return f"runtime: this host does not run {what}"
+    return None
+
+
 def overlay_filter(host: HostState, req: Request, s: Settings) -> str | None:
     if req.overlay and req.overlay not in host.overlays:
         has = ", ".join(sorted(host.overlays)) or "none"
@@ -112,6 +121,7 @@ DEFAULT_FILTERS: tuple[tuple[str, Filter], ...] = (
     ("vcpu", vcpu_filter),
     ("disk", disk_filter),
     ("overlay", overlay_filter),
+    ("runtime", runtime_filter),
     ("affinity", affinity_filter),
     ("anti-affinity", anti_affinity_filter),
 )

@@ -51,6 +51,7 @@ COLUMNS = (
     Host.used_ram_mb,
     Host.used_disk_gb,
     Host.overlays,
+    Host.runtimes,
 )
 # the candidates are up and enabled (SQL checked): no need to read those (nor to parse the time)
 CANDIDATE_COLUMNS = tuple(c for c in COLUMNS if c not in (Host.last_heartbeat, Host.enabled))
@@ -90,6 +91,7 @@ def _state(row: Any, cutoff: datetime) -> HostState:
         used_ram_mb=row.used_ram_mb,
         used_disk_gb=row.used_disk_gb,
         overlays=_overlays(row.overlays or ""),
+        runtimes=_overlays(row.runtimes or ""),
     )
 
 
@@ -192,7 +194,20 @@ def candidates(
     still decide."""
     query, params = candidates_for(req, s, limit)
     return [
-        HostState(r[0], r[1], True, True, r[2], r[3], r[4], r[5], r[6], r[7], _overlays(r[8] or ""))
+        HostState(
+            r[0],
+            r[1],
+            True,
+            True,
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            _overlays(r[8] or ""),
+            _overlays(r[9] or ""),
+        )  # fmt: skip
         for r in conn.execute(query, params)
     ]
 

@@ -30,6 +30,8 @@ class HostRegister(NoNul):
     console_port: int = Field(default=0, ge=0, le=65535)
     # comma-separated IPv4 networks the host has addresses in: tenant networks keep off them
     networks: str = Field(default="", max_length=2048)
+    # comma-separated: qemu, runc (containers)
+    runtimes: str = Field(default="qemu", max_length=64, pattern=r"^[a-z0-9,]*$")
 
 
 class JoinTokenCreate(NoNul):

@@ -84,8 +84,10 @@ class Network(Model):
 
 class ImageCreate(Model):
     name: Name
-    # iso: an installer CD; its servers boot it beside a blank disk (`server eject` ends that)
-    disk_format: Literal["qcow2", "raw", "iso"] = "qcow2"
+    # iso: an installer CD; its servers boot it beside a blank disk (`server eject` ends that);
+    # oci-archive, docker-archive (what podman/docker save write) and rootfs make a container
+    # image, stored as rootfs
+    disk_format: Literal["qcow2", "raw", "iso", "oci-archive", "docker-archive", "rootfs"] = "qcow2"
     url: str | None = Field(default=None, max_length=2048)
     cmdline: str = Field(default="", max_length=1024, description="kernel command line")
     default_user: str = Field(default="", max_length=32, pattern=r"^([a-z_][a-z0-9_-]{0,31})?$")
@@ -96,6 +98,7 @@ class Image(Model):
     id: str
     name: str
     disk_format: str
+    kind: Literal["vm", "container"] = "vm"
     status: str
     size: int
     virtual_size: int
@@ -169,6 +172,7 @@ class Server(Model):
     host: str | None
     image: str
     flavor: str
+    kind: Literal["vm", "container"] = "vm"  # container: its image is a rootfs, run by runc
     group: str | None = None
     addresses: dict[str, list[str]]
     nics: list[ServerNic] = []
@@ -238,6 +242,7 @@ class Host(Model):
     network_driver: str = ""  # linuxbridge | ovs
     overlays: str = ""  # comma-separated: what its networks can use
     fenced: bool = False  # evacuated: its credential authorizes nothing (`host evacuate`)
+    runtimes: str = ""  # comma-separated: qemu, runc (containers)
 
 
 class OperationStep(Model):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nubes.errors import ImageRejected, InvalidInput
+from nubes.storage.rootfs import Limits, flatten
 from nubes.storage.tools import INSPECT_LIMITS, ToolError, run_limited
 
 SUPPORTED_FORMATS = frozenset({"qcow2", "raw", "iso"})
@@ -33,6 +34,7 @@ SUPPORTED_FORMATS = frozenset({"qcow2", "raw", "iso"})
 ISO_FORMAT = "iso"
 ISO_BLOCK = 2048
 ISO_PVD_OFFSET = 16 * ISO_BLOCK  # ISO 9660: the system area (16 blocks), then descriptors
+STORED_FORMATS = SUPPORTED_FORMATS | {"rootfs"}  # rootfs: a container image (storage/rootfs.py)
 HEAD_SIZE = 4096
 CHUNK_SIZE = 1 << 20
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -308,13 +310,13 @@ class ImageStore:
     def path_for(self, image_id: str, fmt: str) -> Path:
         if not _ID_RE.match(image_id):
             raise InvalidInput(f"invalid image id {image_id!r}", field="image_id")
-        if fmt not in SUPPORTED_FORMATS:
+        if fmt not in STORED_FORMATS:
             raise InvalidInput(f"unsupported disk format {fmt!r}", field="disk_format")
         return self.root / f"{image_id}.{fmt}"
 
     def find(self, image_id: str) -> Path | None:
         """The stored file of an image, whatever its format, or None."""
-        for fmt in sorted(SUPPORTED_FORMATS):
+        for fmt in sorted(STORED_FORMATS):
             path = self.path_for(image_id, fmt)
             if path.exists():
                 return path
@@ -384,9 +386,33 @@ class ImageStore:
         self._remove_other_formats(image_id, declared_format)
         return StoredImage(final, declared_format, digest, size, info.virtual_size)
 
+    def import_archive(self, image_id: str, src: Path, fmt: str, limits: Limits) -> StoredImage:
+        """Store a container image from an OCI/docker archive or a rootfs tar, flattened and
+        checked (storage/rootfs.py). Raises ImageRejected; nothing is left behind on failure."""
+        final = self.path_for(image_id, "rootfs")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=self._PARTIAL_PREFIX, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                flatten(src, fmt, out, limits)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hashlib.sha256()
+            for chunk in iter_file(tmp):
+                digest.update(chunk)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+        size = final.stat().st_size
+        return StoredImage(final, "rootfs", digest.hexdigest(), size, size)
+
     def delete(self, image_id: str) -> None:
         """Remove the image in any format. Idempotent."""
-        for fmt in SUPPORTED_FORMATS:
+        for fmt in STORED_FORMATS:
             self.path_for(image_id, fmt).unlink(missing_ok=True)
 
     def cleanup_partial(self) -> int:
@@ -398,7 +424,7 @@ class ImageStore:
         return count
 
     def _remove_other_formats(self, image_id: str, keep: str) -> None:
-        for fmt in SUPPORTED_FORMATS - {keep}:
+        for fmt in STORED_FORMATS - {keep}:
             self.path_for(image_id, fmt).unlink(missing_ok=True)
 
 

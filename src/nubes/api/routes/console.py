@@ -21,8 +21,14 @@ from nubes.api.deps import CallerDep, SessionDep, StateDep, authenticate
 from nubes.control import consoles, lookup
 from nubes.control.state import AppState
 from nubes.db.models import Host, Instance
-from nubes.errors import Conflict, Forbidden, NubesError
-from nubes.schemas.console import ChannelRequest, VncAccess
+from nubes.errors import Conflict, Forbidden, NubesError, ServiceUnavailable
+from nubes.schemas.console import (
+    EXEC_OUTPUT_MAX,
+    ChannelRequest,
+    ExecRequest,
+    ExecResult,
+    VncAccess,
+)
 
 router = APIRouter(prefix="/v1/servers", tags=["consoles"])
 VNC_PASSWORD_SECONDS = 60
@@ -108,6 +114,29 @@ async def serial_console(websocket: WebSocket, ref: str) -> None:
 async def vnc_console(websocket: WebSocket, ref: str) -> None:
     """The VNC (RFB) stream of the instance, as binary frames."""
     await _proxy(websocket, ref, "vnc")
+
+
+@router.post("/{ref}/exec")
+def exec_command(
+    ref: str, body: ExecRequest, session: SessionDep, who: CallerDep, state: StateDep
+) -> ExecResult:
+    """Run a command in a container server (runc exec, as its root), to its end or its
+    timeout; its exit status and output (the last MiB of each) come back."""
+    inst = lookup.owned(session, Instance, ref, who, "server")
+    ep = host_of(session, inst)
+    session.commit()  # no transaction held across the call to the host
+    request = ChannelRequest(
+        op="exec",
+        instance=inst.id,
+        argv=body.command,
+        timeout=body.timeout,
+        max_bytes=8 * EXEC_OUTPUT_MAX,
+    )
+    data = consoles.call(state.settings, ep, request, wait=body.timeout + 30.0)
+    try:
+        return ExecResult.model_validate_json(data)
+    except ValueError as exc:
+        raise ServiceUnavailable(f"host {ep.host_name} ended the exec early") from exc
 
 
 def set_vnc_password(state: AppState, instance_id: str, ep: consoles.Endpoint) -> str:

@@ -52,6 +52,7 @@ def to_wire(session: SessionDep, h: Host, down_after: float, count: int | None =
         network_driver=h.network_driver,
         overlays=h.overlays,
         fenced=h.fenced_at is not None,
+        runtimes=h.runtimes,
     )
 
 

@@ -17,6 +17,7 @@ from nubes.api import url_imports
 from nubes.api.deps import AgentDep, Caller, CallerDep, SessionDep, StateDep
 from nubes.api.paging import PageDep, paginate
 from nubes.control import images, lookup, migrations, quotas
+from nubes.control.images import ARCHIVE_FORMATS
 from nubes.control.lookup import admin_project_id
 from nubes.control.state import AppState
 from nubes.db.models import Image, Instance, Volume
@@ -33,6 +34,7 @@ def to_wire(i: Image) -> s.Image:
         id=i.id,
         name=i.name,
         disk_format=i.disk_format,
+        kind="container" if i.disk_format in ARCHIVE_FORMATS else "vm",
         status=i.status,
         size=i.size,
         virtual_size=i.virtual_size,
@@ -83,6 +85,8 @@ def new_image(
         raise Conflict(f"image {body.name!r} already exists", field="name")
     quotas.check(session, state.settings, who.project_id, {"images": 1})
     address = None
+    if body.url and body.disk_format in ARCHIVE_FORMATS:
+        raise InvalidInput("url: container images are uploaded (--file), not fetched", field="url")
     if body.url:
         address = images.check_url(body.url, state.settings.allow_private_image_urls)
     row = Image(
@@ -161,8 +165,7 @@ async def upload_part(
         limit = None if part == "file" else BOOT_FILE_MAX
         digest = await _spool(request, path, limit)
         if part == "file":
-            max_gb = state.settings.max_image_virtual_size_gb
-            await run_in_threadpool(images.import_file, session, row, st, path, max_gb)
+            await run_in_threadpool(images.import_file, session, row, st, path, state.settings)
         else:
             os.replace(path, state.settings.images_dir / f"{row.id}.{part}")
             setattr(row, f"{part}_sha256", digest)

@@ -1,14 +1,14 @@
 """volumes; instances' rebuild and resize generations; images made as snapshots of a server
 
 Revision ID: 0017
-Revises: 0018
+Revises: 0016
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0017'
-down_revision = '0018'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 

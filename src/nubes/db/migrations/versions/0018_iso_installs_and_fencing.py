@@ -1,14 +1,14 @@
 """servers from an installer ISO remember when their CD was ejected; fenced hosts
 
 Revision ID: 0018
-Revises: 0015
+Revises: 0017
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0018'
-down_revision = '0015'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 
