@@ -155,6 +155,17 @@ def test_a_container_and_a_vm_on_one_network(lab: LabCloud) -> None:
     assert exec_ok(cloud, "c1", "hostname").strip() == "c1"
     failed = cloud.client.exec("c1", ["sh", "-c", "exit 7"])
     assert failed.exit_status == 7
+    # what works on a VM's disk or QEMU is refused for a container, naming it
+    for action in (
+        lambda: cloud.client.snapshot_server("c1", "c1-snap"),
+        lambda: cloud.client.resize_server("c1", "m1.small"),
+        lambda: cloud.client.rebuild_server("c1"),
+        lambda: cloud.client.migrate_server("c1", live=True),
+    ):
+        with pytest.raises(ApiError) as refused:
+            action()
+        assert refused.value.status == 409 and refused.value.field == "server"
+        assert "is a container" in refused.value.detail
     # the interactive console: a shell on a pty of its own, through the host's agent
     with _websocket(cloud, f"/v1/servers/{c1.id}/console") as ws:
         ws.send(b"echo console-of-$((6*7)) on $(hostname) $(tty)\n")

@@ -47,14 +47,17 @@ def build_agent(settings: Settings, client: NubesClient) -> Agent:
     agent = Agent(settings, client, hypervisor, network, layout, reconciler, host_name)
     if settings.hypervisor_driver == "qemu":
         from nubes.agent.migrations import MigrationReconciler
+        from nubes.hypervisor.mux import MuxDriver
         from nubes.hypervisor.qemu.driver import QemuDriver
         from nubes.hypervisor.qemu.migration import QemuMigration
 
-        assert isinstance(hypervisor, QemuDriver)
+        # where runc runs too, QEMU's driver is under the one that picks per instance
+        vm = hypervisor.vm if isinstance(hypervisor, MuxDriver) else hypervisor
+        assert isinstance(vm, QemuDriver)
         guard = settings.network_driver != "fake"  # nftables only where the host has a network
         agent.migrations = MigrationReconciler(
             reconciler,
-            QemuMigration(hypervisor),
+            QemuMigration(vm),
             guard,
             fetch_log=lambda mig_id: client.incoming_console_log(agent.host_id, mig_id),
         )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from nubes.conf import Settings
 from nubes.control import generations, operations
 from nubes.control.compute import finish_delete, host_up
+from nubes.control.runtimes import runtime_of
 from nubes.db.models import Host, Instance, Network, Port, utcnow
 from nubes.errors import Conflict, NoValidHost
 from nubes.scheduler import placement
@@ -61,7 +62,13 @@ def _overlay(session: Session, inst: Instance) -> str | None:
 
 def _move(session: Session, inst: Instance, settings: Settings) -> str:
     """Claim another host for inst and point it there; returns the host's name."""
-    req = Request(inst.vcpus, inst.ram_mb, inst.disk_gb, overlay=_overlay(session, inst))
+    req = Request(
+        inst.vcpus,
+        inst.ram_mb,
+        inst.disk_gb,
+        overlay=_overlay(session, inst),
+        runtime=runtime_of(session, inst),  # a container goes where runc runs
+    )
     target = placement.claim(session.connection(), req, settings)
     old = inst.host_id
     if old is not None:

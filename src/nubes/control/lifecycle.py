@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from nubes.conf import Settings
 from nubes.control import generations, images, lookup, operations, quotas
 from nubes.control.caller import Caller
+from nubes.control.runtimes import vm_only
 from nubes.db.models import Flavor, Host, Image, Instance
 from nubes.errors import Conflict, InvalidInput, NotFound, NoValidHost
 from nubes.schemas import volumes as v
@@ -41,11 +42,14 @@ def _placed(inst: Instance) -> str:
 
 def rebuild(session: Session, inst: Instance, body: v.Rebuild, who: Caller) -> None:
     _placed(inst)
+    vm_only(session, inst, "rebuild")
     image = session.get(Image, inst.image_id)
     if body.image:
         image = lookup.owned(session, Image, body.image, who, "image")
     if image is None or image.status != "active":
         raise InvalidInput("image: not active", field="image")
+    if image.disk_format == "rootfs":
+        raise InvalidInput(f"image: {image.name} is a container image", field="image")
     if image.disk_format == "iso" or image.virtual_size > inst.disk_gb * GIB:
         raise InvalidInput(
             f"image: {image.name} does not fit the server's {inst.disk_gb} GiB disk",
@@ -63,6 +67,7 @@ def resize(
     session: Session, settings: Settings, inst: Instance, body: v.Resize, who: Caller
 ) -> None:
     host_id = _placed(inst)
+    vm_only(session, inst, "resize")
     flavor = lookup.flavor(session, body.flavor)
     if flavor.id == inst.flavor_id:
         raise Conflict(f"server already has flavor {flavor.name}", field="flavor")
@@ -127,6 +132,7 @@ def snapshot(
     session: Session, settings: Settings, inst: Instance, body: v.SnapshotCreate, who: Caller
 ) -> Image:
     _placed(inst)
+    vm_only(session, inst, "snapshot")
     taken = select(Image.id).where(Image.project_id == inst.project_id, Image.name == body.name)
     if session.scalar(taken):
         raise Conflict(f"image {body.name!r} already exists", field="name")

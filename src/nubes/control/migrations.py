@@ -20,6 +20,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from nubes.control import generations, operations
+from nubes.control.runtimes import vm_only
 from nubes.control.state import AppState
 from nubes.db.models import Host, Instance, Migration, Operation, utcnow
 from nubes.errors import Conflict, InvalidInput, NotFound
@@ -98,6 +99,7 @@ def start(state: AppState, session: Session, inst: Instance, body: s.MigrateRequ
     """Validate, claim the target, write the migration (the caller's transaction commits)."""
     if inst.desired_state == "deleted":
         raise Conflict("server is being deleted", field="server")
+    vm_only(session, inst, "migration")
     if current(session, inst.id) is not None:
         raise Conflict("server is already migrating", field="server")
     source = session.get(Host, inst.host_id) if inst.host_id else None

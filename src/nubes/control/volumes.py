@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from nubes.conf import Settings
 from nubes.control import generations, lookup, quotas
 from nubes.control.caller import Caller
+from nubes.control.runtimes import vm_only
 from nubes.db.models import Host, Image, Instance, Volume, utcnow
 from nubes.errors import Conflict, Forbidden, InvalidInput, NoValidHost
 from nubes.schemas import agent as a
@@ -134,6 +135,7 @@ def delete(session: Session, settings: Settings, vol: Volume) -> v.Volume:
 def attach(session: Session, inst: Instance, vol: Volume) -> v.Volume:
     if inst.desired_state == "deleted":
         raise Conflict("server is being deleted", field="server")
+    vm_only(session, inst, "attaching a volume")
     if vol.instance_id == inst.id:
         raise Conflict(f"volume {vol.name} is already attached to {inst.name}", field="volume")
     if vol.status != "available" or vol.instance_id is not None:

@@ -3,6 +3,7 @@ container if its spec says so (spawn, power_on) or the container driver knows it
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +67,22 @@ class MuxDriver(HypervisorDriver):
 
     def set_vnc_password(self, instance_id: str, password: str, expires_in: int) -> None:
         self._for(instance_id).set_vnc_password(instance_id, password, expires_in)
+
+    # a container has no CD, volumes or pause point: those go to its driver, which refuses or
+    # has nothing to do (the API refuses them for containers first)
+    def eject_cdrom(self, instance_id: str) -> None:
+        self._for(instance_id).eject_cdrom(instance_id)
+
+    def attached_volumes(self, instance_id: str) -> set[str]:
+        return self._for(instance_id).attached_volumes(instance_id)
+
+    def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
+        self._for(instance_id).attach_volume(instance_id, volume_id, path)
+
+    def detach_volume(self, instance_id: str, volume_id: str, timeout: float = 30.0) -> None:
+        self._for(instance_id).detach_volume(instance_id, volume_id, timeout)
+
+    @contextlib.contextmanager
+    def paused(self, instance_id: str) -> Iterator[None]:
+        with self._for(instance_id).paused(instance_id):
+            yield
