@@ -24,6 +24,7 @@ from sqlalchemy import Engine, event, select, union, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from nubes.db.engine import no_flush_wait
 from nubes.db.models import Host, Instance, Network, Port
 
 log = logging.getLogger("nubes.api")
@@ -118,6 +119,7 @@ def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
     for attempt in range(3):
         try:
             with engine.begin() as conn:
+                no_flush_wait(conn)  # lost in a crash like a dying API's: agents resync
                 conn.execute(_statement(host_ids))
             return
         except OperationalError:  # a deadlock PostgreSQL broke, or a locked SQLite: again
@@ -125,10 +127,19 @@ def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
                 log.exception("could not bump the generation of %s", host_ids or "all hosts")
 
 
-def instance_changed(session: Session, inst: Instance, ports: bool = False) -> None:
+def instance_changed(
+    session: Session, inst: Instance, ports: bool = False, networks: set[str] | None = None
+) -> None:
     """An instance's own fields changed: its host. `ports`: a port of it came or goes, which
-    every host of its networks lists (remote ports, peers, the gateway host's reservations)."""
-    nets = instance_networks(session, inst.id) if ports else set()
+    every host of its networks lists (remote ports, peers, the gateway host's reservations);
+    `networks`: those networks, when the caller knows them (a create: no read)."""
+    nets = (
+        networks
+        if networks is not None
+        else instance_networks(session, inst.id)
+        if ports
+        else set()
+    )
     bump(session, [inst.host_id])
     if nets:
         bump_after_commit(session, network_hosts(session, nets) - {inst.host_id})
