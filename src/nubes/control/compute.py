@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -44,7 +44,7 @@ from nubes.db.models import (
 from nubes.errors import Conflict, Forbidden, InvalidInput
 from nubes.scheduler import placement
 from nubes.scheduler.filters import DEFAULT_FILTERS, HostState, Request
-from nubes.scheduler.placement import claim, group_state, release
+from nubes.scheduler.placement import claim, group_state, released
 from nubes.scheduler.weighers import weighers_for
 from nubes.schemas import resources as s
 from nubes.storage.images import ISO_FORMAT
@@ -374,9 +374,11 @@ def finish_delete(session: Session, inst: Instance) -> None:
     A conditional UPDATE marks the instance deleted only if nobody has yet, so two racing
     finishers (an agent's report and a delete on another API server, say) never release its
     claim twice: host usage stays the sum of its live instances.
+
+    A set-based statement per table (an agent's report runs this while users create), and the
+    host's row, which creates claim, written last: held only from there to the commit.
     """
     now = utcnow()
-    nets = generations.instance_networks(session, inst.id)  # before its ports go
     marked = session.execute(
         update(Instance)
         .where(Instance.id == inst.id, Instance.deleted_at.is_(None))
@@ -389,25 +391,30 @@ def finish_delete(session: Session, inst: Instance) -> None:
     for key, value in (("status", "DELETED"), ("task_state", ""), ("deleted_at", now)):
         set_committed_value(inst, key, value)
     events.record(session, inst, "delete")
-    for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
-        for fip in session.scalars(
-            select(ExternalAddress).where(ExternalAddress.port_id == port.id)
-        ):
-            fip.port_id = None  # the project keeps its floating IP, unassociated
-        session.flush()
-        session.delete(port)
-    links = session.scalars(
-        select(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
+    ports = session.execute(
+        select(Port.id, Port.network_id).where(Port.instance_id == inst.id)
     ).all()
-    for link in links:
-        session.delete(link)
-    session.flush()
-    secgroups.bump_members_of(session, [link.group_id for link in links])
-    if inst.host_id:
-        release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
+    if ports:
+        port_ids = [p for p, _ in ports]
+        # the project keeps its floating IPs, unassociated
+        session.execute(
+            update(ExternalAddress)
+            .where(ExternalAddress.port_id.in_(port_ids))
+            .values(port_id=None)
+        )
+        session.execute(delete(Port).where(Port.id.in_(port_ids)))
+    left = session.scalars(
+        delete(InstanceSecurityGroup)
+        .where(InstanceSecurityGroup.instance_id == inst.id)
+        .returning(InstanceSecurityGroup.group_id)
+    ).all()
+    secgroups.bump_members_of(session, left)
     operations.finish(session, inst.id, "delete")
-    generations.bump(session, [inst.host_id])
-    generations.bump_after_commit(session, generations.network_hosts(session, nets))
+    peers = generations.network_hosts(session, {n for _, n in ports})
+    session.flush()  # the operation's end, before the host's row is taken
+    if inst.host_id:
+        generations.bump(session, [inst.host_id], **released(inst.vcpus, inst.ram_mb, inst.disk_gb))
+    generations.bump_after_commit(session, peers)
 
 
 def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> s.Server:

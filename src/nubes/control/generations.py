@@ -40,10 +40,11 @@ def _statement(host_ids: Iterable[str] | None) -> Any:
     return stmt.execution_options(synchronize_session=False)
 
 
-def bump(session: Session, host_ids: Iterable[str | None]) -> None:
+def bump(session: Session, host_ids: Iterable[str | None], **also: Any) -> None:
+    """`also`: more columns of these rows set in the same UPDATE (a release's usage)."""
     ids = {h for h in host_ids if h}
     if ids:
-        session.execute(_statement(ids))
+        session.execute(_statement(ids).values(**also))
         session.info.setdefault(BUMPED, set()).update(ids)
 
 
