@@ -17,6 +17,7 @@ Two ways to bump, for PostgreSQL's row locks:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -100,14 +101,22 @@ def install(
     """After each commit: the deferred bumps, then wake this process's long-polls of exactly
     the hosts bumped (`None`: all of them)."""
 
+    waiting = _Waiting(engine, notify)
+
     @event.listens_for(sessions, "after_commit")
     def _committed(session: Session) -> None:
         pending: set[str] = session.info.pop(LATER, set())
         bumped: set[str] = session.info.pop(BUMPED, set())
+        if ALL in pending:
+            _bump_now(engine, None)
+            notify(None)
+            return
         if pending:
-            _bump_now(engine, None if ALL in pending else pending)
+            locked = _bump_free(engine, pending)
+            waiting.add(locked)
+            pending -= locked
         if pending or bumped:
-            notify(None if ALL in pending else pending | bumped)
+            notify(pending | bumped)
 
     @event.listens_for(sessions, "after_transaction_end")
     def _ended(session: Session, transaction: SessionTransaction) -> None:
@@ -126,6 +135,70 @@ def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
         except OperationalError:  # a deadlock PostgreSQL broke, or a locked SQLite: again
             if attempt == 2:
                 log.exception("could not bump the generation of %s", host_ids or "all hosts")
+
+
+def _bump_free(engine: Engine, host_ids: set[str]) -> set[str]:
+    """Bump the hosts whose rows no other transaction holds; the others' ids (PostgreSQL).
+
+    A host's row is held by a create that claimed it, an agent's report that released it,
+    a batch of heartbeats, another bump: waiting for each of those (their commits, their
+    disk flushes) made a user's request wait for the agents' work. The held ones are bumped
+    in `_Waiting`'s thread instead, off the request's path. On SQLite the write lock is the
+    whole database's: nobody else holds a row, nothing is skipped."""
+    if engine.dialect.name != "postgresql":
+        _bump_now(engine, host_ids)
+        return set()
+    free = (
+        select(Host.id)
+        .where(Host.id.in_(sorted(host_ids)))
+        .order_by(Host.id)
+        .with_for_update(key_share=True, skip_locked=True)  # FOR NO KEY UPDATE, as an UPDATE
+    )
+    try:
+        with engine.begin() as conn:
+            no_flush_wait(conn)
+            done = conn.scalars(
+                update(Host)
+                .where(Host.id.in_(free.scalar_subquery()))
+                .values(generation=Host.generation + 1)
+                .returning(Host.id)
+            )
+            return host_ids - set(done)
+    except OperationalError:
+        return host_ids  # the thread tries them all again
+
+
+class _Waiting:
+    """The deferred bumps whose rows were held: one thread bumps them as their holders let
+    go (a burst's together, in one UPDATE), then wakes those hosts' long-polls."""
+
+    def __init__(self, engine: Engine, notify: Callable[[set[str] | None], None]) -> None:
+        self.engine, self.notify = engine, notify
+        self.lock = threading.Lock()
+        self.pending: set[str] = set()
+        self.thread: threading.Thread | None = None
+
+    def add(self, host_ids: set[str]) -> None:
+        if not host_ids:
+            return
+        with self.lock:
+            self.pending |= host_ids
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="nubes-bumps", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                ids, self.pending = self.pending, set()
+                if not ids:
+                    self.thread = None
+                    return
+            try:
+                _bump_now(self.engine, ids)
+                self.notify(ids)
+            except Exception:  # the engine gone at shutdown, say: agents resync on their own
+                log.exception("could not bump the generation of %s", ids)
 
 
 def instance_changed(
