@@ -11,7 +11,9 @@ Two ways to bump, for PostgreSQL's row locks:
   its claimed host's row until it commits; if it also bumped another host in the transaction,
   two creates on one network would each wait for the other's claimed host (a deadlock). These
   go in a transaction of their own right after the change commits (an API that dies in
-  between leaves those agents to their next periodic fetch).
+  between leaves those agents to their next periodic fetch). That transaction waits for no
+  other: rows another one holds are skipped there and bumped by a thread once let go
+  (`_bump_free`, `_Waiting`), so a user's request never waits for the agents' transactions.
 """
 
 from __future__ import annotations
