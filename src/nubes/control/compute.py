@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -45,7 +45,7 @@ from nubes.db.models import (
 from nubes.errors import Conflict, Forbidden, InvalidInput
 from nubes.scheduler import placement
 from nubes.scheduler.filters import DEFAULT_FILTERS, HostState, Request
-from nubes.scheduler.placement import claim, group_state, release
+from nubes.scheduler.placement import claim, group_state, released
 from nubes.scheduler.weighers import weighers_for
 from nubes.schemas import resources as s
 from nubes.storage.images import ISO_FORMAT
@@ -90,22 +90,35 @@ def to_wire_many(session: Session, insts: list[Instance], down_after: float) -> 
     flavors = _by_id(session, Flavor, {i.flavor_id for i in insts})
     groups = _by_id(session, ServerGroup, {i.group_id for i in insts})
     sec = secgroups.names_of_many(session, ids)
-    return [
-        _wire(inst, ports.get(inst.id, []), hosts, images, flavors, groups, sec, down_after)
-        for inst in insts
-    ]
+    out = []
+    for inst in insts:
+        host = hosts.get(inst.host_id) if inst.host_id else None
+        out.append(
+            _wire(
+                inst,
+                ports.get(inst.id, []),
+                host.name if host else None,
+                host is None or host_up(host, down_after),
+                images.get(inst.image_id),
+                flavors.get(inst.flavor_id),
+                groups.get(inst.group_id) if inst.group_id else None,
+                sec.get(inst.id, []),
+            )
+        )
+    return out
 
 
 def _wire(
     inst: Instance,
     ports: list[tuple[str, Port]],
-    hosts: dict[str, Host],
-    images: dict[str, Image],
-    flavors: dict[str, Flavor],
-    groups: dict[str, ServerGroup],
-    sec: dict[str, list[str]],
-    down_after: float,
+    host_name: str | None,
+    host_is_up: bool,
+    image: Image | None,
+    flavor: Flavor | None,
+    group: ServerGroup | None,
+    security_groups: list[str],
 ) -> s.Server:
+    """`host_is_up`: False shows a live server UNKNOWN (its host is down)."""
     addresses: dict[str, list[str]] = {}
     for net_name, port in ports:
         addresses.setdefault(net_name, []).append(port.ip)
@@ -119,25 +132,22 @@ def _wire(
         )
         for net_name, port in ports
     ]
-    host = hosts.get(inst.host_id) if inst.host_id else None
-    image, flavor = images.get(inst.image_id), flavors.get(inst.flavor_id)
-    group = groups.get(inst.group_id) if inst.group_id else None
     status = inst.status
-    if host is not None and status != "DELETED" and not host_up(host, down_after):
+    if status != "DELETED" and not host_is_up:
         status = "UNKNOWN"
     return s.Server(
         id=inst.id,
         name=inst.name,
         status=status,
         task_state=inst.task_state,
-        host=host.name if host else None,
+        host=host_name,
         image=image.name if image else inst.image_id,
         flavor=flavor.name if flavor else inst.flavor_id,
         kind="container" if image is not None and image.disk_format == "rootfs" else "vm",
         group=group.name if group else None,
         addresses=addresses,
         nics=nics,
-        security_groups=sec.get(inst.id, []),
+        security_groups=security_groups,
         key_name=inst.key_name,
         fault=inst.fault,
         created_at=inst.created_at,
@@ -236,9 +246,31 @@ def _persistent(session: Session, row: dict[str, Any]) -> Instance:
     return inst
 
 
-def _place(
-    session: Session, settings: Settings, body: s.ServerCreate, who: Caller
-) -> tuple[Instance, HostState]:
+@dataclass(frozen=True)
+class Placed:
+    """A create's rows as written, for its answer and its bumps: nothing read back."""
+
+    inst: Instance
+    host: HostState
+    resolved: Resolved
+    ports: list[Port]
+
+    def wire(self) -> s.Server:
+        """The answer (to_wire's, without its six reads: the claimed host is up)."""
+        r = self.resolved
+        return _wire(
+            self.inst,
+            [(nic.network.name, port) for nic, port in zip(r.nics, self.ports, strict=True)],
+            self.host.name,
+            True,
+            r.image,
+            r.flavor,
+            r.group,
+            sorted(g.name for g in r.security_groups),
+        )
+
+
+def _place(session: Session, settings: Settings, body: s.ServerCreate, who: Caller) -> Placed:
     """Validate, claim a host, write the instance and its port (the caller commits)."""
     r = _validate(session, body, who)
     wants = {"servers": 1, "vcpus": r.flavor.vcpus, "ram_mb": r.flavor.ram_mb}
@@ -266,7 +298,7 @@ def _place(
     if placement.row_locks(session):
         for net_id in sorted(networks):
             session.execute(select(Network.id).where(Network.id == net_id).with_for_update())
-    make_ports(session, inst.id, r.nics, body)
+    ports = make_ports(session, inst.id, r.nics, body)
     for g in r.security_groups:
         session.add(InstanceSecurityGroup(instance_id=inst.id, group_id=g.id))
     # remote-group rules naming its groups gain its addresses
@@ -275,7 +307,7 @@ def _place(
         if net.dhcp_host_id is None:  # its first port: the gateway goes beside it
             net.dhcp_host_id = host.id
         external.ensure_router(session, net)
-    return inst, host
+    return Placed(inst, host, r, ports)
 
 
 def create(
@@ -289,12 +321,14 @@ def create(
     for attempt in range(CLAIM_RETRIES):
         with state.sessions() as session:
             try:
-                inst, host = _place(session, state.settings, body, who)
-                operations.begin(session, inst, "create", f"scheduled on {host.name}")
+                placed = _place(session, state.settings, body, who)
+                inst = placed.inst
+                operations.begin(session, inst, "create", f"scheduled on {placed.host.name}")
                 events.record(session, inst, "create")
-                generations.instance_changed(session, inst, ports=True)
-                # the answer from inside the transaction: no second one (SQLite: write lock)
-                server = to_wire(session, inst, state.settings.host_down_after)
+                nets = {p.network_id for p in placed.ports}
+                generations.instance_changed(session, inst, networks=nets)
+                # the answer from what was written, inside the transaction: no read back
+                server = placed.wire()
                 if also is not None:
                     also(session, server)
                 session.commit()
@@ -343,9 +377,11 @@ def finish_delete(session: Session, inst: Instance) -> None:
     A conditional UPDATE marks the instance deleted only if nobody has yet, so two racing
     finishers (an agent's report and a delete on another API server, say) never release its
     claim twice: host usage stays the sum of its live instances.
+
+    A set-based statement per table (an agent's report runs this while users create), and the
+    host's row, which creates claim, written last: held only from there to the commit.
     """
     now = utcnow()
-    nets = generations.instance_networks(session, inst.id)  # before its ports go
     marked = session.execute(
         update(Instance)
         .where(Instance.id == inst.id, Instance.deleted_at.is_(None))
@@ -358,26 +394,31 @@ def finish_delete(session: Session, inst: Instance) -> None:
     for key, value in (("status", "DELETED"), ("task_state", ""), ("deleted_at", now)):
         set_committed_value(inst, key, value)
     events.record(session, inst, "delete")
-    for port in session.scalars(select(Port).where(Port.instance_id == inst.id)):
-        for fip in session.scalars(
-            select(ExternalAddress).where(ExternalAddress.port_id == port.id)
-        ):
-            fip.port_id = None  # the project keeps its floating IP, unassociated
-        session.flush()
-        session.delete(port)
-    links = session.scalars(
-        select(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
+    ports = session.execute(
+        select(Port.id, Port.network_id).where(Port.instance_id == inst.id)
     ).all()
-    for link in links:
-        session.delete(link)
-    session.flush()
-    secgroups.bump_members_of(session, [link.group_id for link in links])
-    if inst.host_id:
-        release(session, inst.host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
+    if ports:
+        port_ids = [p for p, _ in ports]
+        # the project keeps its floating IPs, unassociated
+        session.execute(
+            update(ExternalAddress)
+            .where(ExternalAddress.port_id.in_(port_ids))
+            .values(port_id=None)
+        )
+        session.execute(delete(Port).where(Port.id.in_(port_ids)))
+    left = session.scalars(
+        delete(InstanceSecurityGroup)
+        .where(InstanceSecurityGroup.instance_id == inst.id)
+        .returning(InstanceSecurityGroup.group_id)
+    ).all()
+    secgroups.bump_members_of(session, left)
     volumes.release_from(session, inst.id)  # kept, detached
     operations.finish(session, inst.id, "delete")
-    generations.bump(session, [inst.host_id])
-    generations.bump_after_commit(session, generations.network_hosts(session, nets))
+    peers = generations.network_hosts(session, {n for _, n in ports})
+    session.flush()  # the operation's end, before the host's row is taken
+    if inst.host_id:
+        generations.bump(session, [inst.host_id], **released(inst.vcpus, inst.ram_mb, inst.disk_gb))
+    generations.bump_after_commit(session, peers)
 
 
 def request_delete(state: AppState, session: Session, inst: Instance, host_up: bool) -> s.Server:

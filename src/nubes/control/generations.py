@@ -11,12 +11,15 @@ Two ways to bump, for PostgreSQL's row locks:
   its claimed host's row until it commits; if it also bumped another host in the transaction,
   two creates on one network would each wait for the other's claimed host (a deadlock). These
   go in a transaction of their own right after the change commits (an API that dies in
-  between leaves those agents to their next periodic fetch).
+  between leaves those agents to their next periodic fetch). That transaction waits for no
+  other: rows another one holds are skipped there and bumped by a thread once let go
+  (`_bump_free`, `_Waiting`), so a user's request never waits for the agents' transactions.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +27,7 @@ from sqlalchemy import Engine, event, select, union, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from nubes.db.engine import no_flush_wait
 from nubes.db.models import Host, Instance, Network, Port
 
 log = logging.getLogger("nubes.api")
@@ -39,10 +43,11 @@ def _statement(host_ids: Iterable[str] | None) -> Any:
     return stmt.execution_options(synchronize_session=False)
 
 
-def bump(session: Session, host_ids: Iterable[str | None]) -> None:
+def bump(session: Session, host_ids: Iterable[str | None], **also: Any) -> None:
+    """`also`: more columns of these rows set in the same UPDATE (a release's usage)."""
     ids = {h for h in host_ids if h}
     if ids:
-        session.execute(_statement(ids))
+        session.execute(_statement(ids).values(**also))
         session.info.setdefault(BUMPED, set()).update(ids)
 
 
@@ -98,14 +103,22 @@ def install(
     """After each commit: the deferred bumps, then wake this process's long-polls of exactly
     the hosts bumped (`None`: all of them)."""
 
+    waiting = _Waiting(engine, notify)
+
     @event.listens_for(sessions, "after_commit")
     def _committed(session: Session) -> None:
         pending: set[str] = session.info.pop(LATER, set())
         bumped: set[str] = session.info.pop(BUMPED, set())
+        if ALL in pending:
+            _bump_now(engine, None)
+            notify(None)
+            return
         if pending:
-            _bump_now(engine, None if ALL in pending else pending)
+            locked = _bump_free(engine, pending)
+            waiting.add(locked)
+            pending -= locked
         if pending or bumped:
-            notify(None if ALL in pending else pending | bumped)
+            notify(pending | bumped)
 
     @event.listens_for(sessions, "after_transaction_end")
     def _ended(session: Session, transaction: SessionTransaction) -> None:
@@ -118,6 +131,7 @@ def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
     for attempt in range(3):
         try:
             with engine.begin() as conn:
+                no_flush_wait(conn)  # lost in a crash like a dying API's: agents resync
                 conn.execute(_statement(host_ids))
             return
         except OperationalError:  # a deadlock PostgreSQL broke, or a locked SQLite: again
@@ -125,10 +139,83 @@ def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:
                 log.exception("could not bump the generation of %s", host_ids or "all hosts")
 
 
-def instance_changed(session: Session, inst: Instance, ports: bool = False) -> None:
+def _bump_free(engine: Engine, host_ids: set[str]) -> set[str]:
+    """Bump the hosts whose rows no other transaction holds; the others' ids (PostgreSQL).
+
+    A host's row is held by a create that claimed it, an agent's report that released it,
+    a batch of heartbeats, another bump: waiting for each of those (their commits, their
+    disk flushes) made a user's request wait for the agents' work. The held ones are bumped
+    in `_Waiting`'s thread instead, off the request's path. On SQLite the write lock is the
+    whole database's: nobody else holds a row, nothing is skipped."""
+    if engine.dialect.name != "postgresql":
+        _bump_now(engine, host_ids)
+        return set()
+    free = (
+        select(Host.id)
+        .where(Host.id.in_(sorted(host_ids)))
+        .order_by(Host.id)
+        .with_for_update(key_share=True, skip_locked=True)  # FOR NO KEY UPDATE, as an UPDATE
+    )
+    try:
+        with engine.begin() as conn:
+            no_flush_wait(conn)
+            done = conn.scalars(
+                update(Host)
+                .where(Host.id.in_(free.scalar_subquery()))
+                .values(generation=Host.generation + 1)
+                .returning(Host.id)
+            )
+            return host_ids - set(done)
+    except OperationalError:
+        return host_ids  # the thread tries them all again
+
+
+class _Waiting:
+    """The deferred bumps whose rows were held: one thread bumps them as their holders let
+    go (a burst's together, in one UPDATE), then wakes those hosts' long-polls."""
+
+    def __init__(self, engine: Engine, notify: Callable[[set[str] | None], None]) -> None:
+        self.engine, self.notify = engine, notify
+        self.lock = threading.Lock()
+        self.pending: set[str] = set()
+        self.thread: threading.Thread | None = None
+
+    def add(self, host_ids: set[str]) -> None:
+        if not host_ids:
+            return
+        with self.lock:
+            self.pending |= host_ids
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="nubes-bumps", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                ids, self.pending = self.pending, set()
+                if not ids:
+                    self.thread = None
+                    return
+            try:
+                _bump_now(self.engine, ids)
+                self.notify(ids)
+            except Exception:  # the engine gone at shutdown, say: agents resync on their own
+                log.exception("could not bump the generation of %s", ids)
+
+
+def instance_changed(
+    session: Session, inst: Instance, ports: bool = False, networks: set[str] | None = None
+) -> None:
     """An instance's own fields changed: its host. `ports`: a port of it came or goes, which
-    every host of its networks lists (remote ports, peers, the gateway host's reservations)."""
-    nets = instance_networks(session, inst.id) if ports else set()
+    every host of its networks lists (remote ports, peers, the gateway host's reservations);
+    `networks`: those networks, when the caller knows them (a create: no read)."""
+    nets = (
+        networks
+        if networks is not None
+        else instance_networks(session, inst.id)
+        if ports
+        else set()
+    )
     bump(session, [inst.host_id])
     if nets:
         bump_after_commit(session, network_hosts(session, nets) - {inst.host_id})

@@ -109,9 +109,13 @@ def allowed_pairs(body: s.ServerCreate) -> str:
     return json.dumps(pairs)
 
 
-def make_ports(session: Session, instance_id: str, nics: list[Nic], body: s.ServerCreate) -> None:
-    """The ports, in order (the caller holds each network's allocation lock)."""
+def make_ports(
+    session: Session, instance_id: str, nics: list[Nic], body: s.ServerCreate
+) -> list[Port]:
+    """The ports, in order (the caller holds each network's allocation lock); returned in
+    their NICs' order, as written."""
     pairs = allowed_pairs(body)
+    made: dict[int, Port] = {}
     # the asked-for addresses first: an allocated one never takes an address asked for later
     order = sorted(enumerate(nics), key=lambda pn: pn[1].ip is None)
     for position, nic in order:
@@ -124,18 +128,18 @@ def make_ports(session: Session, instance_id: str, nics: list[Nic], body: s.Serv
                 )
         if nic.mac is not None and session.scalar(select(Port.id).where(Port.mac == nic.mac)):
             raise Conflict(f"{nic.field}.mac: {nic.mac} is in use", field=f"{nic.field}.mac")
-        session.add(
-            Port(
-                network_id=nic.network.id,
-                instance_id=instance_id,
-                mac=nic.mac or allocate_mac(session),
-                ip=nic.ip or allocate_ip(session, nic.network),
-                position=position,
-                port_security=body.port_security and nic.network.port_security,
-                allowed_addresses=pairs,
-            )
+        made[position] = Port(
+            network_id=nic.network.id,
+            instance_id=instance_id,
+            mac=nic.mac or allocate_mac(session),
+            ip=nic.ip or allocate_ip(session, nic.network),
+            position=position,
+            port_security=body.port_security and nic.network.port_security,
+            allowed_addresses=pairs,
         )
+        session.add(made[position])
         session.flush()  # the next NIC's allocation sees this one
+    return [made[p] for p in sorted(made)]
 
 
 def pairs_of(port: Port) -> list[s.AllowedAddress]:

@@ -112,7 +112,14 @@ def _lock(session: Session, project_id: str) -> None:
 
 
 def check(session: Session, settings: Settings, project_id: str, adding: dict[str, int]) -> None:
-    """Conflict (409) naming the quota and the usage if `adding` goes past a limit."""
+    """Conflict (409) naming the quota and the usage if `adding` goes past a limit.
+
+    Nothing to count, nothing to lock: with every limit it touches unlimited (the admin's
+    project by default) a create takes no lock on the project's row. Else the limits are read
+    again under the lock (one set meanwhile counts)."""
+    limit_of = limits(session, settings, project_id)
+    if all(limit_of[r][0] == UNLIMITED for r in adding):
+        return
     _lock(session, project_id)
     limit_of = limits(session, settings, project_id)
     for resource, n in adding.items():

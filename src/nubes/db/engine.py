@@ -84,6 +84,20 @@ def _readable(fd: int) -> bool:
 READ_ONLY = "nubes_read_only"  # execution option: this connection's transactions only read
 
 
+def no_flush_wait(conn: Connection) -> None:
+    """This transaction's COMMIT returns without waiting for its WAL to reach the disk
+    (PostgreSQL's `synchronous_commit = off`, for this transaction only; a no-op on SQLite).
+
+    Only for writes whose loss in a crash of the database server costs nothing lasting: a
+    heartbeat (sent again 10 s later), a generation bump that only wakes agents (they fetch
+    on their own anyway). What they save is the wait for a disk flush with each one's row
+    locks held: those rows (hosts') are the ones users' creates claim, so a create waited for
+    agents' flushes, queued behind their own. Never for a change someone was told is made,
+    nor for one that writes events (an event seen and then lost could see its id reused)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+
 def read_only(engine: Engine) -> Engine:
     """The same engine and pool for transactions that only read. On SQLite they begin
     DEFERRED: WAL gives them a snapshot and they take no lock, where BEGIN IMMEDIATE would queue

@@ -304,14 +304,20 @@ def claim(conn: Connection, req: Request, s: Settings) -> HostState:
     raise NoValidHost(no_host_message(explain(host_states(conn, s), req, s)), field="flavor")
 
 
+def released(vcpus: int, ram_mb: int, disk_gb: int) -> dict[str, Any]:
+    """The SET of a release, for an UPDATE of the host's row that may set more (its
+    generation: control/compute.py `finish_delete`, one statement)."""
+    return {
+        "used_vcpus": Host.used_vcpus - vcpus,
+        "used_ram_mb": Host.used_ram_mb - ram_mb,
+        "used_disk_gb": Host.used_disk_gb - disk_gb,
+    }
+
+
 def release(session: Session, host_id: str, vcpus: int, ram_mb: int, disk_gb: int) -> None:
     session.execute(
         update(Host)
         .where(Host.id == host_id)
-        .values(
-            used_vcpus=Host.used_vcpus - vcpus,
-            used_ram_mb=Host.used_ram_mb - ram_mb,
-            used_disk_gb=Host.used_disk_gb - disk_gb,
-        )
+        .values(released(vcpus, ram_mb, disk_gb))
         .execution_options(synchronize_session=False)
     )
