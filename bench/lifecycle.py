@@ -12,8 +12,9 @@ the API (upload, fsync, inspection), which the hand-run convert does not do.
 
     .venv/bin/python bench/lifecycle.py [--base-mb 256] [--written-mb 128] [--rounds 3]
 
-Live migration (total time and downtime of a 256 MiB tiny guest) goes in `migration()`
-below: the engineer of issue 13's item 1 adds it there, and `main` prints both side by side.
+Then, in the same run, live migration of a 256 MiB tiny guest between the two hosts of a real
+lab (bench/migration.py: total time and downtime, goal downtime <= 100 ms, beside bare QEMU's);
+`--migration-rounds 0` leaves it out (it needs root and a lab).
 """
 
 from __future__ import annotations
@@ -113,12 +114,6 @@ def snapshot_vs_convert(root: Path, base_mb: int, written_mb: int, rounds: int) 
     return times
 
 
-def migration() -> list[str]:
-    """Live migration of a 256 MiB tiny guest between two lab hosts: total time and downtime
-    (goal <= 100 ms). Not measured on this branch: issue 13's item 1 adds it here."""
-    return []
-
-
 def report(t: SnapshotTimes, base_mb: int, written_mb: int) -> list[str]:
     snap, hand = median(t.snapshot), median(t.by_hand)
     return [
@@ -134,12 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-mb", type=int, default=256)
     parser.add_argument("--written-mb", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="snapshots (and hand-run converts)")
+    parser.add_argument(
+        "--migration-rounds", type=int, default=4, help="live migrations; 0: none (no lab)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nubes-bench-lifecycle-") as tmp:
         t = snapshot_vs_convert(Path(tmp), args.base_mb, args.written_mb, args.rounds)
-    for line in report(t, args.base_mb, args.written_mb) + migration():
-        print(line)
+    for line in report(t, args.base_mb, args.written_mb):
+        print(line, flush=True)
+    if args.migration_rounds > 0:
+        from bench.migration import measure  # a 2-host lab: only when asked for
+
+        for line in measure(args.migration_rounds):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def test_bench_lifecycle_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
-    bench.main(["--base-mb", "8", "--written-mb", "4", "--rounds", "1"])
+    bench.main(["--base-mb", "8", "--written-mb", "4", "--rounds", "1", "--migration-rounds", "0"])
     out = capsys.readouterr().out
     line = re.search(r"nubes +([\d.]+)s +reference +([\d.]+)s +ratio +([\d.]+)", out)
     assert line and float(line.group(1)) > 0 and float(line.group(2)) > 0, out
