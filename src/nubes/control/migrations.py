@@ -154,6 +154,8 @@ def _volume_room(
     session: Session, state: AppState, target: Host, travelling: list[a.MigratingVolume]
 ) -> None:
     need = sum(v.size_gb for v in travelling)
+    if need:
+        session.refresh(target)  # the claim just made is a Core UPDATE: the row is stale
     if need and volumes.free_disk(session, target, state.settings) < need:
         raise Conflict(
             f"host: {target.name} has no room for the server's volumes ({need} GiB)",
