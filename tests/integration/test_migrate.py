@@ -11,7 +11,7 @@ forth (each leaves it ACTIVE on one host, once):
 5. cold: it stops, its disk is copied, it starts on the other host with its data (the
    user-data marker on its disk says the script already ran);
 6. live with a volume attached and written: the volume is mirrored beside the disk, read back
-   on the target; the source keeps no copy of it.
+   on the target; the source keeps no copy of it; then cold back, the same.
 """
 
 from __future__ import annotations
@@ -309,11 +309,28 @@ def test_a_volume_moves_with_a_live_migration(world: World) -> None:
     settled(cloud, there)
     moved = cloud.client.volume("mvol")
     assert (moved.host, moved.server, moved.status) == (there, "mover", "in-use"), moved
-    read = "head -c 64 /dev/vdc | head -1"
+    wait, read = "while [ ! -b /dev/vdc ]; do sleep 1; done; ", "head -c 64 /dev/vdc | head -1"
     assert payload in in_guest(cloud, "mover", read).split("head -1", 1)[-1]
     assert (cloud.host_dir(new) / "volumes" / f"{vol.id}.qcow2").exists()
     wait_for(
         lambda: not list((cloud.host_dir(old) / "volumes").glob("*.qcow2")),
         60,
         "the source's copy of the volume gone",
+    )
+    # and back, cold: the volume file is copied over the same NBD channel as the disk
+    booted = cloud.client.console_log("mover").count("user-data script already ran")
+    wait_done(cloud, migrate(cloud, here, live=False))
+    settled(cloud, here)
+    wait_for(
+        lambda: cloud.client.console_log("mover").count("user-data script already ran") > booted,
+        300,
+        "the guest to boot on its old host",
+    )
+    wait_for(lambda: cloud.client.volume("mvol").status == "in-use", 120, "attached again")
+    assert cloud.client.volume("mvol").host == here
+    assert payload in in_guest(cloud, "mover", wait + read).split("head -1", 1)[-1]
+    wait_for(
+        lambda: not list((cloud.host_dir(new) / "volumes").glob("*.qcow2")),
+        60,
+        "the cold source's copy gone",
     )
