@@ -150,6 +150,10 @@ def test_volumes_that_cannot_travel_are_409_naming_them(make_cloud: MakeCloud) -
     cloud.wait(lambda: all(v.name != "filler" for v in c.volumes()), what="filler gone")
     mig = c.migrate_server("web1", host="host2", live=False)  # cold: fine
     assert mig.phase == "preparing"
+    # the volume on its way counts on the target: the room it had is taken
+    late = sv.VolumeCreate(name="late", size_gb=capacity - server_disk, host="host2")
+    err = refused(lambda: c.create_volume(late))
+    assert (err.status, err.field) == (409, "host")
 
 
 def test_an_evacuated_hosts_volumes_are_lost_errors_and_detached(make_cloud: MakeCloud) -> None:

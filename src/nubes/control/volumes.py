@@ -7,6 +7,7 @@ Transitional statuses (creating, attaching, detaching, deleting) end with the ho
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
@@ -16,7 +17,7 @@ from nubes.conf import Settings
 from nubes.control import generations, lookup, quotas
 from nubes.control.caller import Caller
 from nubes.control.runtimes import vm_only
-from nubes.db.models import Host, Image, Instance, Volume, utcnow
+from nubes.db.models import Host, Image, Instance, Migration, Volume, utcnow
 from nubes.errors import Conflict, Forbidden, InvalidInput, NoValidHost
 from nubes.schemas import agent as a
 from nubes.schemas import volumes as v
@@ -51,8 +52,15 @@ def to_wire(session: Session, vol: Volume) -> v.Volume:
 
 
 def _volumes_on(session: Session, host_id: str) -> int:
+    """Its volumes' GiB, and those of the volumes migrating to it (already being written)."""
     total = session.scalar(select(func.sum(Volume.size_gb)).where(Volume.host_id == host_id))
-    return int(total or 0)
+    incoming = session.scalars(
+        select(Migration.volumes).where(
+            Migration.target_host_id == host_id, Migration.phase.in_(("preparing", "migrating"))
+        )
+    )
+    carried = sum(int(v["size_gb"]) for text in incoming for v in json.loads(text or "[]"))
+    return int(total or 0) + carried
 
 
 def free_disk(session: Session, host: Host, settings: Settings) -> float:
