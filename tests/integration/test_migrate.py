@@ -9,7 +9,9 @@ forth (each leaves it ACTIVE on one host, once):
 3. the same with the target's agent (kill -9, or a crash before it reports it is ready);
 4. a target that fails before the switch-over: the guest stays where it is, once;
 5. cold: it stops, its disk is copied, it starts on the other host with its data (the
-   user-data marker on its disk says the script already ran).
+   user-data marker on its disk says the script already ran);
+6. live with a volume attached and written: the volume is mirrored beside the disk, read back
+   on the target; the source keeps no copy of it; then cold back, the same.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 
 from nubes.client import ApiError
 from nubes.schemas import resources as s
+from nubes.schemas import volumes as sv
 from tests.integration.conftest import LabCloud, start_lab, stop_lab
 from tests.integration.hostcheck import (
     agent_pid,
@@ -33,6 +36,7 @@ from tests.integration.hostcheck import (
     qemu_pids,
     wait_for,
 )
+from tests.integration.test_volumes_lab import in_guest
 
 pytestmark = pytest.mark.integration
 
@@ -272,4 +276,61 @@ def test_cold_migration_carries_the_disk(world: World) -> None:
         lambda: "user-data script already ran" in cloud.client.console_log("mover"),
         300,
         "the guest to boot from its copied disk",
+    )
+
+
+def test_a_volume_moves_with_a_live_migration(world: World) -> None:
+    cloud = world.cloud
+    here = cloud.client.server("mover").host
+    assert here is not None
+    there = cloud.host_ns(1) if here == cloud.host_ns(2) else cloud.host_ns(2)
+    old, new = host_index(cloud, here), host_index(cloud, there)
+    vol = cloud.client.create_volume(sv.VolumeCreate(name="mvol", size_gb=1, host=here))
+    wait_for(lambda: cloud.client.volume("mvol").status == "available", 120, "the volume")
+    cloud.client.attach_volume("mover", "mvol")
+    payload = f"nubes-moved-{os.urandom(4).hex()}"
+    out = in_guest(
+        cloud,
+        "mover",
+        "while [ ! -b /dev/vdc ]; do sleep 1; done; cat /sys/block/vdc/serial; echo; "
+        f"echo {payload} | dd of=/dev/vdc conv=fsync 2>/dev/null; sync",
+    )
+    assert vol.id[:20] in out, out  # the guest's vdc is this volume
+
+    def started() -> s.Migration | None:
+        try:
+            return migrate(cloud, there)
+        except ApiError as exc:  # its host has not reported the hotplug port yet: 409
+            assert exc.status == 409 and exc.field == "volume", exc.detail
+            return None
+
+    mig = wait_for(started, 60, "the migration to be accepted", every=1)
+    wait_done(cloud, mig)
+    settled(cloud, there)
+    moved = cloud.client.volume("mvol")
+    assert (moved.host, moved.server, moved.status) == (there, "mover", "in-use"), moved
+    wait, read = "while [ ! -b /dev/vdc ]; do sleep 1; done; ", "head -c 64 /dev/vdc | head -1"
+    assert payload in in_guest(cloud, "mover", read).split("head -1", 1)[-1]
+    assert (cloud.host_dir(new) / "volumes" / f"{vol.id}.qcow2").exists()
+    wait_for(
+        lambda: not list((cloud.host_dir(old) / "volumes").glob("*.qcow2")),
+        60,
+        "the source's copy of the volume gone",
+    )
+    # and back, cold: the volume file is copied over the same NBD channel as the disk
+    booted = cloud.client.console_log("mover").count("user-data script already ran")
+    wait_done(cloud, migrate(cloud, here, live=False))
+    settled(cloud, here)
+    wait_for(
+        lambda: cloud.client.console_log("mover").count("user-data script already ran") > booted,
+        300,
+        "the guest to boot on its old host",
+    )
+    wait_for(lambda: cloud.client.volume("mvol").status == "in-use", 120, "attached again")
+    assert cloud.client.volume("mvol").host == here
+    assert payload in in_guest(cloud, "mover", wait + read).split("head -1", 1)[-1]
+    wait_for(
+        lambda: not list((cloud.host_dir(new) / "volumes").glob("*.qcow2")),
+        60,
+        "the cold source's copy gone",
     )

@@ -83,3 +83,52 @@ def test_resuming_at_the_switch_over_point_ends_the_mirror_then_continues(
 
 def test_nbd_target_names_the_export() -> None:
     assert nbd_uri("10.0.0.2", 4001) == "nbd:10.0.0.2:4001:exportname=disk0"
+
+
+def test_volumes_are_mirrored_beside_the_disk_and_switched_over_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Qemu(FakeMonitor):
+        """Mirrors that become ready on their own time; the switch-over point after migrate."""
+
+        def __init__(self) -> None:
+            super().__init__({})
+            self.jobs: dict[str, int] = {}  # job -> polls left until ready
+            self.status = "none"
+            self.ready_at_migrate: bool | None = None
+
+        def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
+            self.calls.append((cmd, args))
+            args = args or {}
+            if cmd == "drive-mirror":  # the volume's copy is slower than the disk's
+                self.jobs[str(args["job-id"])] = 0 if args["device"] == "disk0" else 3
+            elif cmd == "query-block-jobs":
+                for job in self.jobs:
+                    self.jobs[job] = max(0, self.jobs[job] - 1)
+                return [{"device": j, "ready": n == 0} for j, n in self.jobs.items()]
+            elif cmd == "block-job-cancel":
+                self.jobs.pop(str(args["device"]), None)
+            elif cmd == "migrate":
+                self.ready_at_migrate = all(n == 0 for n in self.jobs.values())
+                self.status = "pre-switchover"
+            elif cmd == "migrate-continue":
+                self.status = "completed"
+            elif cmd == "query-migrate":
+                if self.status == "completed":
+                    return {"status": "completed", "total-time": 9}
+                return {"status": self.status}
+            return {}
+
+    mig = QemuMigration(QemuDriver(tmp_path))
+    mon = Qemu()
+    monkeypatch.setattr(mig, "_monitor", lambda instance_id: mon)
+    out = mig.migrate_out("i", "10.0.0.2", 4000, 4001, volumes=("vol-abc",))
+    assert out.state == "completed"
+    mirrors = {str(a["device"]): a for c, a in mon.calls if c == "drive-mirror" and a}
+    assert set(mirrors) == {"disk0", "nvol-abc"}
+    assert mirrors["nvol-abc"]["target"] == nbd_uri("10.0.0.2", 4001, "vol-abc")
+    assert mirrors["nvol-abc"]["sync"] == "full"  # a volume has nothing beneath
+    assert mon.ready_at_migrate is True  # memory moved only once every copy was in step
+    cancelled = {a["device"] for c, a in mon.calls if c == "block-job-cancel" and a}
+    assert cancelled == {"migrate-disk0", "migrate-vol-abc"}
+    assert mon.jobs == {}

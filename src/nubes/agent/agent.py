@@ -86,9 +86,10 @@ def shows(desired: DesiredState, report: Report) -> bool:
     """The desired state already shows each reported instance's status (or no longer names
     it): the API has nothing to learn from the report."""
     wanted = {i.id: i.status for i in desired.instances}
-    volumes = {v.id: v.status for v in desired.volumes}
+    volumes = {v.id: (v.status, v.port) for v in desired.volumes}
     return all(wanted.get(obs.id, obs.status) == obs.status for obs in report.instances) and all(
-        volumes.get(obs.id, obs.status) == obs.status for obs in report.volumes
+        volumes.get(obs.id, (obs.status, obs.port)) == (obs.status, obs.port)
+        for obs in report.volumes
     )
 
 

@@ -25,12 +25,13 @@ from nubes import faults
 from nubes.agent.instances import InstanceReconciler
 from nubes.agent.layout import LocalState
 from nubes.agent.reverter import Reverter
-from nubes.hypervisor.base import PowerState
-from nubes.hypervisor.qemu.migration import Outcome, QemuMigration
+from nubes.hypervisor.base import PowerState, volume_device
+from nubes.hypervisor.qemu.migration import Outcome, QemuMigration, VolumeDisk
 from nubes.network.base import tap_name
 from nubes.schemas.agent import DesiredMigration, DesiredState, ObservedMigration
 from nubes.storage import disks
 from nubes.storage.seed import write_seed
+from nubes.storage.tools import run_limited
 
 log = logging.getLogger("nubes.agent")
 
@@ -47,12 +48,15 @@ class MigrationReconciler:
     fetch_log: Callable[[str], bytes] = lambda migration_id: b""
     _threads: dict[str, threading.Thread] = field(default_factory=dict)
     _results: dict[str, ObservedMigration] = field(default_factory=dict)
+    # this host's own volumes (the desired state's): never removed as a migration's copy
+    _keep: set[str] = field(default_factory=set)
 
     def converge(self, desired: DesiredState) -> tuple[list[ObservedMigration], set[str]]:
         """Reports, and the instances the ordinary reconciler must leave alone this pass
         (a cold migration's source, stopped on purpose)."""
         observed: list[ObservedMigration] = []
         hold: set[str] = set()
+        self._keep = {v.id for v in desired.volumes}
         for mig in desired.migrations:
             try:
                 obs = self._one(mig, desired)
@@ -136,6 +140,11 @@ class MigrationReconciler:
             rec.guest.own(layout.disk(want.id), 0o600)
             write_seed(rec.seed_data(want), layout.seed(want.id))
             rec.guest.share(layout.seed(want.id), 0o640)
+            vols = []
+            for vol in mig.volumes:  # blank, of the same size: the source fills them
+                revert.add(f"volume {vol.id}", partial(self._drop_volumes, [vol.id]))
+                self._blank_volume(vol.id, vol.size_gb)
+                vols.append(VolumeDisk(vol.id, layout.volume(vol.id), vol.port))
             if mig.live:
                 for p in rec.ports(want):
                     rec.network.plug_port(p)
@@ -152,9 +161,11 @@ class MigrationReconciler:
             )
             state.console_offset = self._carry_log(mig)  # readiness is not looked for again
             layout.save_state(want.id, state)
-            self.driver.prepare_incoming(rec.spec(want, state), address, port, nbd, mig.live)
+            spec = rec.spec(want, state)
+            self.driver.prepare_incoming(spec, address, port, nbd, mig.live, tuple(vols))
             revert.add("qemu", partial(rec.hypervisor.destroy, want.id))
             marker = {"migration": mig.id, "live": mig.live, "port": port, "nbd_port": nbd}
+            marker["volumes"] = [v.id for v in mig.volumes]  # to remove if it never happens
             (inst_dir / INCOMING).write_text(json.dumps(marker))
         except Exception:
             revert.fail()
@@ -176,9 +187,32 @@ class MigrationReconciler:
     def _remove_incoming(self, instance_id: str, mig: DesiredMigration) -> None:
         """Everything a target prepared for a migration that will not happen. Idempotent."""
         taps = [tap_name(p.id) for p in mig.instance.ports] if mig.instance else []
-        self.rec.teardown(instance_id, taps)
+        volumes = [v.id for v in mig.volumes] + self._marked_volumes(instance_id)
+        self.rec.teardown(instance_id, taps)  # QEMU first: it holds the volumes' files
+        self._drop_volumes(volumes)
         if self.guard:
             _unguard(mig.id)
+
+    def _marked_volumes(self, instance_id: str) -> list[str]:
+        marker = self._marker(instance_id) or {}
+        found = marker.get("volumes")
+        return [str(v) for v in found] if isinstance(found, list) else []
+
+    def _blank_volume(self, volume_id: str, size_gb: int) -> None:
+        path = self.rec.layout.volume(volume_id)
+        if volume_id in self._keep:  # never overwrite a volume this host has as its own
+            raise RuntimeError(f"volume {volume_id} is this host's already")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a preparation cut short
+        size = str(size_gb * 1024**3)
+        run_limited(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size])
+        self.rec.guest.own(path, 0o600)
+
+    def _drop_volumes(self, volume_ids: list[str]) -> None:
+        """Copies of volumes that are not (or no longer) this host's. Idempotent."""
+        for volume_id in volume_ids:
+            if volume_id not in self._keep:
+                disks.delete_disk(self.rec.layout.volume(volume_id))
 
     def _settle(self, desired: DesiredState) -> None:
         """Incoming guests whose migration is over: the instance is ours now (stop the disk
@@ -204,7 +238,9 @@ class MigrationReconciler:
                     _unguard(mig_id)
             else:
                 log.info("instance %s: migration %s is over elsewhere", instance_id, mig_id)
+                volumes = self._marked_volumes(instance_id)
                 self.rec.teardown(instance_id, [])
+                self._drop_volumes(volumes)
                 if self.guard:
                     _unguard(mig_id)
 
@@ -238,8 +274,9 @@ class MigrationReconciler:
     def _run_live(self, mig: DesiredMigration) -> None:
         try:
             step = partial(faults.crash_if, self.rec.crash_after)  # TEST ONLY (nubes/faults.py)
+            volumes = tuple(volume_device(v.id) for v in mig.volumes)
             outcome = self.driver.migrate_out(
-                mig.instance_id, mig.peer, mig.port, mig.nbd_port, step
+                mig.instance_id, mig.peer, mig.port, mig.nbd_port, step, volumes
             )
         except Exception as exc:
             log.exception("live migration %s failed", mig.id)
@@ -258,6 +295,9 @@ class MigrationReconciler:
         try:
             self.rec.hypervisor.power_off(mig.instance_id, timeout=60.0)
             self.driver.copy_disk_out(self.rec.layout.disk(mig.instance_id), mig.peer, mig.nbd_port)
+            for vol in mig.volumes:  # the same channel: each into its own export
+                path = self.rec.layout.volume(vol.id)
+                self.driver.copy_disk_out(path, mig.peer, mig.nbd_port, volume_device(vol.id))
             (instance_id / OUTGOING).write_text(json.dumps({"migration": mig.id}))
             result = ObservedMigration(id=mig.id, state="completed")
         except Exception as exc:
@@ -270,6 +310,7 @@ class MigrationReconciler:
         self._results.pop(mig.id, None)
         self._threads.pop(mig.id, None)
         self.rec.teardown(mig.instance_id, [])  # its taps: the next pass's garbage collection
+        self._drop_volumes([v.id for v in mig.volumes])  # the target's now
         return ObservedMigration(id=mig.id, state="cleaned")
 
 

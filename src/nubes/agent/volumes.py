@@ -34,7 +34,10 @@ class VolumeReconciler:
     def converge(
         self, volumes: list[DesiredVolume], instances: list[DesiredInstance]
     ) -> list[ObservedVolume]:
-        running = {i.id: self._attached(i.id) for i in instances if i.desired_state != "deleted"}
+        ports: dict[str, str] = {}  # device -> hotplug port, of every running guest here
+        running = {
+            i.id: self._attached(i.id, ports) for i in instances if i.desired_state != "deleted"
+        }
         wanted: dict[str, set[str]] = {i: set() for i in running}
         for vol in volumes:
             if vol.instance_id in wanted and vol.status != "deleting":
@@ -53,16 +56,20 @@ class VolumeReconciler:
                 except Exception as exc:
                     log.warning("volume %s: detach from %s failed: %s", gone.id, inst_id, exc)
                     faults[gone.id] = f"detach from the guest failed: {exc}"
-        return [self._one(vol, running, faults.get(vol.id, "")) for vol in volumes]
+        return [self._one(vol, running, faults.get(vol.id, ""), ports) for vol in volumes]
 
-    def _attached(self, instance_id: str) -> set[str]:
+    def _attached(self, instance_id: str, ports: dict[str, str]) -> set[str]:
         try:
-            return self.hypervisor.attached_volumes(instance_id)
+            found = self.hypervisor.volume_ports(instance_id)
+            ports.update(found)
+            return set(found)
         except Exception as exc:
             log.warning("instance %s: cannot list its volumes: %s", instance_id, exc)
             return set()
 
-    def _one(self, vol: DesiredVolume, running: dict[str, set[str]], fault: str) -> ObservedVolume:
+    def _one(
+        self, vol: DesiredVolume, running: dict[str, set[str]], fault: str, ports: dict[str, str]
+    ) -> ObservedVolume:
         if not VOLUME_ID.match(vol.id):
             return ObservedVolume(id=vol.id[:64], status="error", fault="malformed volume id")
         path = self.layout.volume(vol.id)
@@ -84,7 +91,8 @@ class VolumeReconciler:
             if device not in devices and self._guest_runs(vol.instance_id):
                 self.hypervisor.attach_volume(vol.instance_id, vol.id, path)
             # a stopped guest gets it when it starts again (the next pass after the start)
-            return ObservedVolume(id=vol.id, status="in-use", fault=fault)
+            port = ports.get(device, "")  # known from the pass after a hot-add on
+            return ObservedVolume(id=vol.id, status="in-use", fault=fault, port=port)
         except Exception as exc:
             log.warning("volume %s failed: %s", vol.id, exc)
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -127,11 +127,14 @@ def evacuate(
     if it ever comes back, destroys its copies of the servers instead of
     running them. Each server is rebuilt elsewhere from its image with the
     same id, ports and addresses: THE DATA ON ITS DISK IS LOST (the disk
-    stayed on the dead host). Refused (409) while the host is up."""
+    stayed on the dead host), AND SO ARE THE HOST'S VOLUMES: they become
+    errors, detached, and the servers come up without them. Refused (409)
+    while the host is up."""
     if not yes:
         fail(
             f"evacuating {ref} rebuilds its servers from their images: the data on their "
-            "disks is lost, and the host is fenced for good. Run again with --yes to do it."
+            "disks is lost, its volumes are lost too (error, detached; the servers come up "
+            "without them), and the host is fenced for good. Run again with --yes to do it."
         )
     done = client().evacuate_host(ref)
     console.print(f"host {done.host} fenced: its credential is refused from now on")
@@ -139,6 +142,8 @@ def evacuate(
         console.print(f"server {server}: rebuilding on {host}")
     for server, why in sorted(done.failed.items()):
         console.print(f"server {server}: NOT moved ({why}); evacuate again to retry")
+    for volume in done.volumes_lost:
+        console.print(f"volume {volume}: lost with {done.host} (error, detached)")
     if done.failed:
         raise typer.Exit(1)
 

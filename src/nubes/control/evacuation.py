@@ -12,6 +12,10 @@ at the new host with `status=BUILD`. Its id, ports (addresses, MACs) and securit
 the same rows; the new host builds it from its image like a create (the disk's data is lost:
 the disk stayed on the fenced host). A server no host has room for stays where it was, named in
 the answer; evacuating again (the host is still down) tries those again.
+
+Volumes are local files too: those on the fenced host are lost with it. They become `error`
+with a fault saying so, detached (a moved server comes up without them; one that stays keeps
+its own), and are named in the answer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nubes.conf import Settings
-from nubes.control import generations, operations
+from nubes.control import generations, operations, volumes
 from nubes.control.compute import finish_delete, host_up
 from nubes.control.runtimes import runtime_of
 from nubes.db.models import Host, Instance, Network, Port, utcnow
@@ -35,6 +39,7 @@ from nubes.scheduler.filters import Request
 class Evacuated:
     moved: dict[str, str] = field(default_factory=dict)  # server id -> new host name
     failed: dict[str, str] = field(default_factory=dict)  # server id -> why
+    volumes_lost: list[str] = field(default_factory=list)  # names of the host's volumes
 
 
 def fence(session: Session, host: Host, settings: Settings) -> None:
@@ -60,8 +65,9 @@ def _overlay(session: Session, inst: Instance) -> str | None:
     return max(overlays, key=lambda o: o == "geneve") if overlays else None
 
 
-def _move(session: Session, inst: Instance, settings: Settings) -> str:
-    """Claim another host for inst and point it there; returns the host's name."""
+def _move(session: Session, inst: Instance, settings: Settings, lost: list[str]) -> str:
+    """Claim another host for inst and point it there; returns the host's name. Its volumes
+    on the dead host are added to `lost` (only if it moves: the caller rolls back otherwise)."""
     req = Request(
         inst.vcpus,
         inst.ram_mb,
@@ -73,6 +79,9 @@ def _move(session: Session, inst: Instance, settings: Settings) -> str:
     old = inst.host_id
     if old is not None:
         placement.release(session, old, inst.vcpus, inst.ram_mb, inst.disk_gb)
+        dead = session.get(Host, old)
+        if dead is not None:
+            lost += volumes.lost_with_host(session, dead, inst.id)
     inst.host_id = target.id
     # rebuilt from its image, running (a stopped server's disk is gone with its host too)
     # (no task state: BUILD is the transition, ended by the new host's ACTIVE as a create's)
@@ -97,10 +106,16 @@ def evacuate(session: Session, host: Host, settings: Settings) -> Evacuated:
             finish_delete(session, inst)
             session.commit()
             continue
+        lost: list[str] = []
         try:
-            result.moved[inst.id] = _move(session, inst, settings)
+            result.moved[inst.id] = _move(session, inst, settings, lost)
             session.commit()
+            result.volumes_lost += lost
         except NoValidHost as exc:
             session.rollback()
             result.failed[instance_id] = exc.message
+    # the detached ones (and those of servers deleted above): nothing can attach them again
+    result.volumes_lost += volumes.lost_with_host(session, host, None)
+    session.commit()
+    result.volumes_lost.sort()
     return result

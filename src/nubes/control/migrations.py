@@ -16,13 +16,13 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from nubes.control import generations, operations
+from nubes.control import generations, operations, volumes
 from nubes.control.runtimes import vm_only
 from nubes.control.state import AppState
-from nubes.db.models import Host, Instance, Migration, Operation, utcnow
+from nubes.db.models import Host, Instance, Migration, Operation, Volume, utcnow
 from nubes.errors import Conflict, InvalidInput, NotFound
 from nubes.scheduler import placement
 from nubes.scheduler.filters import Request
@@ -113,9 +113,15 @@ def start(state: AppState, session: Session, inst: Instance, body: s.MigrateRequ
         raise Conflict("live: only a running server migrates live", field="live")
     if inst.task_state:
         raise Conflict(f"server is busy ({inst.task_state})", field="server")
+    carried = _volumes(session, inst, source, body.live)
     target = _target(state, session, inst, source, body.host)
+    _volume_room(session, state, target, carried)
     mig = Migration(
-        instance_id=inst.id, source_host_id=source.id, target_host_id=target.id, live=body.live
+        instance_id=inst.id,
+        source_host_id=source.id,
+        target_host_id=target.id,
+        live=body.live,
+        volumes=json.dumps([v.model_dump() for v in carried]),
     )
     session.add(mig)
     inst.task_state = "migrating"
@@ -123,6 +129,42 @@ def start(state: AppState, session: Session, inst: Instance, body: s.MigrateRequ
     generations.bump(session, [source.id, target.id])
     session.flush()
     return to_wire(mig, source.name, target.name)
+
+
+def _volumes(session: Session, inst: Instance, source: Host, live: bool) -> list[a.MigratingVolume]:
+    """The attached volumes that travel with the server; 409 naming one that cannot."""
+    out = []
+    rows = session.scalars(select(Volume).where(Volume.instance_id == inst.id).order_by(Volume.id))
+    for vol in rows:
+        if vol.host_id != source.id:
+            raise Conflict(f"volume {vol.name} is not on the server's host", field="volume")
+        if vol.status != "in-use":
+            raise Conflict(
+                f"volume {vol.name} is {vol.status}: migrate once it is in-use", field="volume"
+            )
+        if live and not vol.port:  # hot-added this moment: its host has not said where yet
+            raise Conflict(
+                f"volume {vol.name} is not in the running guest yet; try again", field="volume"
+            )
+        out.append(a.MigratingVolume(id=vol.id, size_gb=vol.size_gb, port=vol.port))
+    return out
+
+
+def _volume_room(
+    session: Session, state: AppState, target: Host, travelling: list[a.MigratingVolume]
+) -> None:
+    need = sum(v.size_gb for v in travelling)
+    if need:
+        session.refresh(target)  # the claim just made is a Core UPDATE: the row is stale
+    if need and volumes.free_disk(session, target, state.settings) < need:
+        raise Conflict(
+            f"host: {target.name} has no room for the server's volumes ({need} GiB)",
+            field="host",
+        )
+
+
+def travelling(mig: Migration) -> list[a.MigratingVolume]:
+    return [a.MigratingVolume.model_validate(v) for v in json.loads(mig.volumes or "[]")]
 
 
 def to_wire(mig: Migration, source: str, target: str) -> s.Migration:
@@ -221,6 +263,7 @@ def desired(
                 port=m.port,
                 nbd_port=m.nbd_port,
                 instance=incoming.get(m.instance_id) if role == "target" else None,
+                volumes=travelling(m),
             )
         )
     return out
@@ -269,6 +312,16 @@ def _completed(session: Session, mig: Migration, obs: a.ObservedMigration) -> No
     assert inst is not None
     mig.phase, mig.total_ms, mig.downtime_ms = "done", obs.total_ms, obs.downtime_ms
     inst.host_id, inst.task_state = mig.target_host_id, ""
+    # its volumes are in the target's guest now (mirrored with the disk); the source removes
+    # its copies once told the migration is done
+    moved = [v.id for v in travelling(mig)]
+    if moved:
+        session.execute(
+            update(Volume)
+            .where(Volume.id.in_(moved), Volume.host_id == mig.source_host_id)
+            .values(host_id=mig.target_host_id)
+            .execution_options(synchronize_session=False)
+        )
     placement.release(session, mig.source_host_id, inst.vcpus, inst.ram_mb, inst.disk_gb)
     operations.finish(session, inst.id, "migrate")
     # the overlay follows: every host of its networks learns where its ports are now

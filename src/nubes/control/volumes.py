@@ -7,6 +7,7 @@ Transitional statuses (creating, attaching, detaching, deleting) end with the ho
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
@@ -16,7 +17,7 @@ from nubes.conf import Settings
 from nubes.control import generations, lookup, quotas
 from nubes.control.caller import Caller
 from nubes.control.runtimes import vm_only
-from nubes.db.models import Host, Image, Instance, Volume, utcnow
+from nubes.db.models import Host, Image, Instance, Migration, Volume, utcnow
 from nubes.errors import Conflict, Forbidden, InvalidInput, NoValidHost
 from nubes.schemas import agent as a
 from nubes.schemas import volumes as v
@@ -51,11 +52,18 @@ def to_wire(session: Session, vol: Volume) -> v.Volume:
 
 
 def _volumes_on(session: Session, host_id: str) -> int:
+    """Its volumes' GiB, and those of the volumes migrating to it (already being written)."""
     total = session.scalar(select(func.sum(Volume.size_gb)).where(Volume.host_id == host_id))
-    return int(total or 0)
+    incoming = session.scalars(
+        select(Migration.volumes).where(
+            Migration.target_host_id == host_id, Migration.phase.in_(("preparing", "migrating"))
+        )
+    )
+    carried = sum(int(v["size_gb"]) for text in incoming for v in json.loads(text or "[]"))
+    return int(total or 0) + carried
 
 
-def _free_disk(session: Session, host: Host, settings: Settings) -> float:
+def free_disk(session: Session, host: Host, settings: Settings) -> float:
     """Disk left for a volume: the overcommitted capacity less servers' and volumes' GiB
     (volumes are not in the host's claims, which `nubes gc` checks against its servers)."""
     capacity = host.disk_gb * settings.disk_allocation_ratio
@@ -67,7 +75,7 @@ def _place(session: Session, settings: Settings, size_gb: int, forced: Host | No
     if forced is not None:
         if not host_up(forced, settings.host_down_after) or not forced.enabled:
             raise NoValidHost(f"host {forced.name} is down or disabled", field="host")
-        if _free_disk(session, forced, settings) < size_gb:
+        if free_disk(session, forced, settings) < size_gb:
             raise NoValidHost(f"host {forced.name} has no room for {size_gb} GiB", field="host")
         return forced
     hosts = [
@@ -75,7 +83,7 @@ def _place(session: Session, settings: Settings, size_gb: int, forced: Host | No
         for h in session.scalars(select(Host).where(Host.enabled.is_(True)).order_by(Host.name))
         if host_up(h, settings.host_down_after)
     ]
-    room = sorted(((_free_disk(session, h, settings), h.name, h) for h in hosts), reverse=True)
+    room = sorted(((free_disk(session, h, settings), h.name, h) for h in hosts), reverse=True)
     if not room or room[0][0] < size_gb:
         raise NoValidHost(f"no host has room for a volume of {size_gb} GiB", field="size_gb")
     return room[0][2]
@@ -136,6 +144,8 @@ def attach(session: Session, inst: Instance, vol: Volume) -> v.Volume:
     if inst.desired_state == "deleted":
         raise Conflict("server is being deleted", field="server")
     vm_only(session, inst, "attaching a volume")
+    if inst.task_state == "migrating":  # it would stay behind: the migration took its list
+        raise Conflict(f"server {inst.name} is migrating; attach after", field="server")
     if vol.instance_id == inst.id:
         raise Conflict(f"volume {vol.name} is already attached to {inst.name}", field="volume")
     if vol.status != "available" or vol.instance_id is not None:
@@ -158,6 +168,8 @@ def attach(session: Session, inst: Instance, vol: Volume) -> v.Volume:
 def detach(session: Session, inst: Instance, vol: Volume) -> v.Volume:
     if vol.instance_id != inst.id:
         raise Conflict(f"volume {vol.name} is not attached to {inst.name}", field="volume")
+    if inst.task_state == "migrating":
+        raise Conflict(f"server {inst.name} is migrating; detach after", field="server")
     vol.instance_id, vol.status = None, "detaching"
     generations.bump(session, [vol.host_id])
     answer = to_wire(session, vol)
@@ -173,6 +185,20 @@ def release_from(session: Session, instance_id: str) -> None:
         .values(instance_id=None, status="available")
         .execution_options(synchronize_session=False)
     )
+
+
+def lost_with_host(session: Session, host: Host, instance_id: str | None) -> list[str]:
+    """An evacuated host's volumes: their files stayed on it and are lost with it, so they are
+    errors, detached (the server is rebuilt elsewhere without them), never quietly available.
+    `instance_id`: those of that server; None: the detached ones. Their names."""
+    attached = (
+        Volume.instance_id.is_(None) if instance_id is None else Volume.instance_id == instance_id
+    )
+    rows = session.scalars(select(Volume).where(Volume.host_id == host.id, attached)).all()
+    for vol in rows:
+        vol.instance_id, vol.status, vol.port = None, "error", ""
+        vol.fault = f"lost with host {host.name} (evacuated): its file stayed there"
+    return [vol.name for vol in rows]
 
 
 def desired(session: Session, host: Host) -> list[a.DesiredVolume]:
@@ -191,6 +217,7 @@ def desired(session: Session, host: Host) -> list[a.DesiredVolume]:
             image_id=image.id if image else None,
             image_format=image.disk_format if image else "",
             image_sha256=image.sha256 if image else "",
+            port=vol.port,
         )
         for vol, image in rows
     ]
@@ -210,9 +237,10 @@ def fold(session: Session, host: Host, observed: list[a.ObservedVolume], dry: bo
                     session.delete(vol)
             continue
         want = _settled(vol, obs.status)
-        if want is not None and (vol.status, vol.fault) != (want, obs.fault):
+        port = obs.port if want == "in-use" else ""
+        if want is not None and (vol.status, vol.fault, vol.port) != (want, obs.fault, port):
             changed = True
-            vol.status, vol.fault = want, obs.fault
+            vol.status, vol.fault, vol.port = want, obs.fault, port
     return changed
 
 

@@ -443,6 +443,8 @@ class Volume(Base):
     )
     status: Mapped[str] = mapped_column(String(16), default="creating")
     fault: Mapped[str] = mapped_column(Text, default="")
+    # the hotplug port its host reports it on (a live migration's target must use the same)
+    port: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -466,5 +468,7 @@ class Migration(Base):
     target_cleaned: Mapped[bool] = mapped_column(Boolean, default=False)
     total_ms: Mapped[int] = mapped_column(Integer, default=0)
     downtime_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # JSON list of the attached volumes that travel with it: [{id, size_gb, port}]
+    volumes: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

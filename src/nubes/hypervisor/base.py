@@ -172,6 +172,11 @@ class HypervisorDriver(abc.ABC):
         """The devices (volume_device ids) attached to the running guest; empty if not."""
         return set()
 
+    def volume_ports(self, instance_id: str) -> dict[str, str]:
+        """attached_volumes, each with the hotplug port it is on ("" if the driver has none):
+        a live migration's target must put each volume on the same one."""
+        return {device: "" for device in self.attached_volumes(instance_id)}
+
     def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
         """Hot-add a qcow2 file to the running guest as a virtio disk. Raises DriverError."""
         raise DriverError("this hypervisor cannot attach volumes")

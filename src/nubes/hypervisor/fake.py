@@ -164,6 +164,9 @@ class FakeHypervisorDriver(HypervisorDriver):
             running = guest is not None and guest.state is PowerState.RUNNING
             return set(guest.volumes) if guest is not None and running else set()
 
+    def volume_ports(self, instance_id: str) -> dict[str, str]:
+        return {d: f"hp{i}" for i, d in enumerate(sorted(self.attached_volumes(instance_id)))}
+
     def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
         with self._lock:
             self.calls.append(("attach_volume", instance_id))

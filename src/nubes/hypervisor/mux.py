@@ -76,6 +76,9 @@ class MuxDriver(HypervisorDriver):
     def attached_volumes(self, instance_id: str) -> set[str]:
         return self._for(instance_id).attached_volumes(instance_id)
 
+    def volume_ports(self, instance_id: str) -> dict[str, str]:
+        return self._for(instance_id).volume_ports(instance_id)
+
     def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
         self._for(instance_id).attach_volume(instance_id, volume_id, path)
 

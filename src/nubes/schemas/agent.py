@@ -192,6 +192,15 @@ class DesiredVolume(BaseModel):
     image_id: str | None = None
     image_format: str = ""
     image_sha256: str = ""
+    port: str = ""  # the hotplug port the API last heard it is on
+
+
+class MigratingVolume(BaseModel):
+    """An attached volume that travels with its server (same id, size and hotplug port)."""
+
+    id: str
+    size_gb: int
+    port: str = ""  # hp0..: where the source's guest has it (live only)
 
 
 class DesiredMigration(BaseModel):
@@ -206,6 +215,7 @@ class DesiredMigration(BaseModel):
     port: int = 0  # the target's migration port; 0: not prepared yet
     nbd_port: int = 0  # the target's NBD export of the disk
     instance: DesiredInstance | None = None  # the target's: what to prepare
+    volumes: list[MigratingVolume] = []
 
 
 class DesiredState(BaseModel):
@@ -246,6 +256,7 @@ class ObservedVolume(NoNul):
     id: str = Field(max_length=64)
     status: Literal["available", "in-use", "error", "deleted"]
     fault: str = Field(default="", max_length=65536)
+    port: str = Field(default="", max_length=16)  # the hotplug port of the running guest
 
 
 class SnapshotFailed(NoNul):

@@ -193,6 +193,8 @@ class Evacuation(Model):
     fenced: bool
     moved: dict[str, str]
     failed: dict[str, str]
+    # the host's volumes, lost with it: error and detached from now on (names)
+    volumes_lost: list[str] = []
 
 
 class ServerAction(Model):

@@ -103,11 +103,18 @@ def remove_host(
 @router.post("/{ref}/evacuate")
 def evacuate_host(ref: str, session: SessionDep, _: AdminDep, state: StateDep) -> s.Evacuation:
     """Fence a host that is down (409 if it is up) and rebuild its servers on other hosts
-    from their images: same ids, ports and addresses; their disks' data is lost."""
+    from their images: same ids, ports and addresses; their disks' data is lost, and so are the
+    host's volumes (error, detached)."""
     host = lookup.host(session, ref)
     done = evacuation.evacuate(session, host, state.settings)
     state.notifier.notify()
-    return s.Evacuation(host=host.name, fenced=True, moved=done.moved, failed=done.failed)
+    return s.Evacuation(
+        host=host.name,
+        fenced=True,
+        moved=done.moved,
+        failed=done.failed,
+        volumes_lost=done.volumes_lost,
+    )
 
 
 @router.get("/{ref}")

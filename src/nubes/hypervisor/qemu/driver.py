@@ -255,6 +255,14 @@ class QemuDriver(HypervisorDriver):
             return set()
         return {d for d in _peripherals(self._monitor(record.spec)) if d.startswith("vol-")}
 
+    def volume_ports(self, instance_id: str) -> dict[str, str]:
+        record = self._load(instance_id)
+        if record is None or self._live_pid(record) is None:
+            return {}
+        monitor = self._monitor(record.spec)
+        devices = sorted(d for d in _peripherals(monitor) if d.startswith("vol-"))
+        return {d: _port_of(monitor, d) for d in devices}
+
     def attach_volume(self, instance_id: str, volume_id: str, path: Path) -> None:
         """blockdev-add, then device_add on a free hotplug port; the node goes again if the
         device cannot be added."""

@@ -9,6 +9,12 @@ paused in `postmigrate` and is only removed once the API has moved the instance.
 
 Cold: the target QEMU waits paused (`-S`, its vCPUs never run) with the same NBD export; the
 source stops its guest and `qemu-img convert`s the whole chain into it.
+
+Volumes travel on the same channel: the target makes a blank qcow2 of each, of the same size,
+exports it beside the disk (export name = the volume's device id) and, live, plugs it on the
+same hotplug port as the source's guest has it (the migration stream's device sections must
+match); the source mirrors each (sync=full: nothing beneath) or, cold, converts each into its
+export. The switch-over waits until every mirror is ready.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nubes.errors import DriverError
-from nubes.hypervisor.base import InstanceSpec
+from nubes.hypervisor.base import InstanceSpec, volume_device
 from nubes.hypervisor.qemu.cmdline import RuntimePaths
 from nubes.hypervisor.qemu.driver import QemuDriver
 from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
@@ -31,6 +37,7 @@ from nubes.hypervisor.qemu.monitor import Monitor, MonitorError
 log = logging.getLogger("nubes.hypervisor")
 
 JOB = "migrate-disk0"
+JOB_PREFIX = "migrate-"  # + the export's name: disk0, or a volume's device id
 EXPORT = "disk0"
 # the target's devices share their disk with the NBD export until it is stopped
 SHARE = ("-global", "virtio-blk-pci.share-rw=on")
@@ -46,8 +53,21 @@ class Outcome:
     downtime_ms: int = 0
 
 
-def nbd_uri(host: str, port: int) -> str:
-    return f"nbd:{host}:{port}:exportname={EXPORT}"
+@dataclass(frozen=True)
+class VolumeDisk:
+    """A volume that travels: its device id (= its export's name), file and hotplug port."""
+
+    volume_id: str
+    path: Path
+    port: str = ""
+
+    @property
+    def device(self) -> str:
+        return volume_device(self.volume_id)
+
+
+def nbd_uri(host: str, port: int, export: str = EXPORT) -> str:
+    return f"nbd:{host}:{port}:exportname={export}"
 
 
 class QemuMigration:
@@ -64,20 +84,41 @@ class QemuMigration:
     # -- target ----------------------------------------------------------------------------
 
     def prepare_incoming(
-        self, spec: InstanceSpec, listen: str, port: int, nbd_port: int, live: bool
+        self,
+        spec: InstanceSpec,
+        listen: str,
+        port: int,
+        nbd_port: int,
+        live: bool,
+        volumes: tuple[VolumeDisk, ...] = (),
     ) -> None:
         """Start the target QEMU (waiting for memory, or paused for a cold copy) and export
-        its disk over NBD on listen:nbd_port. Raises DriverError; leaves no process on failure.
+        its disk and volumes (blank files, made by the caller) over NBD on listen:nbd_port.
+        Raises DriverError; leaves no process on failure.
         """
         extra = ["-incoming", "defer"] if live else ["-S"]
         self.driver.spawn_with(spec, [*extra, *SHARE])
         try:
             mon = self._monitor(spec.id)
+            for vol in volumes:
+                node = "n" + vol.device  # the node name the driver's hot-add uses
+                blockdev = {"driver": "file", "filename": str(vol.path)}
+                mon.execute(
+                    "blockdev-add", {"driver": "qcow2", "node-name": node, "file": blockdev}
+                )
+                if live:  # before migrate-incoming: the stream carries the device's state
+                    device: dict[str, object] = {"driver": "virtio-blk-pci", "id": vol.device}
+                    device |= {"drive": node}
+                    device |= {"bus": vol.port, "serial": vol.volume_id[:20]}
+                    mon.execute("device_add", device)
             if live:
                 mon.execute("migrate-incoming", {"uri": f"tcp:{listen}:{port}"})
             addr = {"type": "inet", "data": {"host": listen, "port": str(nbd_port)}}
             mon.execute("nbd-server-start", {"addr": addr})
             mon.execute("nbd-server-add", {"device": "disk0", "writable": True, "name": EXPORT})
+            for vol in volumes:
+                export: dict[str, object] = {"device": "n" + vol.device, "writable": True}
+                mon.execute("nbd-server-add", export | {"name": vol.device})
         except BaseException:
             self.driver.destroy(spec.id)
             raise
@@ -120,26 +161,35 @@ class QemuMigration:
         port: int,
         nbd_port: int,
         step: Callable[[str], None] = lambda name: None,
+        volumes: tuple[str, ...] = (),
     ) -> Outcome:
-        """Mirror the disk, migrate memory, switch over; resumes from whatever step QEMU is
-        at. Returns the outcome (completed or failed); raises DriverError on a QMP failure
-        (the caller then cancels). `step` is told each point reached (fault injection)."""
+        """Mirror the disk and the volumes (their device ids), migrate memory, switch over;
+        resumes from whatever step QEMU is at. Returns the outcome (completed or failed);
+        raises DriverError on a QMP failure (the caller then cancels). `step` is told each
+        point reached (fault injection)."""
         mon = self._monitor(instance_id)
+        # the root disk over the same image beneath; a volume has nothing beneath: all of it
+        mirrors = [("disk0", EXPORT, "top")] + [("n" + d, d, "full") for d in volumes]
         if self.outcome(instance_id).state == "none":
-            if not _job(mon):
+            running = _job_ids(mon)
+            for node, export, sync in mirrors:
+                if JOB_PREFIX + export in running:
+                    continue
                 mon.execute(
                     "drive-mirror",
                     {
-                        "device": "disk0",
-                        "job-id": JOB,
-                        "target": nbd_uri(peer, nbd_port),
-                        "sync": "top",  # the target has the same image beneath
+                        "device": node,
+                        "job-id": JOB_PREFIX + export,
+                        "target": nbd_uri(peer, nbd_port, export),
+                        "sync": sync,
                         "mode": "existing",
                         "format": "raw",
                         "copy-mode": "write-blocking",
                     },
                 )
-            self._until(lambda: _ready(mon), "the disk mirror to be ready")
+            jobs = [JOB_PREFIX + export for _, export, _ in mirrors]
+            # the switch-over only once every copy is in step
+            self._until(lambda: all(_ready(mon, j) for j in jobs), "the disk mirrors to be ready")
             step("mirror-ready")
             caps = [{"capability": "pause-before-switchover", "state": True}]
             mon.execute("migrate-set-capabilities", {"capabilities": caps})
@@ -156,9 +206,10 @@ class QemuMigration:
         self._until(switch_point, "the switch-over point", every=0.005)
         if seen[-1] == "pre-switchover":
             step("switch-over-point")
-            with contextlib.suppress(MonitorError):  # gone already after a restart: fine
-                mon.execute("block-job-cancel", {"device": JOB})  # ready: ends in step
-            self._until(lambda: not _job(mon), "the disk mirror to end", every=0.002)
+            for _, export, _ in mirrors:
+                with contextlib.suppress(MonitorError):  # gone already after a restart: fine
+                    mon.execute("block-job-cancel", {"device": JOB_PREFIX + export})  # in step
+            self._until(lambda: not _ours(mon), "the disk mirrors to end", every=0.002)
             mon.execute("migrate-continue", {"state": "pre-switchover"})
             self._until(
                 lambda: self.outcome(instance_id).state != "active", "the switch-over", every=0.01
@@ -171,18 +222,20 @@ class QemuMigration:
             mon = self._monitor(instance_id)
             with contextlib.suppress(MonitorError):
                 mon.execute("migrate_cancel")
-            with contextlib.suppress(MonitorError):
-                mon.execute("block-job-cancel", {"device": JOB, "force": True})
+            for job in _ours(mon):  # the disk's and every volume's mirror
+                with contextlib.suppress(MonitorError):
+                    mon.execute("block-job-cancel", {"device": job, "force": True})
 
-    def copy_disk_out(self, disk: Path, peer: str, nbd_port: int) -> None:
-        """Cold: the whole chain into the target's export (the guest is stopped)."""
+    def copy_disk_out(self, disk: Path, peer: str, nbd_port: int, export: str = EXPORT) -> None:
+        """Cold: the whole chain (or a volume: `export` its device id) into the target's
+        export (the guest is stopped)."""
         argv = [
             "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", "-W",
-            str(disk), f"nbd://{peer}:{nbd_port}/{EXPORT}",
+            str(disk), f"nbd://{peer}:{nbd_port}/{export}",
         ]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603
         if done.returncode != 0:
-            raise DriverError(f"copying the disk failed: {done.stderr.strip()[-500:]}")
+            raise DriverError(f"copying {export} failed: {done.stderr.strip()[-500:]}")
 
     def _until(self, check: Any, what: str, every: float = 0.05) -> None:
         deadline = time.monotonic() + self.step_timeout
@@ -201,12 +254,17 @@ def _jobs(mon: Monitor) -> list[dict[str, Any]]:
     return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
 
-def _job(mon: Monitor) -> bool:
-    return any(j.get("device") == JOB for j in _jobs(mon))
+def _job_ids(mon: Monitor) -> set[str]:
+    return {str(j.get("device")) for j in _jobs(mon)}
 
 
-def _ready(mon: Monitor) -> bool:
-    jobs = [j for j in _jobs(mon) if j.get("device") == JOB]
+def _ours(mon: Monitor) -> list[str]:
+    """The migration's mirror jobs still there."""
+    return sorted(j for j in _job_ids(mon) if j.startswith(JOB_PREFIX))
+
+
+def _ready(mon: Monitor, job: str) -> bool:
+    jobs = [j for j in _jobs(mon) if j.get("device") == job]
     if not jobs:
-        raise DriverError("the disk mirror ended before it was ready")
+        raise DriverError(f"the mirror {job} ended before it was ready")
     return bool(jobs[0].get("ready"))
