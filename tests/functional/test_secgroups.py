@@ -4,8 +4,11 @@ members' addresses, and what each port's host is told to enforce."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select, update
 
 from nubes.client import ApiError
+from nubes.control import secgroups
+from nubes.db.models import Host, SecurityGroup, SecurityGroupRule
 from nubes.network.fake import FakeNetworkDriver
 from nubes.network.secgroups import Rule
 from nubes.schemas import resources as s
@@ -116,3 +119,28 @@ def test_quotas_on_groups_and_rules(tmp_path: object) -> None:
         assert err.value.status == 409 and err.value.field == "security_group_rules"
     finally:
         cloud.close()
+
+
+def test_a_get_that_makes_the_default_group_survives_a_commit_since_its_snapshot(
+    cloud: Cloud,
+) -> None:
+    """A GET reads in a DEFERRED SQLite transaction; the first look at a project's groups makes
+    its `default` one. Written in that transaction, it failed at once ("database is locked",
+    a 503) whenever another connection had committed since the GET's first read."""
+    state = cloud.app.state.nubes
+    project = cloud.client.create_project(s.ProjectCreate(name="late")).id
+    with state.reads() as reads:
+        reads.scalar(select(SecurityGroup.id).limit(1))  # the snapshot begins here
+        with state.sessions() as other:  # another request commits meanwhile
+            other.execute(update(Host).values(generation=Host.generation + 1))
+            other.commit()
+        group = secgroups.ensure_default(reads, project)
+        reads.commit()  # as the routes do
+        assert group.name == "default" and group.project_id == project
+    with state.reads() as again:  # made once, with its two rules
+        rows = again.scalars(select(SecurityGroup).where(SecurityGroup.project_id == project))
+        (made,) = rows.all()
+        rules = again.scalars(
+            select(SecurityGroupRule).where(SecurityGroupRule.group_id == made.id)
+        )
+        assert {r.direction for r in rules} == {"egress", "ingress"}
