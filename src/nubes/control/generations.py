@@ -99,9 +99,12 @@ def install(
     sessions: sessionmaker[Session],
     engine: Engine,
     notify: Callable[[set[str] | None], None],
+    own: Callable[[set[str]], None] = lambda _: None,
 ) -> None:
     """After each commit: the deferred bumps, then wake this process's long-polls of exactly
-    the hosts bumped (`None`: all of them)."""
+    the hosts bumped (`None`: all of them). `own` first hears the hosts bumped in the change's
+    own transaction: a change to one of their own servers, which their agent is sent at once
+    (api/routes/agent.py's ANSWER_GAP spaces the others)."""
 
     waiting = _Waiting(engine, notify)
 
@@ -109,6 +112,8 @@ def install(
     def _committed(session: Session) -> None:
         pending: set[str] = session.info.pop(LATER, set())
         bumped: set[str] = session.info.pop(BUMPED, set())
+        if bumped:
+            own(bumped)
         if ALL in pending:
             _bump_now(engine, None)
             notify(None)

@@ -34,7 +34,9 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
 # Each server change wakes its host and its network's gateway host; a burst of creates woke
 # the gateway host for each, and their fetches shared the API with the next creates (most of
-# their tail, bench/control_plane.py). Small beside a boot; the lab's sync period is 1 s.
+# their tail, bench/control_plane.py). Small beside a boot; the lab's sync period is 1 s. A
+# change to the host's own servers goes at once: its user waits for it (a create right after
+# another change waited up to the whole gap: most of a container's create -> ready).
 ANSWER_GAP = 0.5
 join_router = APIRouter(prefix="/v1/join", tags=["agent"])
 
@@ -134,14 +136,17 @@ async def desired(
     with no change, 304 Not Modified and no body (the agent keeps what it has: a thousand idle
     hosts' polls then cost no desired state each). The wait holds no thread and no database
     connection (control/watch.py). A host is sent a changed state at most every `ANSWER_GAP`
-    seconds: the first change after a quiet while at once, a burst's later ones together."""
+    seconds (the first change after a quiet while at once, a burst's later ones together),
+    unless the change is to one of its own servers: a user waits for that one."""
     require_own_host(who, host_id)
     if wait > 0 and await in_agent_lane(_generation, state, host_id) == since:
         if not await state.notifier.wait(host_id, since, wait):
             return Response(status_code=304)
-    if wait > 0 and since >= 0:  # not an agent's first fetch or its resync: those at once
+    # not an agent's first fetch or its resync, nor a change of its own servers: those at once
+    if wait > 0 and since >= 0 and host_id not in state.own_changes:
         last = state.answered.get(host_id, 0.0)
         await asyncio.sleep(max(0.0, last + ANSWER_GAP - time.monotonic()))
+    state.own_changes.discard(host_id)  # before the read: a change after it is marked again
     answer = await in_agent_lane(_desired, state, host_id)
     state.answered[host_id] = time.monotonic()
     return answer
