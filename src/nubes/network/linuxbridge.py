@@ -70,7 +70,9 @@ def port_alias(spec: PortSpec) -> str:
 
 def _port_alias(link: Link) -> _AliasedPort | None:
     alias = link.alias or ""
-    if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
+    # a VM's tap, or the host end of a container's veth (agent/containers.py): both are
+    # ports, listed, kept up to date (security groups) and unplugged alike
+    if link.kind not in ("tun", "veth") or not alias.startswith(PORT_ALIAS):
         return None
     fields = alias[len(PORT_ALIAS) :].split()  # port id, MAC[, IP[, off | pairs]]
     if len(fields) < 2:
