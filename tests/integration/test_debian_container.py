@@ -21,7 +21,14 @@ from tests.integration.test_containers_lab import active, container_uids, exec_o
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 CIDR = "10.82.0.0/24"
-USER_DATA = "#!/bin/sh\necho from-user-data >/var/lib/nubes/ud-mark\n"
+# merged by the agent with its own (hostname, the key): cloud-init's write_files and runcmd
+USER_DATA = """#cloud-config
+write_files:
+  - path: /var/tmp/from-user-data
+    content: "written by cloud-init\\n"
+runcmd:
+  - [sh, -c, "id -un >/var/tmp/runcmd"]
+"""
 
 
 def test_a_debian_container_server(tmp_path: Path) -> None:
@@ -32,11 +39,7 @@ def test_a_debian_container_server(tmp_path: Path) -> None:
         cloud.nubes("image", "build", "tiny", "--container")
         cloud.nubes("network", "create", "blue", "--cidr", CIDR)
         image = cloud.client.image("debian-container")
-        assert (image.kind, image.disk_format, image.default_user) == (
-            "container",
-            "rootfs",
-            "root",
-        )
+        assert (image.kind, image.disk_format, image.default_user) == ("container", "rootfs", "")
         key = tmp_path / "id_ed25519"
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(key)], check=True
@@ -60,7 +63,14 @@ def test_a_debian_container_server(tmp_path: Path) -> None:
         assert exec_ok(cloud, "deb1", "cat", "/etc/hostname").strip() == "deb1"
         release = exec_ok(cloud, "deb1", "cat", "/etc/os-release")
         assert 'VERSION_ID="12"' in release and "ID=debian" in release, release
-        assert exec_ok(cloud, "deb1", "cat", "/var/lib/nubes/ud-mark") == "from-user-data\n"
+        # cloud-init ran from the seed in the rootfs, and did the user's cloud-config
+        assert "nubes-debian-container: cloud-init finished" in log, log
+        assert "WARNING" not in log and "exited with status" not in log, log  # no module failed
+        status = exec_ok(cloud, "deb1", "cloud-init", "status", "--long")
+        assert "status: done" in status and "/etc/nubes/seed/" in status, status
+        written = exec_ok(cloud, "deb1", "cat", "/var/tmp/from-user-data")
+        assert written == "written by cloud-init\n"
+        assert exec_ok(cloud, "deb1", "cat", "/var/tmp/runcmd") == "root\n"
         # PID 1 is tini (no systemd)
         assert exec_ok(cloud, "deb1", "cat", "/proc/1/comm").strip() == "tini"
 

@@ -1,6 +1,7 @@
 """The debian-container builder's pieces, without mmdebstrap: its command line (packages,
-the package cache shared with the VM build), the rootfs tar written from a directory and
-checked as the API's import checks it, and the seed's name servers as its init reads them."""
+the package cache shared with the VM build), the rootfs tar written from a directory (with
+cloud-init's configuration) and checked as the API's import checks it, and the seed's name
+servers as its init reads them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nubes.errors import DriverError
 from nubes.imagebuild import debian
@@ -28,9 +30,9 @@ def test_mmdebstrap_argv_builds_a_slim_root_with_tini_and_sshd(tmp_path: Path) -
     argv = dc.mmdebstrap_argv(tmp_path / "root", [MIRROR], debs)
     assert argv[0] == "mmdebstrap" and argv[-3:] == ["bookworm", str(tmp_path / "root"), MIRROR]
     include = next(a for a in argv if a.startswith("--include=")).split("=", 1)[1].split(",")
-    assert {"tini", "openssh-server", "iproute2", "iputils-ping", "mawk"} <= set(include)
-    # no kernel, bootloader, systemd or cloud-init in a container
-    assert not {"linux-image-cloud-amd64", "extlinux", "systemd-sysv", "cloud-init"} & set(include)
+    assert {"tini", "cloud-init", "openssh-server", "iproute2", "iputils-ping"} <= set(include)
+    # no kernel, bootloader or systemd in a container
+    assert not {"linux-image-cloud-amd64", "extlinux", "systemd-sysv"} & set(include)
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in argv
     assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
     assert any("ssh_host_" in a and a.startswith("--customize-hook=rm") for a in argv)
@@ -97,11 +99,23 @@ def test_the_rootfs_tar_is_what_the_import_accepts(tmp_path: Path) -> None:
         init = tar.extractfile(f"rootfs/{dc.INIT}").read()  # type: ignore[union-attr]
         awk = tar.extractfile("rootfs/etc/nubes/seed.awk").read()  # type: ignore[union-attr]
         mid = tar.extractfile("rootfs/etc/machine-id").read()  # type: ignore[union-attr]
+        cfg = tar.extractfile("rootfs/etc/cloud/cloud.cfg.d/90-nubes.cfg")
+        cloud_cfg = yaml.safe_load(cfg.read())  # type: ignore[union-attr]
     assert image["args"] == ["/usr/bin/tini", "--", "/sbin/nubes-init"]
     assert init == _file("debian-container-init") and members[f"rootfs/{dc.INIT}"].mode == 0o755
     assert awk == _file("tiny-seed.awk")
     assert "pam_loginuid" not in pam and "common-session" in pam
     assert mid == b""  # one per instance, not the build's
+    # cloud-init: the seed from the rootfs's files; no network, hostname or default user
+    assert cloud_cfg["datasource"]["NoCloud"]["seedfrom"] == "/etc/nubes/seed/"
+    assert cloud_cfg["datasource_list"] == ["NoCloud", "None"]
+    assert cloud_cfg["network"] == {"config": "disabled"} and cloud_cfg["preserve_hostname"]
+    assert cloud_cfg["system_info"]["default_user"]["name"] == "root"
+    assert (
+        cloud_cfg["disable_root"] is False and "users-groups" not in cloud_cfg["cloud_init_modules"]
+    )
+    assert "scripts-user" in cloud_cfg["cloud_final_modules"]
+    assert "set_hostname" not in cloud_cfg["cloud_init_modules"]
     assert members["rootfs/usr/bin/su"].mode == 0o755  # setuid cleared
     assert members["rootfs/usr/bin/perl5.36.0"].islnk()  # hard links stay links
     assert members[f"rootfs/{LONG}"].isreg() and members["rootfs/etc/ssl-cert.pem"].issym()

@@ -3,13 +3,10 @@ format (`image.json` + `rootfs/`), from the same mmdebstrap, mirror and package 
 debian VM image, with no kernel, bootloader or systemd.
 
 Its init is tini (PID 1: reaps orphans, forwards runc's SIGTERM) running a shell script that
-applies the NoCloud seed the agent writes into the rootfs, with the tiny images' seed parser
-(hostname, name servers, SSH keys, a user-data script), starts sshd and prints a ready line.
-Why not cloud-init, as in the VM image: its stages are systemd units (and a generator that
-decides whether it runs at all), and the modules a container would keep mostly cannot act
-here: the host configures the NICs in a namespace the container may not change (no
-CAP_NET_ADMIN), runc sets the hostname (no CAP_SYS_ADMIN to set it), and there are no disks to
-grow; what is left (keys, a script) the init does in milliseconds with no Python.
+runs cloud-init's four stages as systemd would in a VM (~1.5 s here), with NoCloud reading the
+seed the agent writes into the rootfs (`seedfrom`), and does what cloud-init leaves to parts a
+container lacks: hostname files, name servers (with the tiny images' seed parser). It then
+starts sshd and prints a ready line.
 
 The tar is written from the mmdebstrap directory by `tarfile` (uids as built, no device nodes,
 nothing under the runtime's own mounts, setuid/setgid bits cleared: no_new_privileges makes
@@ -37,7 +34,7 @@ from nubes.storage.rootfs import RUNTIME_DIRS, Limits, Process, flatten
 
 BUILDER_VERSION = "1"  # bump when the build changes in ways the inputs do not show
 READY_LINE = "nubes-debian-container: ready"
-DEFAULT_USER = "root"  # the seed's SSH keys go to root, as in the tiny container
+DEFAULT_USER = ""  # no user made: the seed's SSH keys go to root (sudo cannot work here)
 INIT = "sbin/nubes-init"
 PROCESS = Process(
     ["/usr/bin/tini", "--", f"/{INIT}"],
@@ -45,6 +42,7 @@ PROCESS = Process(
 )
 PACKAGES = (
     "tini",
+    "cloud-init",
     "mawk",  # the seed parser (minbase has it; named because the init needs it)
     "openssh-server",
     "iproute2",
@@ -52,7 +50,31 @@ PACKAGES = (
     "procps",
     "ca-certificates",
 )
+CLOUD_INIT_MODULES = ("seed_random", "bootcmd", "write-files", "ca-certs", "ssh")
+CLOUD_CONFIG_MODULES = ("runcmd",)
+CLOUD_FINAL_MODULES = (
+    "package-update-upgrade-install", "write-files-deferred", "scripts-vendor",
+    "scripts-per-once", "scripts-per-boot", "scripts-per-instance", "scripts-user",
+    "ssh-authkey-fingerprints", "final-message",
+)  # fmt: skip
 _FILES = {
+    # The seed is files in the rootfs, not a labelled disk: NoCloud's seedfrom names them.
+    # Off: the network (the host configures the NICs; no CAP_NET_ADMIN here), the hostname
+    # (runc sets it; no CAP_SYS_ADMIN), disks, locales, and the default user (its sudo cannot
+    # work under no_new_privileges): the keys go to root.
+    "etc/cloud/cloud.cfg.d/90-nubes.cfg": (
+        "datasource_list: [ NoCloud, None ]\n"
+        "datasource:\n  NoCloud:\n    seedfrom: /etc/nubes/seed/\n"
+        "network: {config: disabled}\n"
+        "preserve_hostname: true\n"
+        "disable_root: false\n"
+        # no user made (no users-groups module): the default user is root, whom the keys reach
+        "system_info:\n  default_user:\n    name: root\n"
+        "ssh_genkeytypes: [ed25519, ecdsa, rsa]\n"
+        + debian._module_list("cloud_init_modules", CLOUD_INIT_MODULES)
+        + debian._module_list("cloud_config_modules", CLOUD_CONFIG_MODULES)
+        + debian._module_list("cloud_final_modules", CLOUD_FINAL_MODULES)
+    ),
     "etc/hostname": "debian\n",
     "etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
     # no keys but the seed's; root logs in only with them (Debian's default for root)
