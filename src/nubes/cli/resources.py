@@ -115,7 +115,7 @@ def image_build(
         False,
         "--container",
         help="a container image (runc) named <kind>-container: tiny (busybox) or debian "
-        "(Debian 12 from mmdebstrap, tini and a shell init applying the seed, OpenSSH)",
+        "(Debian 12 from mmdebstrap with cloud-init and OpenSSH, no systemd)",
     ),
 ) -> None:
     """Build a ready image from Debian packages and import it.
