@@ -59,19 +59,31 @@ def _existing(name: str) -> s.Image | None:
 
 
 def build_container(kind: str, name: str, rebuild: bool) -> None:
-    if kind != "tiny":
-        fail(f"no container build of {kind!r}: tiny")
+    if kind not in ("tiny", "debian"):
+        fail(f"no container build of {kind!r}: tiny or debian")
     existing = _existing(name)
     if existing is not None and not rebuild:
         console.print(f"image {name} already exists ({existing.id}); use --rebuild to replace it")
         return
-    from nubes.imagebuild.tinycontainer import READY_LINE, build_tiny_container
+    if kind == "tiny":
+        from nubes.imagebuild.tinycontainer import READY_LINE, build_tiny_container
 
-    with console.status("building the tiny container image"):
-        built = build_tiny_container(cache_dir() / "tiny-container")
+        with console.status("building the tiny container image"):
+            built = build_tiny_container(cache_dir() / "tiny-container")
+        ready, user = READY_LINE, ""
+    else:
+        from nubes.imagebuild import debiancontainer as dc
+
+        where = cache_dir() / "debian-container"
+        with _ticking(f"building the debian container image in {where}") as say:
+            deb = dc.build_debian_container(where, progress=say, rebuild=rebuild)
+        console.print(
+            f"debian-container rootfs: {deb.archive} (built in {deb.build_seconds:.0f} s)"
+        )
+        built, ready, user = deb.archive, dc.READY_LINE, dc.DEFAULT_USER
     if existing is not None:
         client().delete("images", existing.id)
-    image = upload_image(name, built, "rootfs", ready_pattern=READY_LINE)
+    image = upload_image(name, built, "rootfs", ready_pattern=ready, default_user=user)
     console.print(f"image {image.name} ready ({image.id})")
 
 

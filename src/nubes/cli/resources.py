@@ -109,13 +109,20 @@ def image_import(
 @handle_errors
 def image_build(
     kind: str = typer.Argument(..., help="tiny (busybox, seconds to boot) or debian"),
-    name: str = typer.Option("", help="image name (default: the kind)"),
+    name: str = typer.Option("", help="image name (default: the kind, or <kind>-container)"),
     rebuild: bool = typer.Option(False, help="build again even if a cached build exists"),
     container: bool = typer.Option(
-        False, "--container", help="a container image (runc) named <kind>-container: tiny only"
+        False,
+        "--container",
+        help="a container image (runc) named <kind>-container: tiny (busybox) or debian "
+        "(Debian 12 from mmdebstrap with cloud-init and OpenSSH, no systemd)",
     ),
 ) -> None:
-    """Build a ready image from Debian packages and import it."""
+    """Build a ready image from Debian packages and import it.
+
+    debian builds (the VM's disk, the container's rootfs) run mmdebstrap from this machine's
+    Debian mirror; they are cached in NUBES_CACHE_DIR by their inputs, and share the
+    downloaded packages (NUBES_CACHE_DIR/debs)."""
     from nubes.cli import imagebuild
 
     if container:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +43,7 @@ PART_OFFSET = 1 << 20  # the root partition starts at 1 MiB
 ROOT_LABEL = "nubes-root"
 MBR = Path("/usr/lib/EXTLINUX/mbr.bin")
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
+DEB_CACHE = "debs"  # the downloaded packages, beside each build's own cache directory
 CMDLINE = (
     f"root=LABEL={ROOT_LABEL} ro console=ttyS0,115200n8 quiet "
     # every console byte and every self-test is slow under emulation
@@ -151,7 +153,30 @@ def cache_key(mirrors: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def mmdebstrap_argv(root: Path, mirrors: list[str]) -> list[str]:
+def deb_cache_hooks(debs: Path) -> tuple[list[str], list[str]]:
+    """mmdebstrap's options that fill /var/cache/apt/archives from debs before apt runs and
+    copy what apt downloaded back (its man page's sync-in/sync-out recipe): the VM and the
+    container builds share one directory, so the second fetches only what the first lacked.
+    Returns (options before the other hooks, the customize hook that saves the debs)."""
+    q = shlex.quote(str(debs))
+    before = [
+        "--skip=essential/unlink",  # keep the essential debs in the archive for sync-out
+        f'--setup-hook=mkdir -p {q} "$1"/var/cache/apt/archives/',
+        f"--setup-hook=sync-in {q} /var/cache/apt/archives/",
+    ]
+    return before, [f"--customize-hook=sync-out /var/cache/apt/archives {q}"]
+
+
+def mmdebstrap_command(
+    root: Path,
+    mirrors: list[str],
+    packages: tuple[str, ...],
+    hooks: list[str],
+    debs: Path | None = None,
+) -> list[str]:
+    """A minbase mmdebstrap of packages into the directory root, with more options and
+    hooks (in order, after our own first customize hook)."""
+    before, after = deb_cache_hooks(debs) if debs is not None else ([], [])
     return [
         "mmdebstrap",
         "--mode=root",
@@ -159,17 +184,31 @@ def mmdebstrap_argv(root: Path, mirrors: list[str]) -> list[str]:
         "--format=directory",
         "--aptopt=Acquire::Check-Valid-Until false",
         "--aptopt=APT::Install-Recommends false",
-        "--include=" + ",".join(PACKAGES),
+        "--include=" + ",".join(packages),
+        *before,
         # no installer leftovers; keys made here would be shared by every instance
         "--customize-hook=rm -f $1/etc/ssh/ssh_host_*_key $1/etc/ssh/ssh_host_*_key.pub",
-        "--customize-hook=chroot $1 systemctl enable systemd-networkd systemd-resolved",
-        # a weekly e2fsck helper that costs seconds at every boot under emulation
-        "--customize-hook=chroot $1 systemctl mask e2scrub_reap.service",
+        *hooks,
+        *after,
         "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*.bin",
         SUITE,
         str(root),
         *mirrors,
     ]
+
+
+def mmdebstrap_argv(root: Path, mirrors: list[str], debs: Path | None = None) -> list[str]:
+    return mmdebstrap_command(
+        root,
+        mirrors,
+        PACKAGES,
+        [
+            "--customize-hook=chroot $1 systemctl enable systemd-networkd systemd-resolved",
+            # a weekly e2fsck helper that costs seconds at every boot under emulation
+            "--customize-hook=chroot $1 systemctl mask e2scrub_reap.service",
+        ],
+        debs,
+    )
 
 
 def _run_streaming(argv: list[str], say: Progress, timeout: float) -> None:
@@ -281,9 +320,10 @@ def _image(final: Path) -> BuiltImage:
 
 
 def build_debian(
-    out_dir: Path, progress: Progress | None = None, rebuild: bool = False
+    out_dir: Path, progress: Progress | None = None, rebuild: bool = False, debs: Path | None = None
 ) -> BuiltImage:
-    """Build (or reuse the cached build of) the debian image under out_dir. Raises DriverError."""
+    """Build (or reuse the cached build of) the debian image under out_dir, with the package
+    cache debs (default: `debs` beside out_dir). Raises DriverError."""
     say = progress or (lambda _msg: None)
     for tool in ("mmdebstrap", "sfdisk", "mkfs.ext4", "extlinux", "qemu-img"):
         if shutil.which(tool) is None:
@@ -302,7 +342,8 @@ def build_debian(
     try:
         root = work / "root"
         say(f"mmdebstrap {SUITE} from {', '.join(mirrors)}")
-        _run_streaming(mmdebstrap_argv(root, mirrors), say, timeout=1800)
+        argv = mmdebstrap_argv(root, mirrors, debs or out_dir.parent / DEB_CACHE)
+        _run_streaming(argv, say, timeout=1800)
         customize(root)
         say(f"making a {DISK_SIZE_MB} MiB disk (sfdisk, mkfs.ext4 -d, extlinux)")
         make_disk(root, work / "disk.raw", work)

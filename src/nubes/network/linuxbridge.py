@@ -70,7 +70,9 @@ def port_alias(spec: PortSpec) -> str:
 
 def _port_alias(link: Link) -> _AliasedPort | None:
     alias = link.alias or ""
-    if link.kind != "tun" or not alias.startswith(PORT_ALIAS):
+    # a VM's tap, or the host end of a container's veth (agent/containers.py): both are
+    # ports, listed, kept up to date (security groups) and unplugged alike
+    if link.kind not in ("tun", "veth") or not alias.startswith(PORT_ALIAS):
         return None
     fields = alias[len(PORT_ALIAS) :].split()  # port id, MAC[, IP[, off | pairs]]
     if len(fields) < 2:
@@ -175,6 +177,7 @@ class LinuxBridgeDriver(NetworkDriver):
         self.gateways = Gateways(state_dir, self.dhcp)
         self._lock = threading.RLock()
         self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
+        self._secured: dict[str, tuple[str, str]] = {}  # tap -> (bridge, ip) of its groups' rules
         self._has_inet: bool | None = None
         self._has_bridge: bool | None = None  # our bridge-family table, as far as we know
         # while an ensure runs: its nft scripts, sent to nft together at its end
@@ -486,9 +489,11 @@ class LinuxBridgeDriver(NetworkDriver):
             script = secgroups.port_script(spec.bridge, spec.tap, spec.ip, spec.rules)
             with self._lock:
                 self._nft(key, script)
+                self._secured[spec.tap] = (spec.bridge, spec.ip)
         elif key in self._applied:
             with self._lock:
                 self._applied.pop(key)
+                self._secured.pop(spec.tap, None)
                 firewall.apply(secgroups.port_remove_script(spec.bridge, spec.tap, spec.ip))
 
     def unplug_port(self, tap: str) -> None:
@@ -506,17 +511,22 @@ class LinuxBridgeDriver(NetworkDriver):
             )
         nl.delete_link(tap)
         self._applied.pop(("sgport", tap), None)
-        if ours is not None and ours.ip and ours.secured and bridge and self._inet_table():
+        secured = self._secured.pop(tap, None)
+        master, ip = (link.master, ours.ip) if link is not None and ours is not None else (0, "")
+        if link is None and secured is not None:
+            # a container's veth went with its namespace before this unplug: its rules are
+            # found by what this driver applied for it (after an agent restart, not at all)
+            bridge, ip = secured
+            master = getattr(nl.get_link(bridge), "index", 0)
+        if ip and (ours is None or ours.secured) and bridge and self._inet_table():
             # a newer port that took over the address keeps the rules (they are its own now)
             others = [
                 p
                 for other in nl.list_links(TAP_PREFIX)
-                if other.master == link.master  # type: ignore[union-attr]
-                and (p := _port_alias(other)) is not None
-                and p.ip == ours.ip
+                if other.master == master and (p := _port_alias(other)) is not None and p.ip == ip
             ]
             if not others:
-                firewall.apply(secgroups.port_remove_script(bridge, tap, ours.ip))
+                firewall.apply(secgroups.port_remove_script(bridge, tap, ip))
             else:  # the chain of group frames leaving by its tap is its alone
                 firewall.apply(secgroups.group_remove_script(tap))
         if self._bridge_table():

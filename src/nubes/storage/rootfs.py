@@ -13,6 +13,7 @@ block device, setuid/setgid files unless allowed, and more bytes or entries than
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
@@ -289,12 +290,10 @@ class _Subtree:
         for member in self.outer:
             name = normalize(member.name)
             if name.startswith("rootfs/"):
-                inner = tarfile.TarInfo.frombuf(member.tobuf(), "utf-8", "surrogateescape")
-                inner.name, inner.size, inner.offset_data = (
-                    name[7:],
-                    member.size,
-                    member.offset_data,
-                )
+                # a copy, not a header re-read: a long name or link target takes PAX
+                # records, more than the one block TarInfo.frombuf reads
+                inner = copy.copy(member)
+                inner.name = name[7:]
                 inner.linkname = (
                     normalize(member.linkname)[7:] if member.islnk() else member.linkname
                 )
