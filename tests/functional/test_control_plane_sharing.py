@@ -126,14 +126,19 @@ def _answer_times(cloud: Cloud, change: Callable[[Session, str], None]) -> list[
     return [b - a for a, b in zip(answered, answered[1:], strict=False)]
 
 
-def test_a_host_is_sent_others_changes_at_most_answer_gap_apart(cloud: Cloud) -> None:
-    """A burst of changes that reach a host through its networks (a neighbour's port, say):
-    its agent fetches them ANSWER_GAP apart, not one each."""
+@pytest.mark.parametrize("cause", ["neighbour", "echo"])
+def test_a_host_is_sent_others_changes_at_most_answer_gap_apart(cloud: Cloud, cause: str) -> None:
+    """A burst of changes that reach a host through its networks (a neighbour's port, say), or
+    that its own reports caused (a status it reported, shown back): its agent fetches them
+    ANSWER_GAP apart, not one each."""
 
-    def neighbours_change(session: Session, host_id: str) -> None:
-        generations.bump_after_commit(session, [host_id])
+    def change(session: Session, host_id: str) -> None:
+        if cause == "neighbour":
+            generations.bump_after_commit(session, [host_id])
+        else:
+            generations.bump(session, [host_id], echo=True)
 
-    gaps = _answer_times(cloud, neighbours_change)
+    gaps = _answer_times(cloud, change)
     # (measured by the client, a little after the API's own stamps)
     assert all(gap >= ANSWER_GAP - 0.1 for gap in gaps), gaps
 

@@ -33,6 +33,7 @@ from nubes.db.models import Host, Instance, Network, Port
 log = logging.getLogger("nubes.api")
 LATER = "nubes.bump_after_commit"  # session.info key: host ids, or ALL
 BUMPED = "nubes.bumped"  # session.info key: the host ids this transaction bumped
+ECHOED = "nubes.echoed"  # session.info key: those of them bumped for their own report
 ALL = "*"
 
 
@@ -43,12 +44,15 @@ def _statement(host_ids: Iterable[str] | None) -> Any:
     return stmt.execution_options(synchronize_session=False)
 
 
-def bump(session: Session, host_ids: Iterable[str | None], **also: Any) -> None:
-    """`also`: more columns of these rows set in the same UPDATE (a release's usage)."""
+def bump(session: Session, host_ids: Iterable[str | None], echo: bool = False, **also: Any) -> None:
+    """`also`: more columns of these rows set in the same UPDATE (a release's usage). `echo`:
+    the hosts' own report caused it, no user waits for it (spaced by the answer gap)."""
     ids = {h for h in host_ids if h}
     if ids:
         session.execute(_statement(ids).values(**also))
         session.info.setdefault(BUMPED, set()).update(ids)
+        if echo:
+            session.info.setdefault(ECHOED, set()).update(ids)
 
 
 def bump_after_commit(session: Session, host_ids: Iterable[str | None] | None) -> None:
@@ -112,8 +116,9 @@ def install(
     def _committed(session: Session) -> None:
         pending: set[str] = session.info.pop(LATER, set())
         bumped: set[str] = session.info.pop(BUMPED, set())
-        if bumped:
-            own(bumped)
+        urgent = bumped - session.info.pop(ECHOED, set())
+        if urgent:
+            own(urgent)
         if ALL in pending:
             _bump_now(engine, None)
             notify(None)
@@ -130,6 +135,7 @@ def install(
         if transaction.parent is None:  # rolled back or closed: nothing of it was kept
             session.info.pop(LATER, None)
             session.info.pop(BUMPED, None)
+            session.info.pop(ECHOED, None)
 
 
 def _bump_now(engine: Engine, host_ids: set[str] | None) -> None:

@@ -210,7 +210,7 @@ def _fold(session: Session, host: Host, body: a.Report, dry: bool) -> bool:
     if volumes.fold(session, host, body.volumes, dry):
         changed = shown_changed = True
     if shown_changed and not dry:  # its agent acts on these: it is told (an extra fetch)
-        generations.bump(session, [host.id])
+        generations.bump(session, [host.id], echo=True)
     if body.migrations:
         changed |= migrations.fold(session, host, body.migrations, dry)
     return changed
