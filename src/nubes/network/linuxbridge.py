@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -153,6 +154,20 @@ def _ifname(name: str, what: str) -> str:
         raise InvalidInput(f"invalid {what} name {name!r}", field=what) from e
 
 
+def _load_secured(path: Path) -> dict[str, tuple[str, str]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or cut short by a crash: rules found by alias
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(tap): (str(v[0]), str(v[1]))
+        for tap, v in raw.items()
+        if isinstance(v, list) and len(v) == 2
+    }
+
+
 class LinuxBridgeDriver(NetworkDriver):
     """Acts on the network namespace of the calling thread (the agent runs in its host's)."""
 
@@ -177,7 +192,10 @@ class LinuxBridgeDriver(NetworkDriver):
         self.gateways = Gateways(state_dir, self.dhcp)
         self._lock = threading.RLock()
         self._applied: dict[tuple[str, str], str] = {}  # the last nft script applied per key
-        self._secured: dict[str, tuple[str, str]] = {}  # tap -> (bridge, ip) of its groups' rules
+        # tap -> (bridge, ip) of its groups' rules, kept on disk: a container's veth goes with
+        # its namespace, and an agent restarted since its plug must still find its rules
+        self._secured_file = state_dir / "secured-ports.json"
+        self._secured: dict[str, tuple[str, str]] = _load_secured(self._secured_file)
         self._has_inet: bool | None = None
         self._has_bridge: bool | None = None  # our bridge-family table, as far as we know
         # while an ensure runs: its nft scripts, sent to nft together at its end
@@ -489,12 +507,27 @@ class LinuxBridgeDriver(NetworkDriver):
             script = secgroups.port_script(spec.bridge, spec.tap, spec.ip, spec.rules)
             with self._lock:
                 self._nft(key, script)
-                self._secured[spec.tap] = (spec.bridge, spec.ip)
+                self._remember_secured(spec.tap, (spec.bridge, spec.ip))
         elif key in self._applied:
             with self._lock:
                 self._applied.pop(key)
-                self._secured.pop(spec.tap, None)
+                self._remember_secured(spec.tap, None)
                 firewall.apply(secgroups.port_remove_script(spec.bridge, spec.tap, spec.ip))
+
+    def _remember_secured(self, tap: str, where: tuple[str, str] | None) -> None:
+        if self._secured.get(tap) == where:
+            return
+        if where is None:
+            self._secured.pop(tap, None)
+        else:
+            self._secured[tap] = where
+        if not self._secured:
+            self._secured_file.unlink(missing_ok=True)
+            return
+        self._secured_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._secured_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._secured))
+        os.replace(tmp, self._secured_file)
 
     def unplug_port(self, tap: str) -> None:
         _ifname(tap, "tap")
@@ -511,7 +544,8 @@ class LinuxBridgeDriver(NetworkDriver):
             )
         nl.delete_link(tap)
         self._applied.pop(("sgport", tap), None)
-        secured = self._secured.pop(tap, None)
+        secured = self._secured.get(tap)
+        self._remember_secured(tap, None)
         master, ip = (link.master, ours.ip) if link is not None and ours is not None else (0, "")
         if link is None and secured is not None:
             # a container's veth went with its namespace before this unplug: its rules are
