@@ -437,3 +437,36 @@ def cloud(tmp_path: Any) -> Any:
         yield c
     finally:
         c.close()
+
+
+def test_a_change_to_an_own_server_ends_a_gap_already_begun(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's long-poll was woken by a neighbour's change and is holding back for the gap
+    when the user creates a server there: the answer goes then, not at the gap's end (a gap of
+    4 s here, far beyond a loaded machine's delays)."""
+    monkeypatch.setattr(agent_routes, "ANSWER_GAP", 4.0)
+    ((host_id, credential),) = hosts_with_credentials(cloud, 1).items()
+    state = cloud.app.state.nubes
+
+    def change(own: bool) -> None:
+        with state.sessions() as session:
+            if own:
+                generations.bump(session, [host_id])
+            else:
+                generations.bump_after_commit(session, [host_id])
+            session.commit()
+
+    with NubesClient(cloud.url, credential) as agent:
+        first = agent.desired(host_id, -1, 0)
+        assert first is not None
+        agent.desired(host_id, first.generation, 0)  # an answer just sent: the gap begins
+        change(own=False)
+        later = threading.Timer(0.5, change, kwargs={"own": True})
+        later.start()
+        start = time.monotonic()
+        got = agent.desired(host_id, first.generation, 30)
+        waited = time.monotonic() - start
+        later.join()
+    assert got is not None and got.generation >= first.generation + 1
+    assert waited < 2.5, waited  # ended by the own change at ~0.5 s, not the gap's 4 s

@@ -32,8 +32,6 @@ class AppState:
     notifier: Notifier = field(init=False)
     # when each host was last sent a changed desired state (api/routes/agent.py's ANSWER_GAP)
     answered: dict[str, float] = field(default_factory=dict)
-    # hosts with a change to one of their own servers not yet sent: answered without the gap
-    own_changes: set[str] = field(default_factory=set)
     # sessions that only read (every GET, credential checks, desired states): no write lock
     reads: sessionmaker[Session] = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
@@ -43,9 +41,7 @@ class AppState:
     def __post_init__(self) -> None:
         self.reads = session_factory(read_only(self.engine))
         self.notifier = Notifier(self.read_watched)
-        generations.install(
-            self.sessions, self.engine, self.notifier.notify, self.own_changes.update
-        )
+        generations.install(self.sessions, self.engine, self.notifier.notify, self.notifier.own)
         # the event streams wait on the same watcher, under a key no host id can be
         events.install(self.sessions, lambda: self.notifier.notify({EVENTS}))
         self.metrics.install(self.sessions, self.reads)

@@ -39,6 +39,10 @@ class Notifier:
     _poke: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
     _released: bool = False
+    # hosts with a change to one of their own servers not yet sent (`own`), and the long-polls
+    # holding back an answer for the gap (`gap`), which such a change ends at once
+    _own: set[str] = field(default_factory=set)
+    _gapped: dict[str, set[asyncio.Future[None]]] = field(default_factory=dict)
 
     def notify(self, host_ids: Collection[str] | None = None) -> None:
         """This process committed a change for these hosts: wake their long-polls at once, with
@@ -51,6 +55,39 @@ class Notifier:
             loop.call_soon_threadsafe(poke.set)
         elif host_ids:
             loop.call_soon_threadsafe(self._wake_hosts, frozenset(host_ids))
+
+    def own(self, host_ids: Collection[str]) -> None:
+        """A committed change to these hosts' own servers (a user waits for it): their next
+        answer skips the gap, and one waiting out its gap goes now. Thread-safe."""
+        self._own.update(host_ids)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._end_gaps, frozenset(host_ids))
+
+    def taken(self, host_id: str) -> None:
+        """The host's desired state is about to be read: what it was owed is in it."""
+        self._own.discard(host_id)
+
+    async def gap(self, host_id: str, seconds: float) -> None:
+        """Up to `seconds`, unless a change to one of the host's own servers comes first."""
+        if seconds <= 0 or host_id in self._own:
+            return
+        held: asyncio.Future[None] = self._start().create_future()
+        self._gapped.setdefault(host_id, set()).add(held)
+        try:
+            await asyncio.wait([held], timeout=seconds)
+        finally:
+            mine = self._gapped.get(host_id)
+            if mine is not None:
+                mine.discard(held)
+                if not mine:
+                    del self._gapped[host_id]
+
+    def _end_gaps(self, host_ids: frozenset[str]) -> None:
+        for host_id in host_ids:
+            for held in self._gapped.get(host_id, ()):
+                if not held.done():
+                    held.set_result(None)
 
     async def wait(self, host_id: str, since: int, timeout: float) -> bool:
         """Until the host's generation is no longer `since` (True), or `timeout` seconds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Query, Request, Response
@@ -142,11 +141,11 @@ async def desired(
     if wait > 0 and await in_agent_lane(_generation, state, host_id) == since:
         if not await state.notifier.wait(host_id, since, wait):
             return Response(status_code=304)
-    # not an agent's first fetch or its resync, nor a change of its own servers: those at once
-    if wait > 0 and since >= 0 and host_id not in state.own_changes:
+    if wait > 0 and since >= 0:  # not an agent's first fetch or its resync: those at once
         last = state.answered.get(host_id, 0.0)
-        await asyncio.sleep(max(0.0, last + ANSWER_GAP - time.monotonic()))
-    state.own_changes.discard(host_id)  # before the read: a change after it is marked again
+        # a change to one of its own servers ends the gap (before or during it)
+        await state.notifier.gap(host_id, last + ANSWER_GAP - time.monotonic())
+    state.notifier.taken(host_id)  # before the read: a change after it is marked again
     answer = await in_agent_lane(_desired, state, host_id)
     state.answered[host_id] = time.monotonic()
     return answer
